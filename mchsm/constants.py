@@ -105,7 +105,7 @@ CMD_SHAPE = 8
 STATUS_SHAPE = 8
 
 
-class Cmd(enum.Enum, shape=CMD_SHAPE):
+class Cmd(enum.IntEnum, shape=CMD_SHAPE):
     """HSM command codes (the low byte of the CMD register)."""
 
     PROVISION = 0x01
@@ -123,7 +123,7 @@ class Cmd(enum.Enum, shape=CMD_SHAPE):
     HMAC = 0x42
 
 
-class Status(enum.Enum, shape=STATUS_SHAPE):
+class Status(enum.IntEnum, shape=STATUS_SHAPE):
     """Result of every command.  Checked in the order of the table in ``docs/protocol.md``."""
 
     OK = 0x00

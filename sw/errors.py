@@ -1,0 +1,71 @@
+"""Typed errors of the host side, with messages a person can act on.
+
+The HSM itself never raises: it answers with a status.  The host turns a failing status into an
+:class:`HsmError` whose message says what went wrong in words; the verifier raises the
+:class:`VerifierError` family.
+"""
+
+from __future__ import annotations
+
+from mchsm.constants import Cmd, Status
+
+__all__ = [
+    "AttestationError",
+    "HsmError",
+    "MchsmError",
+    "TransportError",
+    "UnknownDeviceError",
+    "UpdateError",
+    "VerifierError",
+]
+
+_EXPLAIN: dict[Status, str] = {
+    Status.ERR_UNKNOWN_CMD: "the HSM does not know this command code",
+    Status.ERR_DENIED: "this caller may not issue this command or name that context",
+    Status.ERR_NOT_PROVISIONED: "the device has no root key yet (run PROVISION first)",
+    Status.ERR_PROVISIONED: "the device is already provisioned; the root key is write-once",
+    Status.ERR_CONTEXT: "the context argument is out of range for this device",
+    Status.ERR_LENGTH: "the data length is wrong for this command",
+    Status.ERR_SELECT: "the selection mask is empty or names contexts the device does not have",
+    Status.ERR_AUTH: "the MAC tag does not verify (forged or for another device)",
+    Status.ERR_VERSION: "the update is for a version that is not the current one (replayed?)",
+    Status.ERR_ROLLBACK: "the update's new version is not newer than the current one",
+    Status.ERR_NOT_TRUSTED: "the task is not in its reference state, so its key is unavailable",
+    Status.ERR_NO_KEY: "no HMAC key was imported by this caller",
+    Status.ERR_COUNTER: "the attestation counter is exhausted",
+    Status.ERR_ABORTED: "the command was aborted before it finished; nothing changed",
+}
+
+
+class MchsmError(Exception):
+    """Base of every error the mchsm host software raises on purpose."""
+
+
+class HsmError(MchsmError):
+    """An HSM command ended with a status other than OK."""
+
+    def __init__(self, cmd: Cmd | int, status: Status) -> None:
+        self.cmd = cmd
+        self.status = status
+        name = cmd.name if isinstance(cmd, Cmd) else f"command 0x{cmd:02x}"
+        super().__init__(f"{name} failed with {status.name}: {_EXPLAIN.get(status, 'unknown')}")
+
+
+class TransportError(MchsmError):
+    """The bus or link to the HSM misbehaved (timeout, bad frame, no such device)."""
+
+
+class VerifierError(MchsmError):
+    """The verifier refused something."""
+
+
+class UnknownDeviceError(VerifierError):
+    """The device id is not in the registry."""
+
+
+class AttestationError(VerifierError):
+    """Evidence was rejected: bad tag, unknown/used/expired nonce, or a stale counter."""
+
+
+class UpdateError(VerifierError):
+    """An update could not be prepared or its acknowledgement did not verify."""

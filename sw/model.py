@@ -1,0 +1,402 @@
+"""Golden model of the multi-context HSM: what the RTL must do, bit for bit.
+
+The model works at the command level (code, context argument, declared length, streamed data)
+and follows ``docs/protocol.md`` literally, including the order in which errors are checked, so
+that the RTL can be compared with it result by result and state by state.  It never raises for
+bad command input: every command ends in a :class:`~mchsm.constants.Status`.  The register-level
+front end that puts this behind the mailbox lives in :mod:`mchsm.sw.mailbox`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
+
+from mchsm.constants import (
+    DEFAULT_CONTEXTS,
+    DEVICE_ID_SIZE,
+    DIGEST_SIZE,
+    MANAGER,
+    MAX_CONTEXTS,
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    SHA_BLOCK_SIZE,
+    Access,
+    Cmd,
+    CtxFlag,
+    Status,
+    command_spec,
+    u32,
+)
+from mchsm.sw.protocol import (
+    ZERO_DIGEST,
+    ack_message,
+    att_message,
+    derive_att_key,
+    derive_task_key,
+    derive_upd_key,
+    hmac_sha256,
+    sha256,
+    tags_equal,
+    upd_message,
+)
+
+__all__ = ["ContextState", "HsmBusyError", "HsmModel", "HsmState", "Response"]
+
+U32_MAX = 0xFFFF_FFFF
+
+
+class HsmBusyError(RuntimeError):
+    """A command was started while another one runs; the mailbox ignores such writes."""
+
+
+@dataclass(frozen=True)
+class Response:
+    """Outcome of one command: a status and, when it is OK, the result bytes."""
+
+    status: Status
+    result: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+@dataclass(frozen=True)
+class ContextState:
+    """Public state of one context (everything READ_CTX shows)."""
+
+    measurement: bytes = ZERO_DIGEST
+    reference: bytes = ZERO_DIGEST
+    version: int = 0
+    loaded: bool = False
+    anomaly: bool = False
+
+    @property
+    def match(self) -> bool:
+        return self.version > 0 and self.measurement == self.reference
+
+    @property
+    def ok(self) -> bool:
+        return self.loaded and self.match and not self.anomaly
+
+    @property
+    def flags(self) -> CtxFlag:
+        flags = CtxFlag(0)
+        if self.loaded:
+            flags |= CtxFlag.LOADED
+        if self.anomaly:
+            flags |= CtxFlag.ANOMALY
+        if self.match:
+            flags |= CtxFlag.MATCH
+        if self.ok:
+            flags |= CtxFlag.OK
+        return flags
+
+
+@dataclass(frozen=True)
+class HsmState:
+    """Everything about the HSM that is not a key: what differential tests compare."""
+
+    contexts: tuple[ContextState, ...]
+    provisioned: bool = False
+    dev_id: bytes = bytes(DEVICE_ID_SIZE)
+    counter: int = 0
+    hmac_owner: int | None = None  #: caller that owns the imported HMAC key, if any
+
+    def mask(self, predicate: str) -> int:
+        """Bit i-1 set for every context i whose ``predicate`` property is true."""
+        out = 0
+        for index, ctx in enumerate(self.contexts):
+            if getattr(ctx, predicate):
+                out |= 1 << index
+        return out
+
+
+@dataclass
+class _Keys:
+    root: bytes
+    att: bytes
+    upd: bytes
+
+
+@dataclass
+class _Running:
+    """The command currently taking its data."""
+
+    caller: int
+    cmd: Cmd
+    ctx: int
+    remaining: int
+    buffer: bytearray = field(default_factory=bytearray)
+    stream: object | None = None  #: incremental hash/HMAC for streamed commands
+    key_hash: object | None = None  #: HMAC_KEY: hash of a key longer than a block
+
+
+class HsmModel:
+    """The multi-context HSM as a Python object.
+
+    Parameters
+    ----------
+    contexts : int
+        Number of task contexts N (1..32).
+    """
+
+    def __init__(self, contexts: int = DEFAULT_CONTEXTS) -> None:
+        if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
+            raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
+        self.contexts = contexts
+        self._state = HsmState(contexts=(ContextState(),) * contexts)
+        self._keys: _Keys | None = None
+        self._hmac_key: bytes | None = None
+        self._running: _Running | None = None
+
+    # -- inspection -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> HsmState:
+        """A snapshot of the public state (immutable)."""
+        return self._state
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    @property
+    def remaining(self) -> int:
+        """Bytes the running command still expects (0 when idle)."""
+        return self._running.remaining if self._running is not None else 0
+
+    def context(self, ctx: int) -> ContextState:
+        return self._state.contexts[ctx - 1]
+
+    # -- command interface --------------------------------------------------------------------
+
+    def execute(self, caller: int, cmd: int, ctx: int, data: bytes | Iterable[bytes] = b"",
+                length: int | None = None) -> Response:
+        """Run one whole command.  ``data`` may be bytes or an iterable of chunks (streamed);
+        ``length`` defaults to the length of ``data`` (then ``data`` must be bytes)."""
+        if length is None:
+            if not isinstance(data, bytes | bytearray):
+                raise TypeError("length is required when data is streamed as chunks")
+            length = len(data)
+        response = self.start(caller, cmd, ctx, length)
+        if response is not None:
+            return response
+        chunks = [data] if isinstance(data, bytes | bytearray) else data
+        for chunk in chunks:
+            response = self.feed(bytes(chunk))
+            if response is not None:
+                return response
+        return self.abort()
+
+    def start(self, caller: int, cmd: int, ctx: int, length: int) -> Response | None:
+        """Issue a command: run checks 1-6 of the spec.
+
+        Returns the response when the command is already finished (an early error, or a
+        command without data), otherwise ``None``: the command then waits for ``length``
+        bytes through :meth:`feed`.
+        """
+        if self._running is not None:
+            raise HsmBusyError("a command is already running")
+        status = self._precheck(caller, cmd, ctx, length)
+        if status is not Status.OK:
+            return Response(status)
+        code = Cmd(cmd)
+        running = _Running(caller=caller, cmd=code, ctx=ctx, remaining=length)
+        if code in (Cmd.MEASURE, Cmd.HASH):
+            running.stream = hashes.Hash(hashes.SHA256())
+        elif code is Cmd.HMAC:
+            assert self._hmac_key is not None
+            running.stream = _hmac.HMAC(self._hmac_key, hashes.SHA256())
+        elif code is Cmd.TASK_MAC:
+            assert self._keys is not None
+            key = derive_task_key(self._keys.root, caller, self.context(caller).reference)
+            running.stream = _hmac.HMAC(key, hashes.SHA256())
+        self._running = running
+        if length == 0:
+            return self._complete()
+        return None
+
+    def feed(self, data: bytes) -> Response | None:
+        """Give the running command more data; bytes beyond its declared length are ignored.
+
+        Returns the response once the last byte has arrived, else ``None``.
+        """
+        running = self._running
+        if running is None:
+            return None
+        data = data[: running.remaining]
+        running.remaining -= len(data)
+        if running.stream is not None:
+            running.stream.update(data)  # type: ignore[attr-defined]
+        elif running.cmd is Cmd.HMAC_KEY and running.key_hash is not None:
+            running.key_hash.update(data)  # type: ignore[attr-defined]
+        else:
+            running.buffer += data
+            if running.cmd is Cmd.HMAC_KEY and len(running.buffer) > SHA_BLOCK_SIZE:
+                running.key_hash = hashes.Hash(hashes.SHA256())
+                running.key_hash.update(bytes(running.buffer))
+                running.buffer.clear()
+        if running.remaining == 0:
+            return self._complete()
+        return None
+
+    def abort(self) -> Response:
+        """End the running command without any effect."""
+        self._running = None
+        return Response(Status.ERR_ABORTED)
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _precheck(self, caller: int, cmd: int, ctx: int, length: int) -> Status:
+        try:
+            code = Cmd(cmd)
+        except ValueError:
+            return Status.ERR_UNKNOWN_CMD
+        spec = command_spec(code)
+        if not 0 <= caller <= self.contexts:
+            return Status.ERR_DENIED
+        is_manager = caller == MANAGER
+        if spec.access is Access.MANAGER and not is_manager:
+            return Status.ERR_DENIED
+        if spec.access is Access.TASK and is_manager:
+            return Status.ERR_DENIED
+        if spec.access is Access.MANAGER_OR_OWN and not is_manager and ctx != caller:
+            return Status.ERR_DENIED
+        if spec.provisioned is True and not self._state.provisioned:
+            return Status.ERR_NOT_PROVISIONED
+        if spec.provisioned is False and self._state.provisioned:
+            return Status.ERR_PROVISIONED
+        if spec.context:
+            if not 1 <= ctx <= self.contexts:
+                return Status.ERR_CONTEXT
+        elif ctx != 0:
+            return Status.ERR_CONTEXT
+        if spec.length is not None and length != spec.length:
+            return Status.ERR_LENGTH
+        if not 0 <= length <= U32_MAX:
+            return Status.ERR_LENGTH
+        if code is Cmd.TASK_MAC and not self.context(caller).ok:
+            return Status.ERR_NOT_TRUSTED
+        if code is Cmd.HMAC and (self._hmac_key is None or self._state.hmac_owner != caller):
+            return Status.ERR_NO_KEY
+        return Status.OK
+
+    # -- command bodies -----------------------------------------------------------------------
+
+    def _complete(self) -> Response:
+        running = self._running
+        assert running is not None and running.remaining == 0
+        self._running = None
+        handler = getattr(self, f"_do_{running.cmd.name.lower()}")
+        return handler(running)
+
+    def _set_context(self, ctx: int, **changes: object) -> None:
+        contexts = list(self._state.contexts)
+        contexts[ctx - 1] = replace(contexts[ctx - 1], **changes)
+        self._state = replace(self._state, contexts=tuple(contexts))
+
+    def _do_provision(self, run: _Running) -> Response:
+        data = bytes(run.buffer)
+        dev_id, root = data[:DEVICE_ID_SIZE], data[DEVICE_ID_SIZE:]
+        self._keys = _Keys(root=root, att=derive_att_key(root), upd=derive_upd_key(root))
+        self._state = replace(self._state, provisioned=True, dev_id=dev_id)
+        return Response(Status.OK)
+
+    def _do_status(self, run: _Running) -> Response:
+        state = self._state
+        visible = U32_MAX if run.caller == MANAGER else 1 << (run.caller - 1)
+        info = int(state.provisioned) | self.contexts << 8 | PROTOCOL_VERSION << 16
+        result = (
+            u32(info)
+            + u32(state.counter)
+            + u32(state.mask("ok") & visible)
+            + u32(state.mask("loaded") & visible)
+            + u32(state.mask("anomaly") & visible)
+            + state.dev_id
+        )
+        return Response(Status.OK, result)
+
+    def _do_read_ctx(self, run: _Running) -> Response:
+        c = self.context(run.ctx)
+        result = u32(int(c.flags)) + u32(c.version) + c.measurement + c.reference
+        return Response(Status.OK, result)
+
+    def _do_reset(self, run: _Running) -> Response:
+        self._set_context(run.ctx, measurement=ZERO_DIGEST, loaded=False, anomaly=False)
+        return Response(Status.OK)
+
+    def _do_extend(self, run: _Running) -> Response:
+        new = sha256(self.context(run.ctx).measurement + bytes(run.buffer))
+        self._set_context(run.ctx, measurement=new)
+        return Response(Status.OK, new)
+
+    def _do_measure(self, run: _Running) -> Response:
+        digest = run.stream.finalize()  # type: ignore[attr-defined]
+        new = sha256(self.context(run.ctx).measurement + digest)
+        self._set_context(run.ctx, measurement=new, loaded=True)
+        return Response(Status.OK, digest)
+
+    def _do_set_anomaly(self, run: _Running) -> Response:
+        self._set_context(run.ctx, anomaly=True)
+        return Response(Status.OK)
+
+    def _do_attest(self, run: _Running) -> Response:
+        assert self._keys is not None
+        data = bytes(run.buffer)
+        sel = int.from_bytes(data[:4], "big")
+        nonce = data[4 : 4 + NONCE_SIZE]
+        if sel == 0 or sel >> self.contexts:
+            return Response(Status.ERR_SELECT)
+        if self._state.counter == U32_MAX:
+            return Response(Status.ERR_COUNTER)
+        ok = sel & self._state.mask("ok")
+        ctr = self._state.counter + 1
+        refs = b"".join(
+            c.reference for i, c in enumerate(self._state.contexts) if sel >> i & 1
+        )
+        digest = sha256(refs)
+        tag = hmac_sha256(self._keys.att, att_message(self._state.dev_id, nonce, sel, ok, ctr,
+                                                      digest))
+        self._state = replace(self._state, counter=ctr)
+        return Response(Status.OK, u32(sel) + u32(ok) + u32(ctr) + tag)
+
+    def _do_update(self, run: _Running) -> Response:
+        assert self._keys is not None
+        data = bytes(run.buffer)
+        old = int.from_bytes(data[0:4], "big")
+        new = int.from_bytes(data[4:8], "big")
+        ref = data[8 : 8 + DIGEST_SIZE]
+        tag = data[8 + DIGEST_SIZE :]
+        dev_id = self._state.dev_id
+        expected = hmac_sha256(self._keys.upd, upd_message(dev_id, run.ctx, old, new, ref))
+        if not tags_equal(expected, tag):
+            return Response(Status.ERR_AUTH)
+        if old != self.context(run.ctx).version:
+            return Response(Status.ERR_VERSION)
+        if new <= old:
+            return Response(Status.ERR_ROLLBACK)
+        # one step: reference, version and LOADED change together
+        self._set_context(run.ctx, reference=ref, version=new, loaded=False)
+        ack = hmac_sha256(self._keys.upd, ack_message(dev_id, run.ctx, old, new, ref))
+        return Response(Status.OK, u32(new) + ack)
+
+    def _do_task_mac(self, run: _Running) -> Response:
+        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+
+    def _do_hash(self, run: _Running) -> Response:
+        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+
+    def _do_hmac(self, run: _Running) -> Response:
+        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+
+    def _do_hmac_key(self, run: _Running) -> Response:
+        hashed = run.key_hash
+        self._hmac_key = hashed.finalize() if hashed is not None else bytes(run.buffer)  # type: ignore[attr-defined]
+        self._state = replace(self._state, hmac_owner=run.caller)
+        return Response(Status.OK)
+

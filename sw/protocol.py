@@ -1,0 +1,210 @@
+"""Byte-exact message builders and the primitives of the mchsm protocol.
+
+Model, driver, verifier and tests build every MAC input here, from the constants module, so a
+field order exists in exactly one place.  Primitives come from ``cryptography``; nothing is
+hand-rolled.  ``docs/protocol.md`` sections 2, 5 and 6 describe the layouts.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import constant_time, hashes
+from cryptography.hazmat.primitives import hmac as _hmac
+
+from mchsm.constants import (
+    ACK_LABEL,
+    ATT_LABEL,
+    ATT_MESSAGE_SIZE,
+    DEVICE_ID_SIZE,
+    DIGEST_SIZE,
+    EVIDENCE_SIZE,
+    KDF_ATT,
+    KDF_TASK,
+    KDF_UPD,
+    MAX_CONTEXTS,
+    NONCE_SIZE,
+    UPD_LABEL,
+    UPD_MESSAGE_SIZE,
+    u32,
+)
+
+__all__ = [
+    "UPDATE_ACK_SIZE",
+    "UPDATE_AUTH_SIZE",
+    "ZERO_DIGEST",
+    "Evidence",
+    "UpdateAck",
+    "UpdateAuth",
+    "ack_message",
+    "att_message",
+    "derive_att_key",
+    "derive_task_key",
+    "derive_upd_key",
+    "hmac_sha256",
+    "reference",
+    "select_digest",
+    "sha256",
+    "tags_equal",
+    "upd_message",
+]
+
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 of ``data``."""
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104; keys longer than a block are hashed first)."""
+    h = _hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def tags_equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison of two tags."""
+    return constant_time.bytes_eq(a, b)
+
+
+def derive_att_key(root: bytes) -> bytes:
+    """K_att = MAC(K_root, "mchsm/v1/att")."""
+    return hmac_sha256(root, KDF_ATT)
+
+
+def derive_upd_key(root: bytes) -> bytes:
+    """K_upd = MAC(K_root, "mchsm/v1/upd")."""
+    return hmac_sha256(root, KDF_UPD)
+
+
+def derive_task_key(root: bytes, ctx: int, ref: bytes) -> bytes:
+    """K_task[i] = MAC(K_root, "mchsm/v1/tsk" || u32(i) || R[i]): changes with every update."""
+    _check_len("reference", ref, DIGEST_SIZE)
+    return hmac_sha256(root, KDF_TASK + u32(ctx) + ref)
+
+
+def reference(image: bytes) -> bytes:
+    """ref(C) = H(0^32 || H(C)): the measurement after RESET then MEASURE(C)."""
+    return sha256(ZERO_DIGEST + sha256(image))
+
+
+def select_digest(refs: dict[int, bytes], sel: int) -> bytes:
+    """D = H(R[i] for i in sel, ascending).  ``refs`` maps context -> reference."""
+    parts = []
+    for ctx in range(1, MAX_CONTEXTS + 1):
+        if sel >> (ctx - 1) & 1:
+            parts.append(refs[ctx])
+    return sha256(b"".join(parts))
+
+
+def att_message(
+    dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest: bytes
+) -> bytes:
+    """"ATT1" || dev_id || nonce || u32 sel || u32 ok || u32 ctr || D (MAC'd under K_att)."""
+    _check_len("device id", dev_id, DEVICE_ID_SIZE)
+    _check_len("nonce", nonce, NONCE_SIZE)
+    _check_len("selection digest", digest, DIGEST_SIZE)
+    msg = ATT_LABEL + dev_id + nonce + u32(sel) + u32(ok) + u32(ctr) + digest
+    assert len(msg) == ATT_MESSAGE_SIZE
+    return msg
+
+
+def _version_message(
+    label: bytes, dev_id: bytes, ctx: int, old: int, new: int, ref: bytes
+) -> bytes:
+    _check_len("device id", dev_id, DEVICE_ID_SIZE)
+    _check_len("reference", ref, DIGEST_SIZE)
+    msg = label + dev_id + u32(ctx) + u32(old) + u32(new) + ref
+    assert len(msg) == UPD_MESSAGE_SIZE
+    return msg
+
+
+def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
+    """"UPD1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
+    return _version_message(UPD_LABEL, dev_id, ctx, old, new, ref)
+
+
+def ack_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
+    """"ACK1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
+    return _version_message(ACK_LABEL, dev_id, ctx, old, new, ref)
+
+
+def _check_len(what: str, value: bytes, size: int) -> None:
+    if len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes, not {len(value)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire formats between device and verifier
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the device returns for one attestation: 44 bytes, whatever the number of tasks."""
+
+    sel: int
+    ok: int
+    ctr: int
+    tag: bytes
+
+    def pack(self) -> bytes:
+        return u32(self.sel) + u32(self.ok) + u32(self.ctr) + self.tag
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Evidence:
+        _check_len("evidence", data, EVIDENCE_SIZE)
+        sel, ok, ctr = struct.unpack(">III", data[:12])
+        return cls(sel=sel, ok=ok, ctr=ctr, tag=bytes(data[12:]))
+
+
+@dataclass(frozen=True)
+class UpdateAuth:
+    """The verifier's authorisation to move context ``ctx`` from ``old`` to ``new``/``ref``."""
+
+    ctx: int
+    old: int
+    new: int
+    ref: bytes
+    tag: bytes
+
+    def pack(self) -> bytes:
+        """On the wire: u32 i || u32 v || u32 v' || R' || tag_u (76 bytes)."""
+        return u32(self.ctx) + self.command_data()
+
+    def command_data(self) -> bytes:
+        """The data of the UPDATE command: u32 v || u32 v' || R' || tag_u."""
+        return u32(self.old) + u32(self.new) + self.ref + self.tag
+
+    @classmethod
+    def unpack(cls, data: bytes) -> UpdateAuth:
+        _check_len("update authorisation", data, UPDATE_AUTH_SIZE)
+        ctx, old, new = struct.unpack(">III", data[:12])
+        return cls(ctx=ctx, old=old, new=new, ref=bytes(data[12:44]), tag=bytes(data[44:]))
+
+
+@dataclass(frozen=True)
+class UpdateAck:
+    """The device's proof that it installed an update: u32 i || u32 v' || ack (40 bytes)."""
+
+    ctx: int
+    new: int
+    ack: bytes
+
+    def pack(self) -> bytes:
+        return u32(self.ctx) + u32(self.new) + self.ack
+
+    @classmethod
+    def unpack(cls, data: bytes) -> UpdateAck:
+        _check_len("update acknowledgement", data, UPDATE_ACK_SIZE)
+        ctx, new = struct.unpack(">II", data[:8])
+        return cls(ctx=ctx, new=new, ack=bytes(data[8:]))
+
+
+UPDATE_AUTH_SIZE = 3 * 4 + 2 * DIGEST_SIZE
+UPDATE_ACK_SIZE = 2 * 4 + DIGEST_SIZE

@@ -1,0 +1,120 @@
+"""The microkernel model: loader, isolation, capabilities, HSM tagging, behaviour features."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from mchsm.constants import Cmd, Status
+from mchsm.sw.driver import HsmDriver, ModelTransport
+from mchsm.sw.kernel import CapabilityError, MemoryFault, Microkernel, TaskApi
+from mchsm.sw.mailbox import ModelMailbox
+from mchsm.sw.model import HsmModel
+
+
+def make() -> tuple[HsmModel, Microkernel]:
+    model = HsmModel(4)
+    return model, Microkernel(HsmDriver(ModelTransport(ModelMailbox(model))), 4)
+
+
+def test_loader_measures_what_it_loads() -> None:
+    model, kernel = make()
+    task = kernel.create_task("a", b"image of a" * 30)
+    digest = asyncio.run(kernel.load("a"))
+    assert digest == hashlib.sha256(task.image).digest()
+    expected = hashlib.sha256(bytes(32) + digest).digest()
+    assert model.context(task.tid).measurement == expected and model.context(task.tid).loaded
+    assert task.space is not None and task.space.code == task.image
+
+
+def test_address_spaces_are_separate() -> None:
+    _, kernel = make()
+    seen: list[str] = []
+
+    async def snoop(api: TaskApi) -> None:
+        api.read(0, 8)
+        try:
+            api.read(api.data_base + 4096, 8)  # one past its own space
+        except MemoryFault as exc:
+            seen.append(str(exc))
+        api.write(0, b"patch")  # its own code is read-only: the period ends here
+
+    kernel.create_task("victim", b"secret code")
+    kernel.create_task("snoop", b"snoop code", snoop)
+    asyncio.run(kernel.load_all())
+    features = asyncio.run(kernel.run_period())
+    assert seen and "outside" in seen[0]
+    assert features[2].faults == 2
+    assert kernel.task("victim").space.code == b"secret code"  # type: ignore[union-attr]
+
+
+def test_ipc_only_through_capabilities() -> None:
+    _, kernel = make()
+    got: list[tuple[int, bytes]] = []
+
+    async def sender(api: TaskApi) -> None:
+        api.send("receiver", b"hello")
+        api.send("nobody", b"x")
+
+    async def receiver(api: TaskApi) -> None:
+        while (msg := api.receive()) is not None:
+            got.append(msg)
+
+    kernel.create_task("sender", b"s", sender)
+    kernel.create_task("receiver", b"r", receiver)
+    kernel.grant("sender", "receiver")
+    asyncio.run(kernel.load_all())
+    f1 = asyncio.run(kernel.run_period())
+    f2 = asyncio.run(kernel.run_period())
+    assert got == [(1, b"hello"), (1, b"hello")]  # badge = the sender's id, set by the kernel
+    assert f1[1].ipc_sent[2] == 1 and f1[1].faults == 1
+    assert f1[2].ipc_received[1] == 1
+    assert f2[1].syscalls["send"] == 2
+    with pytest.raises(CapabilityError):
+        kernel._send(kernel.task("receiver"), "sender", b"no cap")
+
+
+def test_hsm_access_is_tagged_with_the_task_id() -> None:
+    model, kernel = make()
+    replies = {}
+
+    async def probe(api: TaskApi) -> None:
+        replies["own"] = await api.hsm.call(Cmd.READ_CTX, 2)
+        replies["other"] = await api.hsm.call(Cmd.READ_CTX, 1)
+        replies["reset"] = await api.hsm.call(Cmd.RESET, 2)
+
+    kernel.create_task("one", b"1")
+    kernel.create_task("probe", b"2", probe)
+    asyncio.run(kernel.load_all())
+    features = asyncio.run(kernel.run_period())
+    assert replies["own"].status is Status.OK
+    assert replies["other"].status is Status.ERR_DENIED
+    assert replies["reset"].status is Status.ERR_DENIED
+    assert features[2].hsm_commands == 3
+    assert model.context(2).loaded  # the task could not reset itself
+
+
+def test_period_hooks_see_features() -> None:
+    _, kernel = make()
+    periods = []
+
+    async def busy(api: TaskApi) -> None:
+        api.compute(7)
+
+    kernel.create_task("busy", b"b", busy)
+    kernel.on_period(lambda n, f: periods.append((n, f[1].cpu)))
+    asyncio.run(kernel.load_all())
+    asyncio.run(kernel.run_period())
+    asyncio.run(kernel.run_period())
+    assert periods == [(0, 7), (1, 7)]
+    assert kernel.task(1).name == "busy"
+
+
+def test_contexts_run_out() -> None:
+    _, kernel = make()
+    for i in range(4):
+        kernel.create_task(f"t{i}", b"x")
+    with pytest.raises(Exception, match="all 4 contexts are in use"):
+        kernel.create_task("t5", b"x")
