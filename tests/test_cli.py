@@ -1,0 +1,74 @@
+"""The command line: the demo story, and hash/hmac printed like sha256sum."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mchsm.cli import main
+from mchsm.sw.verifier import Verifier
+
+
+def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    db = tmp_path / "v.sqlite"
+    result = CliRunner().invoke(main, ["demo", "--backend", "model", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "FAIL" not in out
+    for expected in ("control=failed", "ERR_VERSION", "ERR_ROLLBACK", "ERR_AUTH",
+                     "nonce already used", "ERR_DENIED", "every step went as the protocol says"):
+        assert expected in out
+    assert out.count("PASS") >= 12
+    with Verifier(db) as verifier:  # the registry file is real and holds the story
+        kinds = {entry.kind for entry in verifier.audit()}
+        assert {"attest", "update.confirm"} <= kinds
+
+
+def test_demo_refuses_too_few_contexts() -> None:
+    result = CliRunner().invoke(main, ["demo", "--contexts", "3"])
+    assert result.exit_code != 0
+    assert "at least 4 contexts" in result.output
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> list[Path]:
+    out = []
+    for size in (0, 55, 56, 64, 1000, 1 << 20):
+        path = tmp_path / f"f{size}.bin"
+        path.write_bytes(os.urandom(size))
+        out.append(path)
+    return out
+
+
+def test_hash_prints_sha256sum_lines(files: list[Path]) -> None:
+    result = CliRunner().invoke(main, ["hash", *map(str, files)])
+    assert result.exit_code == 0, result.output
+    expected = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p}" for p in files]
+    assert result.output.splitlines() == expected
+
+
+@pytest.mark.parametrize("key", ["", "00", "6b6579", "ab" * 64, "cd" * 65])
+def test_hmac_matches_stdlib(files: list[Path], key: str) -> None:
+    result = CliRunner().invoke(main, ["hmac", "--key-hex", key, *map(str, files[:4])])
+    assert result.exit_code == 0, result.output
+    raw = bytes.fromhex(key)
+    expected = [f"{hmac.new(raw, p.read_bytes(), hashlib.sha256).hexdigest()}  {p}"
+                for p in files[:4]]
+    assert result.output.splitlines() == expected
+
+
+def test_hash_reports_missing_files_and_bad_keys(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["hash", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "no such file" in result.output
+    result = CliRunner().invoke(main, ["hmac", "--key-hex", "xyz", str(tmp_path)])
+    assert result.exit_code != 0 and "hexadecimal" in result.output
+
+
+def test_unknown_backend_is_refused() -> None:
+    result = CliRunner().invoke(main, ["hash", "--backend", "fpga", "x"])
+    assert result.exit_code != 0 and "fpga" in result.output
