@@ -111,3 +111,23 @@ def hmac_files(backend: str, key_hex: str, files: tuple[str, ...]) -> None:
         raise click.BadParameter("the key must be hexadecimal", param_hint="--key-hex") from None
     for line in _digest_files(backend, files, key):
         click.echo(line)
+
+
+@main.command()
+@click.option("--proverif", default="proverif", show_default=True,
+              help="The ProVerif executable (install it with: opam install proverif).")
+@click.option("--timeout", type=float, default=600, show_default=True,
+              help="Seconds allowed per model.")
+def prove(proverif: str, timeout: float) -> None:
+    """Run ProVerif on every protocol model and check each query against expectations."""
+    from mchsm.sw.prove import ProverifError, render_table, run_proofs, surprises
+
+    try:
+        results = run_proofs(proverif=proverif, timeout=timeout)
+    except ProverifError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render_table(results))
+    bad = surprises(results)
+    if bad:
+        click.echo(f"{len(bad)} result(s) differ from proverif/expected.json", err=True)
+        sys.exit(1)

@@ -18,6 +18,8 @@ __all__ = [
     "ACK_LABEL",
     "ATT_LABEL",
     "ATT_MESSAGE_SIZE",
+    "BUS_ADDR_WIDTH",
+    "CALLER_BITS",
     "CMD_SHAPE",
     "CONTEXT_COMMANDS",
     "DEFAULT_CONTEXTS",
@@ -47,6 +49,16 @@ __all__ = [
     "ctx_bit",
     "u32",
 ]
+__all__ += [
+    "ACK_FIELDS",
+    "ATT_FIELDS",
+    "EVIDENCE_FIELDS",
+    "LABELS",
+    "TASK_KDF_FIELDS",
+    "U32_SIZE",
+    "UPD_FIELDS",
+    "Field",
+]
 
 # ---------------------------------------------------------------------------------------------
 # Sizes (bytes)
@@ -62,6 +74,8 @@ MANAGER = 0  #: caller id of the privileged manager/loader; tasks are 1..N
 DEFAULT_CONTEXTS = 8
 MAX_CONTEXTS = 32  #: the selection mask is a u32, bit i-1 for context i
 RESULT_WORDS = 32  #: the result window holds up to 128 bytes
+CALLER_BITS = 6  #: width of the caller-id sideband (ids 0..63; only 0..N are accepted)
+BUS_ADDR_WIDTH = 6  #: Wishbone word-address width of the mailbox (64 words = 256 bytes)
 
 # ---------------------------------------------------------------------------------------------
 # Labels.  Every label is a whole number of 32-bit words so that every field of every MAC'd
@@ -81,6 +95,64 @@ ATT_MESSAGE_SIZE = 4 + DEVICE_ID_SIZE + NONCE_SIZE + 3 * 4 + DIGEST_SIZE
 UPD_MESSAGE_SIZE = 4 + DEVICE_ID_SIZE + 3 * 4 + DIGEST_SIZE
 #: sel || ok || ctr || tag: what travels back for one attestation, whatever N is
 EVIDENCE_SIZE = 3 * 4 + DIGEST_SIZE
+
+# ---------------------------------------------------------------------------------------------
+# The messages of the spec, field by field.  Names are the identifiers the models use (the
+# label fields are named after the mchsm.constants attribute that holds their bytes); sizes are
+# in bytes.  The protocol builders (sw/protocol.py) pack
+# messages from these lists and the ProVerif consistency test checks the models against them.
+# ---------------------------------------------------------------------------------------------
+
+U32_SIZE = 4  #: every integer field of a MAC input is a big-endian u32
+
+#: One field of a MAC'd message: (name in the models, size in bytes).
+Field = tuple[str, int]
+
+#: "ATT1" || dev_id || nonce || u32(sel) || u32(ok) || u32(ctr) || D  (section 5)
+ATT_FIELDS: tuple[Field, ...] = (
+    ("ATT_LABEL", len(ATT_LABEL)),
+    ("dev_id", DEVICE_ID_SIZE),
+    ("nonce", NONCE_SIZE),
+    ("sel", U32_SIZE),
+    ("ok", U32_SIZE),
+    ("ctr", U32_SIZE),
+    ("D", DIGEST_SIZE),
+)
+#: "UPD1" || dev_id || u32(i) || u32(v) || u32(v') || R'  (section 6, step 1)
+UPD_FIELDS: tuple[Field, ...] = (
+    ("UPD_LABEL", len(UPD_LABEL)),
+    ("dev_id", DEVICE_ID_SIZE),
+    ("i", U32_SIZE),
+    ("v", U32_SIZE),
+    ("v'", U32_SIZE),
+    ("R'", DIGEST_SIZE),
+)
+#: "ACK1" || dev_id || u32(i) || u32(v) || u32(v') || R'  (section 6, step 3)
+ACK_FIELDS: tuple[Field, ...] = (("ACK_LABEL", len(ACK_LABEL)), *UPD_FIELDS[1:])
+#: "mchsm/v1/tsk" || u32(i) || R[i], the KDF input of K_task[i]  (section 2)
+TASK_KDF_FIELDS: tuple[Field, ...] = (
+    ("KDF_TASK", len(KDF_TASK)),
+    ("i", U32_SIZE),
+    ("R", DIGEST_SIZE),
+)
+#: u32(sel) || u32(ok) || u32(ctr) || tag: the evidence sent back (section 5, step 3)
+EVIDENCE_FIELDS: tuple[Field, ...] = (
+    ("sel", U32_SIZE),
+    ("ok", U32_SIZE),
+    ("ctr", U32_SIZE),
+    ("tag", DIGEST_SIZE),
+)
+
+#: Every label constant a model declares, by its name in the models and in mchsm.constants.
+LABELS: dict[str, bytes] = {
+    "ATT_LABEL": ATT_LABEL,
+    "UPD_LABEL": UPD_LABEL,
+    "ACK_LABEL": ACK_LABEL,
+    "KDF_ATT": KDF_ATT,
+    "KDF_UPD": KDF_UPD,
+    "KDF_TASK": KDF_TASK,
+}
+
 
 MAGIC = 0x4D434853  #: "MCHS", the ID register
 

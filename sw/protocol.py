@@ -14,19 +14,17 @@ from cryptography.hazmat.primitives import constant_time, hashes
 from cryptography.hazmat.primitives import hmac as _hmac
 
 from mchsm.constants import (
-    ACK_LABEL,
-    ATT_LABEL,
-    ATT_MESSAGE_SIZE,
-    DEVICE_ID_SIZE,
+    ACK_FIELDS,
+    ATT_FIELDS,
     DIGEST_SIZE,
     EVIDENCE_SIZE,
     KDF_ATT,
-    KDF_TASK,
     KDF_UPD,
+    LABELS,
     MAX_CONTEXTS,
-    NONCE_SIZE,
-    UPD_LABEL,
-    UPD_MESSAGE_SIZE,
+    TASK_KDF_FIELDS,
+    UPD_FIELDS,
+    Field,
     u32,
 )
 
@@ -43,6 +41,7 @@ __all__ = [
     "derive_task_key",
     "derive_upd_key",
     "hmac_sha256",
+    "pack",
     "reference",
     "select_digest",
     "sha256",
@@ -84,8 +83,7 @@ def derive_upd_key(root: bytes) -> bytes:
 
 def derive_task_key(root: bytes, ctx: int, ref: bytes) -> bytes:
     """K_task[i] = MAC(K_root, "mchsm/v1/tsk" || u32(i) || R[i]): changes with every update."""
-    _check_len("reference", ref, DIGEST_SIZE)
-    return hmac_sha256(root, KDF_TASK + u32(ctx) + ref)
+    return hmac_sha256(root, pack(TASK_KDF_FIELDS, {"i": ctx, "R": ref}))
 
 
 def reference(image: bytes) -> bytes:
@@ -102,36 +100,39 @@ def select_digest(refs: dict[int, bytes], sel: int) -> bytes:
     return sha256(b"".join(parts))
 
 
+def pack(fields: tuple[Field, ...], values: dict[str, bytes | int]) -> bytes:
+    """Concatenate the fields of a message in the order the constants module gives.
+
+    Label fields take their bytes from :data:`~mchsm.constants.LABELS`; integers are u32.
+    """
+    out = bytearray()
+    for name, size in fields:
+        if name in LABELS:
+            part = LABELS[name]
+        else:
+            value = values[name]
+            part = u32(value) if isinstance(value, int) else value
+        _check_len(name, part, size)
+        out += part
+    return bytes(out)
+
+
 def att_message(
     dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest: bytes
 ) -> bytes:
     """"ATT1" || dev_id || nonce || u32 sel || u32 ok || u32 ctr || D (MAC'd under K_att)."""
-    _check_len("device id", dev_id, DEVICE_ID_SIZE)
-    _check_len("nonce", nonce, NONCE_SIZE)
-    _check_len("selection digest", digest, DIGEST_SIZE)
-    msg = ATT_LABEL + dev_id + nonce + u32(sel) + u32(ok) + u32(ctr) + digest
-    assert len(msg) == ATT_MESSAGE_SIZE
-    return msg
-
-
-def _version_message(
-    label: bytes, dev_id: bytes, ctx: int, old: int, new: int, ref: bytes
-) -> bytes:
-    _check_len("device id", dev_id, DEVICE_ID_SIZE)
-    _check_len("reference", ref, DIGEST_SIZE)
-    msg = label + dev_id + u32(ctx) + u32(old) + u32(new) + ref
-    assert len(msg) == UPD_MESSAGE_SIZE
-    return msg
+    return pack(ATT_FIELDS, {"dev_id": dev_id, "nonce": nonce, "sel": sel, "ok": ok, "ctr": ctr,
+                             "D": digest})
 
 
 def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
     """"UPD1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
-    return _version_message(UPD_LABEL, dev_id, ctx, old, new, ref)
+    return pack(UPD_FIELDS, {"dev_id": dev_id, "i": ctx, "v": old, "v'": new, "R'": ref})
 
 
 def ack_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
     """"ACK1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
-    return _version_message(ACK_LABEL, dev_id, ctx, old, new, ref)
+    return pack(ACK_FIELDS, {"dev_id": dev_id, "i": ctx, "v": old, "v'": new, "R'": ref})
 
 
 def _check_len(what: str, value: bytes, size: int) -> None:
