@@ -1,0 +1,112 @@
+"""The RTL in Amaranth's own simulator, driven through the same async driver as the model.
+
+:class:`AmaranthTransport` is a Wishbone initiator written as an Amaranth 0.5 testbench: each
+register access puts the address, data and caller id on the bus and waits for ``ack``.  Because
+the host driver awaits nothing but its transport, a whole job (the demo, a test scenario) runs
+inside one testbench coroutine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from amaranth.sim import Simulator
+
+from mchsm.constants import DEFAULT_CONTEXTS
+from mchsm.rtl.core import MchsmCore
+from mchsm.sw.driver import HsmDriver, Transport
+from mchsm.sw.errors import TransportError
+
+__all__ = ["AmaranthRun", "AmaranthTransport", "run_on_amaranth"]
+
+T = TypeVar("T")
+
+#: 12 MHz, the iCE40 board clock (only matters for waveform time stamps)
+CLOCK_PERIOD = 1 / 12e6
+#: cycles to wait for ack before declaring the bus hung
+ACK_TIMEOUT = 10_000
+
+
+class AmaranthTransport(Transport):
+    """Wishbone B4 classic initiator for an Amaranth testbench context."""
+
+    name = "amaranth"
+
+    def __init__(self, ctx: Any, core: MchsmCore) -> None:
+        self.ctx = ctx
+        self.core = core
+        self.cycles = 0  #: clock cycles spent in bus accesses
+
+    async def _cycle(self, addr: int, caller: int, we: bool, value: int = 0) -> int:
+        ctx, bus = self.ctx, self.core.bus
+        ctx.set(bus.adr, addr >> 2)
+        ctx.set(bus.dat_w, value)
+        ctx.set(bus.we, int(we))
+        ctx.set(bus.sel, 0xF)
+        ctx.set(self.core.caller, caller)
+        ctx.set(bus.cyc, 1)
+        ctx.set(bus.stb, 1)
+        for _ in range(ACK_TIMEOUT):
+            await ctx.tick()
+            self.cycles += 1
+            if ctx.get(bus.ack):
+                data = ctx.get(bus.dat_r)
+                ctx.set(bus.cyc, 0)
+                ctx.set(bus.stb, 0)
+                return data
+        raise TransportError(f"no Wishbone ack within {ACK_TIMEOUT} cycles at 0x{addr:02x}")
+
+    async def read(self, addr: int, caller: int) -> int:
+        return await self._cycle(addr, caller, False)
+
+    async def write(self, addr: int, value: int, caller: int) -> None:
+        await self._cycle(addr, caller, True, value)
+
+    async def write_burst(self, addr: int, values: Sequence[int], caller: int) -> None:
+        for value in values:
+            await self._cycle(addr, caller, True, value)
+
+
+@dataclass
+class AmaranthRun:
+    """What a job returned, and what it cost."""
+
+    result: Any
+    cycles: int
+    seconds: float
+
+
+def run_on_amaranth(job: Callable[[HsmDriver], Awaitable[T]],
+                    contexts: int = DEFAULT_CONTEXTS, *, vcd: Path | None = None) -> AmaranthRun:
+    """Run ``job`` against a fresh :class:`MchsmCore` in Amaranth's simulator.
+
+    ``vcd`` writes a waveform (VCD) of the whole run, to open in GTKWave or Surfer.
+    """
+    core = MchsmCore(contexts)
+    sim = Simulator(core)
+    sim.add_clock(CLOCK_PERIOD)
+    out: dict[str, Any] = {}
+
+    async def testbench(ctx: Any) -> None:
+        transport = AmaranthTransport(ctx, core)
+        try:
+            out["result"] = await job(HsmDriver(transport))
+        except BaseException as exc:  # re-raised outside the simulator
+            out["error"] = exc
+        out["cycles"] = transport.cycles
+
+    sim.add_testbench(testbench)
+    began = time.perf_counter()
+    if vcd is not None:
+        with sim.write_vcd(str(vcd)):
+            sim.run()
+    else:
+        sim.run()
+    seconds = time.perf_counter() - began
+    if "error" in out:
+        raise out["error"]
+    return AmaranthRun(result=out["result"], cycles=out["cycles"], seconds=seconds)
