@@ -17,6 +17,7 @@ __all__ = [
     "UnknownDeviceError",
     "UpdateError",
     "VerifierError",
+    "explain",
 ]
 
 _EXPLAIN: dict[Status, str] = {
@@ -35,6 +36,11 @@ _EXPLAIN: dict[Status, str] = {
     Status.ERR_COUNTER: "the attestation counter is exhausted",
     Status.ERR_ABORTED: "the command was aborted before it finished; nothing changed",
 }
+
+
+def explain(status: Status) -> str:
+    """What a status means, in words."""
+    return "success" if status is Status.OK else _EXPLAIN[status]
 
 
 class MchsmError(Exception):

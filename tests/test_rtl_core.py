@@ -187,3 +187,60 @@ def test_abort_and_ownership_on_the_bus() -> None:
     assert out["hash_ok"] == 1 and out["other_reads"] == 0
     assert 60 < out["cycles"] < 200
 
+
+
+def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
+    """Reset at many points of an UPDATE (densely around its commit): never a mix."""
+    from amaranth.hdl import ClockDomain, Module
+    from amaranth.sim import Simulator
+
+    from mchsm.rtl.core import MchsmCore
+    from mchsm.sim.amaranth_backend import CLOCK_PERIOD, AmaranthTransport
+    from mchsm.sw.driver import CtxInfo, StatusInfo
+
+    core = MchsmCore(2)
+    top = Module()
+    top.domains.sync = cd = ClockDomain()
+    top.submodules.core = core
+    sim = Simulator(top)
+    sim.add_clock(CLOCK_PERIOD)
+    seen: list[tuple[int, bool]] = []
+
+    async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]
+        driver = HsmDriver(AmaranthTransport(ctx, core))
+        port = driver.port(MANAGER)
+        await port.provision(DEV, ROOT)
+        refs = {0: bytes(32)}
+        version = 0
+        # how long a whole UPDATE takes, and where its commit is: the last cycles
+        probe = _install(1, 0, 1, b"image 1")
+        length = (await driver.run(MANAGER, Cmd.UPDATE, 1, probe.data)).cycles
+        version, refs[1] = 1, reference(b"image 1")
+        offsets = [*range(2, length - 60, 37), *range(length - 60, length + 3)]
+        for n, offset in enumerate(offsets):
+            image = b"image %d" % (n + 2)
+            cmd = _install(1, version, version + 1, image)
+            await driver.transport.write(Reg.LEN, len(cmd.data), MANAGER)
+            await driver.transport.write(Reg.CMD, Cmd.UPDATE | 1 << 8, MANAGER)
+            words = [int.from_bytes(cmd.data[i : i + 4], "big") for i in range(0, 72, 4)]
+            await driver.transport.write_burst(Reg.DATA, words, MANAGER)
+            for _ in range(max(0, offset - 2 * len(words) - 4)):
+                await ctx.tick()
+            ctx.set(cd.rst, 1)
+            await ctx.tick()
+            ctx.set(cd.rst, 0)
+            info = CtxInfo.parse((await driver.run(MANAGER, Cmd.READ_CTX, 1)).check())
+            new = (info.version, info.reference) == (version + 1, reference(image))
+            old = (info.version, info.reference) == (version, refs[version])
+            assert new or old, (offset, info)
+            assert not info.flags & 1  # LOADED cleared by the reset
+            if new:
+                version += 1
+                refs[version] = reference(image)
+            seen.append((offset, new))
+        status = StatusInfo.parse((await driver.run(MANAGER, Cmd.STATUS)).check())
+        assert status.provisioned and status.dev_id == DEV  # persistent state survives
+
+    sim.add_testbench(testbench)
+    sim.run()
+    assert any(new for _, new in seen) and any(not new for _, new in seen)
