@@ -131,3 +131,37 @@ def prove(proverif: str, timeout: float) -> None:
     if bad:
         click.echo(f"{len(bad)} result(s) differ from proverif/expected.json", err=True)
         sys.exit(1)
+
+
+@main.group()
+def rtl() -> None:
+    """The HSM's hardware: Verilog export and register map."""
+
+
+@rtl.command("export")
+@contexts_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Directory for mchsm_core.v and mchsm_regs.h.")
+@click.option("--lint/--no-lint", default=True, show_default=True,
+              help="Check the Verilog with verilator --lint-only -Wall.")
+def rtl_export(contexts: int, out_dir: Path, lint: bool) -> None:
+    """Write the core as Verilog (top module mchsm_core) and a C header of its registers."""
+    from mchsm.rtl import export
+
+    paths = export.export(out_dir, contexts)
+    for path in paths:
+        click.echo(f"wrote {path}")
+    if lint:
+        result = export.lint(paths[0])
+        if not result.clean:
+            click.echo(result.output, err=True)
+            raise click.ClickException("verilator --lint-only -Wall reported problems")
+        click.echo("verilator --lint-only -Wall: clean")
+
+
+@rtl.command("regdoc")
+def rtl_regdoc() -> None:
+    """Print docs/registers.md (the register map, commands and status codes)."""
+    from mchsm.rtl.export import register_markdown
+
+    click.echo(register_markdown(), nl=False)
