@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import click
 
-from mchsm.constants import DEFAULT_CONTEXTS, MANAGER, MAX_CONTEXTS
+from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS
 from mchsm.sw.backends import BACKENDS, run_on_backend
-from mchsm.sw.driver import HsmDriver
 
-CHUNK = 1 << 16
+#: the demo runs on the RTL by default: Amaranth's simulator needs no build, so on a cold
+#: machine it finishes first (Verilator pays a one-off build of a minute or more)
+DEMO_BACKEND = "amaranth"
+#: hash/hmac default to the model, which streams gigabytes; the RTL backends are a flag away
+DIGEST_BACKEND = "model"
 
-backend_option = click.option(
-    "--backend", type=click.Choice(list(BACKENDS)), default="model", show_default=True,
-    help="Where the HSM runs.",
+def backend_option(default: str):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--backend", type=click.Choice(list(BACKENDS)), default=default, show_default=True,
+        help="Where the HSM runs: the golden model, or the RTL in Amaranth's simulator or "
+             "Verilator.",
+    )
+
+
+waves_option = click.option(
+    "--waves", type=click.Path(path_type=Path), default=None,
+    help="RTL backends: write a waveform (VCD) to this file or directory.",
 )
 contexts_option = click.option(
     "--contexts", type=click.IntRange(1, MAX_CONTEXTS), default=DEFAULT_CONTEXTS,
@@ -33,65 +42,50 @@ def main() -> None:
 
 
 @main.command()
-@backend_option
+@backend_option(DEMO_BACKEND)
 @contexts_option
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Verifier registry file (default: a fresh temporary file).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of task behaviour.")
-def demo(backend: str, contexts: int, db: Path | None, seed: int) -> None:
+@waves_option
+def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | None) -> None:
     """Boot a device, attest, tamper, update, and show every attack fail."""
     from mchsm.sw.demo import run_story
 
     if contexts < 4:
         raise click.BadParameter("the demo needs at least 4 contexts", param_hint="--contexts")
+    if backend != "model":
+        click.echo(f"running the demo on the RTL ({backend})...", err=True)
     with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
         path = db if db is not None else Path(tmp) / "verifier.sqlite"
-        report = run_on_backend(
-            backend, lambda driver: run_story(driver, path, backend=backend, contexts=contexts,
-                                              seed=seed),
-            contexts,
-        )
+        run = run_on_backend(backend, run_story, contexts, waves=waves, job_args={
+            "db_path": path, "backend": backend, "contexts": contexts, "seed": seed})
+    report = run.value
     click.echo(report.render())
+    sim = f", {run.sim_cycles} simulated clock cycles" if run.sim_cycles else ""
+    click.echo(f"({backend}: {run.wall_seconds:.1f} s wall{sim})")
+    if run.waves is not None:
+        click.echo(f"waveform: {run.waves}")
     sys.exit(0 if report.passed else 1)
-
-
-def _chunks(stream: BinaryIO) -> Iterator[bytes]:
-    while chunk := stream.read(CHUNK):
-        yield chunk
 
 
 def _digest_files(backend: str, files: tuple[str, ...], key: bytes | None) -> list[str]:
     """Compute HASH or HMAC of every file on the HSM; lines in sha256sum format."""
-
-    async def job(driver: HsmDriver) -> list[str]:
-        port = driver.port(MANAGER)
-        if key is not None:
-            await port.hmac_key(key)
-        lines = []
-        for name in files:
-            if name == "-":
-                data = sys.stdin.buffer.read()
-                digest = await (port.hmac(data) if key is not None else port.hash(data))
-            else:
-                path = Path(name)
-                with path.open("rb") as stream:
-                    size = path.stat().st_size
-                    chunks = _chunks(stream)
-                    if key is not None:
-                        digest = await port.hmac(chunks, size)
-                    else:
-                        digest = await port.hash(chunks, size)
-            lines.append(f"{digest.hex()}  {name}")
-        return lines
+    from mchsm.sw.jobs import digest_files
 
     for name in files:
         if name != "-" and not Path(name).is_file():
             raise click.BadParameter(f"{name}: no such file", param_hint="FILE")
-    return run_on_backend(backend, job)
+    stdin = sys.stdin.buffer.read() if "-" in files else None
+    names = [name if name == "-" else str(Path(name)) for name in files]
+    run = run_on_backend(backend, digest_files, job_args={"names": names, "key": key,
+                                                          "stdin": stdin})
+    return [line.replace(f"  {new}", f"  {old}", 1) for line, old, new in
+            zip(run.value, files, names, strict=True)]
 
 
 @main.command("hash")
-@backend_option
+@backend_option(DIGEST_BACKEND)
 @click.argument("files", nargs=-1, required=True)
 def hash_files(backend: str, files: tuple[str, ...]) -> None:
     """SHA-256 of FILES computed by the HSM, printed like sha256sum."""
@@ -100,7 +94,7 @@ def hash_files(backend: str, files: tuple[str, ...]) -> None:
 
 
 @main.command("hmac")
-@backend_option
+@backend_option(DIGEST_BACKEND)
 @click.option("--key-hex", required=True, help="The HMAC key in hex (imported write-only).")
 @click.argument("files", nargs=-1, required=True)
 def hmac_files(backend: str, key_hex: str, files: tuple[str, ...]) -> None:

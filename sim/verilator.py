@@ -842,17 +842,13 @@ class JobRun(Generic[T]):
 
 @lru_cache(maxsize=8)
 def _default_verilog(contexts: int, toplevel: str) -> str:
-    """The core's Verilog (converting takes seconds; the imported RTL cannot change in-process)."""
-    try:
-        from mchsm.rtl.core import MchsmCore
-    except ImportError as e:
-        raise ImportError(
-            f"no Verilog given and the RTL core mchsm.rtl.core.MchsmCore cannot be imported "
-            f"({e}); pass verilog=..."
-        ) from e
-    from amaranth.back import verilog
+    """The core's Verilog, exactly as `mchsm rtl export` writes it (converting takes seconds;
+    the imported RTL cannot change in-process, hence the cache)."""
+    from mchsm.rtl.export import TOP_NAME, verilog_text
 
-    return str(verilog.convert(MchsmCore(contexts=contexts), name=toplevel))
+    if toplevel != TOP_NAME:
+        raise ValueError(f"the exported core's top module is {TOP_NAME!r}, not {toplevel!r}")
+    return verilog_text(contexts)
 
 
 def simulate_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTEXTS, *,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,16 @@ def test_hash_prints_sha256sum_lines(files: list[Path]) -> None:
     assert result.exit_code == 0, result.output
     expected = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p}" for p in files]
     assert result.output.splitlines() == expected
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="no sha256sum on this machine")
+def test_hash_on_verilator_prints_what_sha256sum_prints(files: list[Path]) -> None:
+    """0, 55, 56, 64, 1000 bytes and 1 MiB, hashed by the RTL under cocotb + Verilator."""
+    names = list(map(str, files))
+    result = CliRunner().invoke(main, ["hash", "--backend", "verilator", *names])
+    assert result.exit_code == 0, result.output
+    sha256sum = subprocess.run(["sha256sum", *names], capture_output=True, text=True, check=True)
+    assert result.output == sha256sum.stdout
 
 
 @pytest.mark.parametrize("key", ["", "00", "6b6579", "ab" * 64, "cd" * 65])

@@ -38,7 +38,7 @@ ROOT = bytes(range(200, 232))
 
 
 def on_model(commands: list[Command], contexts: int) -> list[tuple[int, bytes]]:
-    return run_on_backend("model", lambda d: run_commands(d, commands), contexts)
+    return run_on_backend("model", run_commands, contexts, job_args={"commands": commands}).value
 
 
 def on_rtl(commands: list[Command], contexts: int) -> list[tuple[int, bytes]]:
