@@ -61,7 +61,7 @@ def test_hash_on_verilator_prints_what_sha256sum_prints(files: list[Path]) -> No
     result = CliRunner().invoke(main, ["hash", "--backend", "verilator", *names])
     assert result.exit_code == 0, result.output
     sha256sum = subprocess.run(["sha256sum", *names], capture_output=True, text=True, check=True)
-    assert result.output == sha256sum.stdout
+    assert result.stdout == sha256sum.stdout
 
 
 @pytest.mark.parametrize("key", ["", "00", "6b6579", "ab" * 64, "cd" * 65])
