@@ -28,12 +28,13 @@ Nothing in it scans a table, so its cost does not grow with the fleet.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -90,6 +91,9 @@ OUTCOME_OK = "ok"  #: registration, update prepared or confirmed
 OUTCOME_TRUSTED = "trusted"  #: evidence verified, every selected task trusted
 OUTCOME_FAILED = "failed"  #: evidence verified, at least one selected task failed
 OUTCOME_REJECTED = "rejected"  #: the request or the evidence was refused (error raised)
+OUTCOME_RECOVERED = "recovered"  #: an update confirmed by evidence instead of its lost ack
+#: at most this many combinations of pending references are tried for a lost-ack recovery
+RECOVERY_LIMIT = 256
 
 _SCHEMA: tuple[str, ...] = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -146,7 +150,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 _NONCE = "SELECT dev_id, sel, expires, used FROM nonces WHERE nonce = ?"
 _USE_NONCE = "UPDATE nonces SET used = 1 WHERE nonce = ?"
 _DEVICE_WITH_TASKS = (
-    "SELECT d.root_key, d.last_ctr, t.ctx, t.name, t.reference FROM devices AS d "
+    "SELECT d.root_key, d.last_ctr, t.ctx, t.name, t.reference, t.version FROM devices AS d "
     "LEFT JOIN tasks AS t ON t.dev_id = d.dev_id WHERE d.dev_id = ?"
 )
 _AUDIT_INSERT = (
@@ -225,6 +229,8 @@ class AttestationReport:
     sel: int
     ok: int
     verdicts: dict[int, TaskVerdict]
+    #: contexts whose pending update this evidence proved installed (its ack had been lost)
+    recovered: tuple[int, ...] = ()
 
     @property
     def all_trusted(self) -> bool:
@@ -623,8 +629,15 @@ class Verifier:
             if nonce_row is not None and not nonce_row[3]:
                 conn.execute(_USE_NONCE, (nonce,))  # consumed whatever the outcome below
             device_rows = conn.execute(_DEVICE_WITH_TASKS, (dev_id,)).fetchall()
+
+            def pending() -> list[tuple[int, int, int, bytes, str]]:
+                return conn.execute(
+                    "SELECT ctx, old, new, reference, name FROM pending_updates "
+                    "WHERE dev_id = ?", (dev_id,)).fetchall()
+
             try:
-                report = self._check(dev_id, nonce, evidence, nonce_row, device_rows, now, detail)
+                report = self._check(dev_id, nonce, evidence, nonce_row, device_rows, now, detail,
+                                     pending)
             except VerifierError as exc:
                 failure = exc
                 detail["error"] = str(exc)
@@ -633,6 +646,16 @@ class Verifier:
                 conn.execute(
                     "UPDATE devices SET last_ctr = ? WHERE dev_id = ?", (report.ctr, dev_id)
                 )
+                for ctx, (old, new, ref, name) in detail.pop("_recovered", {}).items():
+                    conn.execute(
+                        "INSERT OR REPLACE INTO tasks (dev_id, ctx, name, version, reference) "
+                        "VALUES (?, ?, ?, ?, ?)", (dev_id, ctx, name, new, ref))
+                    conn.execute(
+                        "DELETE FROM pending_updates WHERE dev_id = ? AND ctx = ? AND new <= ?",
+                        (dev_id, ctx, new))
+                    self._log(dev_id, KIND_UPDATE_CONFIRM, ctx, OUTCOME_RECOVERED,
+                              {"old": old, "new": new, "reference": bytes(ref).hex(),
+                               "name": name, "by": "attestation"}, now)
                 failed = report.failed
                 outcome = OUTCOME_FAILED if failed else OUTCOME_TRUSTED
                 detail["failed"] = failed
@@ -657,8 +680,14 @@ class Verifier:
         device_rows: list[Any],
         now: float,
         detail: dict[str, Any],
+        pending: Callable[[], list[tuple[int, int, int, bytes, str]]] = list,
     ) -> AttestationReport:
-        """Section 5 step 4 in order: the nonce, then the evidence, tag and counter."""
+        """Section 5 step 4 in order: the nonce, then the evidence, tag and counter.
+
+        A tag that fails with the registered references is retried with pending updates of the
+        selected contexts (protocol section 12, lost acknowledgements); a combination that
+        verifies is returned in ``detail["_recovered"]`` for the caller to record.
+        """
         if not device_rows:
             raise UnknownDeviceError(f"device {_hex(dev_id)} is not registered")
         if nonce_row is None:
@@ -691,27 +720,37 @@ class Verifier:
             )
         root, last_ctr = device_rows[0][0], device_rows[0][1]
         refs = _Refs()
-        tasks = []
-        for _root, _last, ctx, name, ref in device_rows:
+        names: dict[int, str] = {}
+        versions: dict[int, int] = {}
+        for _root, _last, ctx, name, ref, version in device_rows:
             if ctx is not None:
                 refs[ctx] = ref
-                tasks.append((ctx, name))
-        digest = protocol.select_digest(refs, sel)
-        expected = protocol.hmac_sha256(
-            protocol.derive_att_key(root),
-            protocol.att_message(dev_id, nonce, sel, ok, ctr, digest),
-        )
-        if not protocol.tags_equal(expected, evidence.tag):
-            raise AttestationError(
-                "evidence tag does not verify: wrong device, forged, or references differ "
-                "from the registry"
-            )
+                names[ctx] = name
+                versions[ctx] = version
+        k_att = protocol.derive_att_key(root)
+
+        def verifies(candidate: Mapping[int, bytes]) -> bool:
+            digest = protocol.select_digest(candidate, sel)
+            expected = protocol.hmac_sha256(
+                k_att, protocol.att_message(dev_id, nonce, sel, ok, ctr, digest))
+            return protocol.tags_equal(expected, evidence.tag)
+
+        if not verifies(refs):
+            recovered = _recover(refs, versions, sel, pending(), verifies)
+            if recovered is None:
+                raise AttestationError(
+                    "evidence tag does not verify: wrong device, forged, or references differ "
+                    "from the registry"
+                )
+            detail["_recovered"] = recovered
+            for ctx, (_old, _new, _ref, name) in recovered.items():
+                names[ctx] = name
         if ctr <= last_ctr:
             raise AttestationError(
                 f"counter {ctr} is not above the last accepted {last_ctr}: replayed evidence"
             )
         verdicts: dict[int, TaskVerdict] = {}
-        for ctx, name in sorted(tasks):
+        for ctx, name in sorted(names.items()):
             bit = 1 << (ctx - 1)
             if not sel & bit:
                 verdict = Verdict.UNKNOWN
@@ -720,7 +759,8 @@ class Verifier:
             else:
                 verdict = Verdict.FAILED
             verdicts[ctx] = TaskVerdict(ctx, name, verdict)
-        return AttestationReport(dev_id=dev_id, ctr=ctr, sel=sel, ok=ok, verdicts=verdicts)
+        return AttestationReport(dev_id=dev_id, ctr=ctr, sel=sel, ok=ok, verdicts=verdicts,
+                                 recovered=tuple(sorted(detail.get("_recovered", {}))))
 
     # -- task keys ----------------------------------------------------------------------------
 
@@ -772,6 +812,40 @@ class Verifier:
 # ---------------------------------------------------------------------------------------------
 # Opening and migrating the registry file
 # ---------------------------------------------------------------------------------------------
+
+
+def _recover(
+    refs: Mapping[int, bytes],
+    versions: Mapping[int, int],
+    sel: int,
+    pending: list[tuple[int, int, int, bytes, str]],
+    verifies: Callable[[Mapping[int, bytes]], bool],
+) -> dict[int, tuple[int, int, bytes, str]] | None:
+    """Find pending updates (applicable from the registered version) that make the tag verify.
+
+    Only the HSM can produce a tag under K_att, so a tag that verifies with a pending reference
+    proves the device holds it: the update was installed and only its ack was lost.
+    """
+    options: dict[int, list[tuple[int, int, bytes, str]]] = {}
+    for ctx, old, new, ref, name in pending:
+        if sel >> (ctx - 1) & 1 and old == versions.get(ctx, 0):
+            options.setdefault(ctx, []).append((old, new, bytes(ref), name))
+    if not options:
+        return None
+    contexts = sorted(options)
+    choices = [[None, *options[ctx]] for ctx in contexts]
+    for n, combo in enumerate(itertools.product(*choices)):
+        if n >= RECOVERY_LIMIT:
+            break
+        chosen = {ctx: c for ctx, c in zip(contexts, combo, strict=True) if c is not None}
+        if not chosen:
+            continue
+        candidate = _Refs(refs)
+        for ctx, (_old, _new, ref, _name) in chosen.items():
+            candidate[ctx] = ref
+        if verifies(candidate):
+            return chosen
+    return None
 
 
 def _open(path: str) -> sqlite3.Connection:
