@@ -155,11 +155,10 @@ class MchsmCore(wiring.Component):
         m.submodules.keymem = keymem = memory.Memory(shape=32, depth=KEY_DEPTH, init=[])
         m.submodules.resmem = resmem = memory.Memory(shape=32, depth=RESULT_WORDS, init=[])
         ctx_rd, ctx_wr = ctxmem.read_port(), ctxmem.write_port()
+        ctx_rd2 = ctxmem.read_port()  # M and R side by side for the MATCH check
         scr_rd, scr_wr = scratch.read_port(), scratch.write_port()
         key_rd, key_wr = keymem.read_port(), keymem.write_port()
         res_rd, res_wr = resmem.read_port(), resmem.write_port()
-        rdport = {"ctx": ctx_rd, "scr": scr_rd, "key": key_rd}
-        wrport = {"ctx": ctx_wr, "scr": scr_wr, "key": key_wr, "res": res_wr}
 
         # ---- mailbox registers ---------------------------------------------------------------
         r_len = Signal(32)
@@ -179,13 +178,10 @@ class MchsmCore(wiring.Component):
         r_left = Signal(32)  # bytes of a data stream not yet fed to the engine
         k = Signal(6)
         primed = Signal()
-        acc = Signal(32)
-        hold = Signal(32)
         r_sel = Signal(32)
         r_ok = Signal(32)
         r_vold = Signal(32)
         r_vnew = Signal(32)
-        r_vcur = Signal(32)
         r_ci = Signal(6)  # context being streamed by ATTEST
         r_klen = Signal(7)  # bytes of the key block in scratch K
         r_slot = Signal(7)  # key store slot a subroutine works on
@@ -210,11 +206,27 @@ class MchsmCore(wiring.Component):
         cidx = (r_owner - 1)[:iw]  # context index of the calling task
         bank_i = bank.bit_select(idx, 1)
 
-        def cbase(i: Value) -> Value:
-            return Cat(Const(0, 5), i)
+        # Addresses are concatenations, not sums: every region starts on a power of two, so no
+        # address needs an adder.
+        def m_at(i: Value, w: Value) -> Value:
+            """Word ``w`` of M of context index ``i``."""
+            return Cat(w[:3], Const(CTX_M >> 3, 2), i[:iw])
 
-        def active_r(i: Value) -> Value:
-            return cbase(i) + CTX_R + Mux(bank.bit_select(i, 1), 8, 0)
+        def r_at(i: Value, w: Value, b: Value) -> Value:
+            """Word ``w`` of the reference in bank ``b`` of context index ``i``."""
+            return Cat(w[:3], ~b, b, i[:iw])
+
+        def v_at(i: Value, b: Value) -> Value:
+            """The version in bank ``b`` of context index ``i``."""
+            return Cat(b, Const(CTX_V >> 1, 4), i[:iw])
+
+        def active_r(i: Value, w: Value) -> Value:
+            return r_at(i, w, bank.bit_select(i, 1))
+
+        def at(base: int, w: Value, bits: int) -> Value:
+            """``base + w`` for a ``base`` that is a multiple of ``2**bits``."""
+            assert base % (1 << bits) == 0
+            return Cat(w[:bits], Const(base >> bits, 8))
 
         # ---- the bus -------------------------------------------------------------------------
         bus = self.bus
@@ -306,7 +318,78 @@ class MchsmCore(wiring.Component):
             m.d.sync += [r_cycles.eq(1), r_reslen.eq(0), r_abort.eq(0), k.eq(0),
                          primed.eq(0), r_left.eq(r_len)]
 
+        # ---- datapath ------------------------------------------------------------------------
+        # Every wide value (the engine's input word, a result word, memory write data) is chosen
+        # once, here, by a narrow code that the current state sets.  The state machine itself
+        # never drives a 32-bit value: that is what keeps the command engine small.
+        _none, src_fifo, src_ctx, src_scr, src_key, src_word = range(6)
+        dsrc = Signal(3)  # what the SHA engine takes
+        widx = Signal(5)  # which entry of the word table
+        rsrc = Signal(2)  # result window data: digest, word, context store, scratch
+        cwsrc = Signal(2)  # context store data: zero, digest, scratch, word
+        swsrc = Signal()  # scratch data: command data (0) or digest (1)
+        opad = Signal()  # the key block is XORed with opad, else ipad
+        pop = Signal()  # take a word of command data without hashing it
+        neq = Signal()  # sticky "some compared words differed"
+
+        counter_next = Signal(32)
+        m.d.comb += counter_next.eq(counter + 1)
+        visible = Mux(r_owner == MANAGER, Const((1 << n) - 1, n), (Const(1, n) << cidx)[:n])
+        info = Cat(provisioned, Const(0, 7), Const(n, 8), Const(PROTOCOL_VERSION, 8))
+        flag_bits = {CtxFlag.LOADED: loaded, CtxFlag.ANOMALY: anomaly, CtxFlag.MATCH: match,
+                     CtxFlag.OK: okmask}
+        flags = Cat(*(flag_bits[f].bit_select(idx, 1) for f in sorted(CtxFlag)))
+        kdf = [w for label in (KDF_ATT, KDF_UPD, KDF_TASK) for w in _words(label)]
+        # runs that states stream in one go are adjacent: (sel, ok, ctr+1), (ctx, v, v'),
+        # (info, ctr, ok, loaded, anomaly), and the three 3-word KDF labels
+        table: list[tuple[str, Value | int]] = [
+            ("zero", 0),
+            ("att", _words(ATT_LABEL)[0]),
+            ("upd", _words(UPD_LABEL)[0]),
+            ("ack", _words(ACK_LABEL)[0]),
+            *((f"kdf{i}", w) for i, w in enumerate(kdf)),
+            ("sel", r_sel), ("ok", r_ok), ("ctr1", counter_next),
+            ("ctx", r_ctx), ("vold", r_vold), ("vnew", r_vnew),
+            ("owner", r_owner),
+            ("info", info), ("ctr", counter), ("okv", okmask & visible),
+            ("loadedv", loaded & visible), ("anomalyv", anomaly & visible),
+            ("flags", flags),
+        ]
+        assert len(table) <= 32
+        WORD = {name: i for i, (name, _) in enumerate(table)}
+        word = Signal(32)
+        m.d.comb += word.eq(Array([v if isinstance(v, Value) else Const(v, 32)
+                                   for _, v in table])[widx])
+
+        masks = []
+        for j in range(4):  # byte j of key word k is key byte 4k+j: zero beyond r_klen
+            masks.append(Mux(Cat(Const(j, 2), k[:4]) < r_klen, 0xFF, 0) << (24 - 8 * j))
+        key_word = (scr_rd.data & (masks[0] | masks[1] | masks[2] | masks[3])) \
+            ^ Mux(opad, OPAD, IPAD)
+
+        with m.Switch(dsrc):
+            with m.Case(src_fifo):
+                m.d.comb += [sha.data.eq(dfifo.r_data), sha.valid.eq(dfifo.r_rdy)]
+            with m.Case(src_ctx):
+                m.d.comb += [sha.data.eq(ctx_rd.data), sha.valid.eq(primed)]
+            with m.Case(src_scr):
+                m.d.comb += [sha.data.eq(scr_rd.data), sha.valid.eq(primed)]
+            with m.Case(src_key):
+                m.d.comb += [sha.data.eq(key_word), sha.valid.eq(primed)]
+            with m.Case(src_word):
+                m.d.comb += [sha.data.eq(word), sha.valid.eq(1)]
         fire = Signal()  # a word moves into the engine this cycle
+        m.d.comb += [
+            fire.eq(sha.valid & sha.ready),
+            dfifo.r_en.eq(((dsrc == src_fifo) & fire) | pop),
+            res_wr.data.eq(Array([sha.digest, word, ctx_rd.data,
+                                  Mux(provisioned, scr_rd.data, 0)])[rsrc]),
+            ctx_wr.data.eq(Array([Const(0, 32), sha.digest, scr_rd.data, word])[cwsrc]),
+            scr_wr.data.eq(Mux(swsrc, sha.digest, dfifo.r_data)),
+            key_wr.data.eq(sha.digest),
+        ]
+        rsrc_digest, rsrc_word, rsrc_ctx, rsrc_scr = range(4)
+        cw_zero, cw_digest, cw_scr, cw_word = range(4)
 
         def finish(status: Status | Value) -> None:
             m.d.sync += r_fin.eq(status)
@@ -319,13 +402,11 @@ class MchsmCore(wiring.Component):
                 with m.If(r_abort):
                     m.next = "ABORTED"
 
-        def step_done(count: int, nxt: str | Callable[[], None]) -> None:
-            """Advance k over ``count`` words; at the end, reset k/primed and go on."""
-            with m.If(k == count - 1):
-                m.d.sync += [k.eq(0), primed.eq(0)]
-                goto(nxt)
-            with m.Else():
-                m.d.sync += k.eq(k + 1)
+        def goto(nxt: str | Callable[[], None]) -> None:
+            if callable(nxt):
+                nxt()
+            else:
+                m.next = nxt
 
         def goto_if(cond: Value, yes: str, no: str) -> None:
             with m.If(cond):
@@ -333,123 +414,84 @@ class MchsmCore(wiring.Component):
             with m.Else():
                 m.next = no
 
-        def goto(nxt: str | Callable[[], None]) -> None:
-            if callable(nxt):
-                nxt()
-            else:
-                m.next = nxt
+        def step_done(count: int | Value, nxt: str | Callable[[], None]) -> None:
+            """Advance k over ``count`` words; at the end, reset k/primed and go on."""
+            with m.If(k == count - 1):
+                m.d.sync += [k.eq(0), primed.eq(0)]
+                goto(nxt)
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
 
-        def feed_mem(name: str, mem: str, addr: Callable[[Value], Value], count: int,
-                     nxt: str | Callable[[], None], last: bool = False) -> None:
+        Addr = Callable[[Value], Value]
+        Next = str | Callable[[], None]
+
+        def feed_mem(name: str, src: int, addr: Addr, count: int, nxt: Next,
+                     last: bool = False) -> None:
             """Stream ``count`` words at ``addr(k)`` of a memory into the engine."""
-            rd = rdport[mem]
+            rd = ctx_rd if src == src_ctx else scr_rd
             with state(name):
-                m.d.comb += [
-                    fire.eq(primed & sha.ready),
-                    rd.addr.eq(addr(Mux(fire, k + 1, k))),
-                    sha.valid.eq(primed),
-                    sha.data.eq(rd.data),
-                    sha.last.eq(int(last) & (k == count - 1)),
-                    sha.nbytes.eq(4),
-                ]
+                m.d.comb += [dsrc.eq(src), rd.addr.eq(addr(Mux(fire, k + 1, k))),
+                             sha.last.eq(int(last) & (k == count - 1)), sha.nbytes.eq(4)]
                 with m.If(~primed):
                     m.d.sync += primed.eq(1)
                 with m.Elif(fire):
                     step_done(count, nxt)
 
-        def feed_words(name: str, words: Sequence[Value | int], nxt: str | Callable[[], None],
-                       last: bool = False, tee_res: int | None = None) -> None:
-            """Stream constants or registers into the engine (optionally also into results)."""
-            count = len(words)
-            value = Array([w if isinstance(w, Value) else Const(w, 32) for w in words])[k]
+        def feed_words(name: str, index: int | Value, count: int, nxt: Next,
+                       last: bool | Value = False, tee_res: int | None = None) -> None:
+            """Stream entries ``index ..`` of the word table (labels, registers)."""
             with state(name):
-                m.d.comb += [
-                    fire.eq(sha.ready),
-                    sha.valid.eq(1),
-                    sha.data.eq(value),
-                    sha.last.eq(int(last) & (k == count - 1)),
-                    sha.nbytes.eq(4),
-                ]
+                m.d.comb += [dsrc.eq(src_word), widx.eq(index + k),
+                             sha.last.eq(last & (k == count - 1)), sha.nbytes.eq(4)]
                 if tee_res is not None:
-                    m.d.comb += [res_wr.addr.eq(tee_res + k), res_wr.data.eq(value),
+                    m.d.comb += [rsrc.eq(rsrc_word), res_wr.addr.eq(tee_res + k),
                                  res_wr.en.eq(fire)]
                 with m.If(fire):
                     step_done(count, nxt)
 
-        def feed_fifo(name: str, count: int, nxt: str | Callable[[], None], last: bool = False,
+        def feed_fifo(name: str, count: int, nxt: Next, last: bool = False,
                       on_word: Callable[[], None] | None = None) -> None:
             """Stream ``count`` whole words of command data into the engine."""
             with state(name):
-                m.d.comb += [
-                    fire.eq(dfifo.r_rdy & sha.ready),
-                    dfifo.r_en.eq(fire),
-                    sha.valid.eq(dfifo.r_rdy),
-                    sha.data.eq(dfifo.r_data),
-                    sha.last.eq(int(last) & (k == count - 1)),
-                    sha.nbytes.eq(4),
-                ]
-                if on_word is not None:
-                    with m.If(fire):
-                        on_word()
+                m.d.comb += [dsrc.eq(src_fifo), sha.last.eq(int(last) & (k == count - 1)),
+                             sha.nbytes.eq(4)]
                 with m.If(fire):
+                    if on_word is not None:
+                        on_word()
                     step_done(count, nxt)
 
         def feed_stream(name: str, nxt: str) -> None:
             """Stream the whole command data (``LEN`` bytes, any length) into the engine."""
             with state(name):
                 with m.If(r_left == 0):  # empty message: one empty last word
-                    m.d.comb += [sha.valid.eq(1), sha.last.eq(1), sha.nbytes.eq(0)]
-                    with m.If(sha.ready):
+                    m.d.comb += [dsrc.eq(src_word), widx.eq(WORD["zero"]), sha.last.eq(1),
+                                 sha.nbytes.eq(0)]
+                    with m.If(fire):
                         m.next = nxt
                 with m.Else():
                     tail = r_left <= 4
-                    m.d.comb += [
-                        fire.eq(dfifo.r_rdy & sha.ready),
-                        dfifo.r_en.eq(fire),
-                        sha.valid.eq(dfifo.r_rdy),
-                        sha.data.eq(dfifo.r_data),
-                        sha.last.eq(tail),
-                        sha.nbytes.eq(Mux(tail, r_left[:3], 4)),
-                    ]
+                    m.d.comb += [dsrc.eq(src_fifo), sha.last.eq(tail),
+                                 sha.nbytes.eq(Mux(tail, r_left[:3], 4))]
                     with m.If(fire):
                         m.d.sync += r_left.eq(Mux(tail, 0, r_left - 4))
                         with m.If(tail):
                             m.next = nxt
 
-        def fifo_to_scratch(name: str, base: int, count: int | Value,
-                            nxt: str | Callable[[], None],
+        def fifo_to_scratch(name: str, base: int, count: int | Value, nxt: Next,
                             extra: Callable[[], None] | None = None) -> None:
             """Copy words of command data into scratch (no hashing)."""
             with state(name):
                 if extra is not None:
                     extra()
-                m.d.comb += [
-                    dfifo.r_en.eq(1),
-                    scr_wr.addr.eq(base + k),
-                    scr_wr.data.eq(dfifo.r_data),
-                    scr_wr.en.eq(dfifo.r_rdy),
-                ]
+                m.d.comb += [pop.eq(1), scr_wr.addr.eq(at(base, k, 4)), scr_wr.en.eq(dfifo.r_rdy)]
                 with m.If(dfifo.r_rdy):
-                    with m.If(k == count - 1):
-                        m.d.sync += k.eq(0)
-                        goto(nxt)
-                    with m.Else():
-                        m.d.sync += k.eq(k + 1)
+                    step_done(count, nxt)
 
-        def feed_keypad(name: str, pad: int, nxt: str) -> None:
-            """Stream the 64-byte key block (scratch K, r_klen bytes, zero-padded) XOR ``pad``."""
-            masks = []
-            for j in range(4):  # byte j of word k is key byte 4k+j
-                masks.append(Mux(Cat(Const(j, 2), k[:4]) < r_klen, 0xFF, 0) << (24 - 8 * j))
-            mask = masks[0] | masks[1] | masks[2] | masks[3]
+        def feed_keypad(name: str, outer: bool, nxt: str) -> None:
+            """Stream the 64-byte key block (scratch K, r_klen bytes, zero-padded) XOR a pad."""
             with state(name):
-                m.d.comb += [
-                    fire.eq(primed & sha.ready),
-                    scr_rd.addr.eq(S_K + Mux(fire, k + 1, k)[:4]),
-                    sha.valid.eq(primed),
-                    sha.data.eq((scr_rd.data & mask) ^ pad),
-                    sha.nbytes.eq(4),
-                ]
+                m.d.comb += [dsrc.eq(src_key), opad.eq(int(outer)), sha.nbytes.eq(4),
+                             scr_rd.addr.eq(at(S_K, Mux(fire, k + 1, k), 4))]
                 with m.If(~primed):
                     m.d.sync += primed.eq(1)
                 with m.Elif(fire):
@@ -460,10 +502,9 @@ class MchsmCore(wiring.Component):
                 m.d.comb += sha.start.eq(1)
                 m.next = nxt
 
-        def sha_wait(name: str, nxt: str | Callable[[], None]) -> None:
-            with state(name):
-                with m.If(sha.done):
-                    goto(nxt)
+        def sha_wait(name: str, nxt: Next) -> None:
+            with state(name), m.If(sha.done):
+                goto(nxt)
 
         def sha_cut(name: str, nxt: str) -> None:
             """End the message at this block boundary without padding: H is a midstate."""
@@ -472,27 +513,36 @@ class MchsmCore(wiring.Component):
                 with m.If(sha.done):
                     m.next = nxt
 
-        def ring(name: str, slot: Value | int | None, nxt: str | Callable[[], None],
-                 dsts: Sequence[tuple[str, Value | int]] = (), resume: bool = False,
-                 extra: Callable[[], None] | None = None) -> None:
+        def slot_at(slot: int | Value, outer: bool = False) -> Addr:
+            """Word addresses of a key store slot (``outer``: its opad midstate)."""
+            if isinstance(slot, int):
+                return lambda i: Cat(i[:3], Const((slot >> 3) | int(outer), 5))
+            return lambda i: Cat(i[:3], Const(int(outer), 1), slot[4:])
+
+        def ring(name: str, slot: Addr | None, nxt: Next, dsts: Sequence[tuple[str, Addr]] = (),
+                 resume: bool = False, extra: Callable[[], None] | None = None) -> None:
             """Eight shifts of the engine's H ring: read the digest out into ``dsts`` and/or load
-            a midstate from key store ``slot``; optionally ``resume`` with the last shift."""
-            load = slot is not None
+            a midstate from the key store at ``slot``; optionally ``resume`` with the last
+            shift."""
             with state(name):
-                if load:
-                    m.d.comb += key_rd.addr.eq(slot + Mux(primed, k + 1, 0))
+                if slot is not None:
+                    m.d.comb += key_rd.addr.eq(slot(Mux(primed, k + 1, 0)))
                     active = primed
-                else:
-                    active = Const(1)
-                m.d.comb += [sha.shift.eq(active), sha.load.eq(int(load)),
-                             sha.shift_in.eq(key_rd.data)]
-                for mem, base in dsts:
-                    port = wrport[mem]
-                    m.d.comb += [port.addr.eq(base + k), port.data.eq(sha.digest),
-                                 port.en.eq(active)]
-                if load:
                     with m.If(~primed):
                         m.d.sync += primed.eq(1)
+                else:
+                    active = Const(1)
+                m.d.comb += [sha.shift.eq(active), sha.load.eq(int(slot is not None)),
+                             sha.shift_in.eq(key_rd.data)]
+                for mem, where in dsts:
+                    port = {"ctx": ctx_wr, "scr": scr_wr, "key": key_wr, "res": res_wr}[mem]
+                    m.d.comb += [port.addr.eq(where(k)), port.en.eq(active)]
+                    if mem == "res":
+                        m.d.comb += rsrc.eq(rsrc_digest)
+                    elif mem == "ctx":
+                        m.d.comb += cwsrc.eq(cw_digest)
+                    elif mem == "scr":
+                        m.d.comb += swsrc.eq(1)
                 if extra is not None:
                     extra()
                 with m.If(active):
@@ -500,30 +550,34 @@ class MchsmCore(wiring.Component):
                         m.d.comb += sha.resume.eq(k == 7)
                     step_done(8, nxt)
 
-        def copy_to_res(name: str, mem: str, addr: Callable[[Value], Value], res_base: int,
-                        count: int, nxt: str | Callable[[], None],
-                        gate: Value | None = None) -> None:
-            """Copy ``count`` words from a memory into the result window."""
-            rd = rdport[mem]
+        def to_t(i: Value) -> Value:
+            return at(S_T, i, 3)
+
+        def to_k(i: Value) -> Value:
+            return at(S_K, i, 3)
+
+        def res_at(base: int) -> Addr:
+            return lambda i: base + i[:3]
+
+        def copy_to_res(name: str, src: int, addr: Addr, res_base: int, count: int,
+                        nxt: Next) -> None:
+            """Copy ``count`` words from the context store or scratch into the result window."""
+            rd = ctx_rd if src == src_ctx else scr_rd
             with state(name):
-                m.d.comb += [
-                    rd.addr.eq(addr(k)),
-                    res_wr.addr.eq(res_base + k - 1),
-                    res_wr.data.eq(rd.data if gate is None else Mux(gate, rd.data, 0)),
-                    res_wr.en.eq(k != 0),
-                ]
+                m.d.comb += [rd.addr.eq(addr(k)), res_wr.addr.eq(res_base + k - 1),
+                             rsrc.eq(rsrc_ctx if src == src_ctx else rsrc_scr),
+                             res_wr.en.eq(k != 0)]
                 with m.If(k == count):
                     m.d.sync += k.eq(0)
                     goto(nxt)
                 with m.Else():
                     m.d.sync += k.eq(k + 1)
 
-        def write_res(name: str, values: Sequence[Value | int], base: int,
-                      nxt: str | Callable[[], None]) -> None:
-            value = Array([v if isinstance(v, Value) else Const(v, 32) for v in values])[k]
+        def write_res(name: str, index: int, count: int, base: int, nxt: Next) -> None:
             with state(name):
-                m.d.comb += [res_wr.addr.eq(base + k), res_wr.data.eq(value), res_wr.en.eq(1)]
-                step_done(len(values), nxt)
+                m.d.comb += [widx.eq(index + k), rsrc.eq(rsrc_word), res_wr.addr.eq(base + k),
+                             res_wr.en.eq(1)]
+                step_done(count, nxt)
 
         def succeed(reslen: int) -> None:
             m.d.sync += r_reslen.eq(reslen)
@@ -596,18 +650,16 @@ class MchsmCore(wiring.Component):
         with m.FSM(name="engine") as fsm:
             m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
 
-            with m.State("IDLE"):
-                with m.If(start_cmd):
-                    m.next = "PRECHECK"
+            with m.State("IDLE"), m.If(start_cmd):
+                m.next = "PRECHECK"
 
             with m.State("PRECHECK"):
                 with m.If(pre != Status.OK):
                     finish(pre)
-                with m.Else():
-                    with m.Switch(r_cmd):
-                        for cmd, first in entry.items():
-                            with m.Case(cmd):
-                                m.next = first
+                with m.Else(), m.Switch(r_cmd):
+                    for cmd, first in entry.items():
+                        with m.Case(cmd):
+                            m.next = first
 
             with m.State("ABORTED"):
                 finish(Status.ERR_ABORTED)
@@ -622,67 +674,51 @@ class MchsmCore(wiring.Component):
 
             # ---- subroutine MID: key block (scratch K) -> ipad/opad midstates at r_slot ------
             sha_start("MID_I0", "MID_I1")
-            feed_keypad("MID_I1", IPAD, "MID_I2")
+            feed_keypad("MID_I1", False, "MID_I2")
             sha_cut("MID_I2", "MID_I3")
-            ring("MID_I3", None, "MID_O0", dsts=[("key", r_slot)])
+            ring("MID_I3", None, "MID_O0", dsts=[("key", slot_at(r_slot))])
             sha_start("MID_O0", "MID_O1")
-            feed_keypad("MID_O1", OPAD, "MID_O2")
+            feed_keypad("MID_O1", True, "MID_O2")
             sha_cut("MID_O2", "MID_O3")
-            ring("MID_O3", None, ret(r_ret_mid, mid_ret), dsts=[("key", r_slot + 8)])
+            ring("MID_O3", None, ret(r_ret_mid, mid_ret),
+                 dsts=[("key", slot_at(r_slot, outer=True))])
 
-            # ---- subroutine TAIL: outer hash of HMAC with opad midstate at r_slot + 8 ---------
-            ring("TAIL0", r_slot + 8, "TAIL1", dsts=[("scr", S_T)], resume=True)
-            feed_mem("TAIL1", "scr", lambda i: S_T + i[:3], 8, "TAIL2", last=True)
+            # ---- subroutine TAIL: outer hash of HMAC with the opad midstate at r_slot --------
+            ring("TAIL0", slot_at(r_slot, outer=True), "TAIL1", dsts=[("scr", to_t)], resume=True)
+            feed_mem("TAIL1", src_scr, to_t, 8, "TAIL2", last=True)
             sha_wait("TAIL2", ret(r_ret_tail, tail_ret))
 
             # ---- subroutine DERIVE: scratch K := HMAC(K_root, label [|| u32 i || R[i]]) ------
-            ring("DER0", KS_ROOT, "DER1", resume=True)
-            labels = Array([Const(w, 32) for lab in (KDF_ATT, KDF_UPD, KDF_TASK)
-                            for w in _words(lab)])
-            label_word = labels[r_lbl * 3 + k[:2]]
-            with state("DER1"):
-                is_task = r_lbl == 2
-                m.d.comb += [fire.eq(sha.ready), sha.valid.eq(1), sha.data.eq(label_word),
-                             sha.last.eq(~is_task & (k == 2)), sha.nbytes.eq(4)]
-                with m.If(fire):
-                    step_done(3, lambda: goto_if(is_task, "DER2", "DER4"))
-
-            feed_words("DER2", [Cat(r_owner, Const(0, 32 - CALLER_BITS))], "DER3")
-            feed_mem("DER3", "ctx", lambda i: active_r(cidx) + i[:3], 8, "DER4", last=True)
+            is_task = r_lbl == 2
+            ring("DER0", slot_at(KS_ROOT), "DER1", resume=True)
+            feed_words("DER1", WORD["kdf0"] + r_lbl * 3, 3,
+                       lambda: goto_if(is_task, "DER2", "DER4"), last=~is_task)
+            feed_words("DER2", WORD["owner"], 1, "DER3")
+            feed_mem("DER3", src_ctx, lambda i: active_r(cidx, i), 8, "DER4", last=True)
             sha_wait("DER4", lambda: call("TAIL0", r_ret_tail, tail_ret, "DER_STORE",
                                           slot=KS_ROOT))
+
             def key_is_a_digest() -> None:
                 m.d.sync += r_klen.eq(32)
 
-            ring("DER_STORE", None, ret(r_ret_der, der_ret), dsts=[("scr", S_K)],
+            ring("DER_STORE", None, ret(r_ret_der, der_ret), dsts=[("scr", to_k)],
                  extra=key_is_a_digest)
 
             # ---- subroutine MATCH: MATCH[idx] := v > 0 && M == R, then succeed --------------
-            def match_addr(i: Value) -> Value:
-                word = i[1:4]
-                return Mux(i == 16, cbase(idx) + CTX_V + bank_i,
-                           Mux(i[0], cbase(idx) + CTX_R + Mux(bank_i, 8, 0) + word,
-                               cbase(idx) + CTX_M + word))
-
-            with state("MATCH"):
-                m.d.comb += ctx_rd.addr.eq(match_addr(k))
-                prev = k - 1
+            with state("MATCH"):  # port 1 reads M[k], port 2 R[k] (k < 8), then v
+                m.d.comb += [ctx_rd.addr.eq(m_at(idx, k)),
+                             ctx_rd2.addr.eq(Mux(k == 8, v_at(idx, bank_i),
+                                                 r_at(idx, k, bank_i)))]
                 with m.If(k == 0):
-                    m.d.sync += acc.eq(0)
-                with m.Elif(prev == 16):
-                    m.d.sync += [
-                        match.bit_select(idx, 1).eq((acc == 0) & (ctx_rd.data != 0)),
-                        k.eq(0),
-                    ]
-                    m.next = "MATCH_OK"
-                with m.Elif(prev[0]):
-                    m.d.sync += acc.eq(acc | (hold ^ ctx_rd.data))
+                    m.d.sync += neq.eq(0)
+                with m.Elif(k <= 8):
+                    m.d.sync += neq.eq(neq | (ctx_rd.data != ctx_rd2.data))
+                with m.If(k == 9):
+                    m.d.sync += [match.bit_select(idx, 1).eq(~neq & (ctx_rd2.data != 0)),
+                                 k.eq(0)]
+                    finish(Status.OK)  # r_reslen was set by the command (0 for RESET)
                 with m.Else():
-                    m.d.sync += hold.eq(ctx_rd.data)
-                with m.If(prev != 16):
                     m.d.sync += k.eq(k + 1)
-            with state("MATCH_OK"):  # r_reslen was set by the command (0 for RESET)
-                finish(Status.OK)
 
             # ---- PROVISION ------------------------------------------------------------------
             fifo_to_scratch("P_DEV", S_DEV, 4, "P_KEY", extra=key_is_a_digest)
@@ -701,30 +737,21 @@ class MchsmCore(wiring.Component):
                 succeed(RESULT_SIZE[Cmd.PROVISION])
 
             # ---- STATUS ---------------------------------------------------------------------
-            visible = Mux(r_owner == MANAGER, Const((1 << n) - 1, n),
-                          (Const(1, n) << cidx)[:n])
-            info = Cat(provisioned, Const(0, 7), Const(n, 8), Const(PROTOCOL_VERSION, 8))
-            write_res("S_REGS", [info, counter, okmask & visible, loaded & visible,
-                                 anomaly & visible], 0, "S_DEV")
-            copy_to_res("S_DEV", "scr", lambda i: S_DEV + i[:2], 5, 4,
-                        lambda: succeed(RESULT_SIZE[Cmd.STATUS]), gate=provisioned)
+            write_res("S_REGS", WORD["info"], 5, 0, "S_DEV")
+            copy_to_res("S_DEV", src_scr, lambda i: at(S_DEV, i, 2), 5, 4,
+                        lambda: succeed(RESULT_SIZE[Cmd.STATUS]))
 
             # ---- READ_CTX -------------------------------------------------------------------
             def read_ctx_addr(i: Value) -> Value:
-                return Mux(i == 0, cbase(idx) + CTX_V + bank_i,
-                           Mux(i <= 8, cbase(idx) + CTX_M + (i - 1)[:3],
-                               cbase(idx) + CTX_R + Mux(bank_i, 8, 0) + (i - 9)[:3]))
+                return Mux(i == 0, v_at(idx, bank_i),
+                           Mux(i <= 8, m_at(idx, i - 1), r_at(idx, i - 9, bank_i)))
 
-            copy_to_res("R_COPY", "ctx", read_ctx_addr, 1, 17, "R_FLAGS")
-            flag_bits = {CtxFlag.LOADED: loaded, CtxFlag.ANOMALY: anomaly, CtxFlag.MATCH: match,
-                         CtxFlag.OK: okmask}
-            flags = Cat(*(flag_bits[f].bit_select(idx, 1) for f in sorted(CtxFlag)))
-            write_res("R_FLAGS", [flags], 0, lambda: succeed(RESULT_SIZE[Cmd.READ_CTX]))
+            copy_to_res("R_COPY", src_ctx, read_ctx_addr, 1, 17, "R_FLAGS")
+            write_res("R_FLAGS", WORD["flags"], 1, 0, lambda: succeed(RESULT_SIZE[Cmd.READ_CTX]))
 
             # ---- RESET ----------------------------------------------------------------------
             with state("Z_M"):
-                m.d.comb += [ctx_wr.addr.eq(cbase(idx) + CTX_M + k[:3]), ctx_wr.data.eq(0),
-                             ctx_wr.en.eq(1)]
+                m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero), ctx_wr.en.eq(1)]
                 with m.If(k == 7):
                     m.d.sync += [k.eq(0), loaded.bit_select(idx, 1).eq(0),
                                  anomaly.bit_select(idx, 1).eq(0)]
@@ -739,35 +766,37 @@ class MchsmCore(wiring.Component):
 
             # ---- EXTEND ---------------------------------------------------------------------
             sha_start("E_START", "E_M")
-            feed_mem("E_M", "ctx", lambda i: cbase(idx) + CTX_M + i[:3], 8, "E_D")
+            feed_mem("E_M", src_ctx, lambda i: m_at(idx, i), 8, "E_D")
             feed_fifo("E_D", 8, "E_WAIT", last=True)
             sha_wait("E_WAIT", "E_STORE")
-            def digest_result() -> None:
-                m.d.sync += r_reslen.eq(RESULT_SIZE[Cmd.HASH])
 
-            ring("E_STORE", None, "MATCH", dsts=[("ctx", cbase(idx) + CTX_M), ("res", 0)],
-                 extra=digest_result)
+            def digest_result() -> None:
+                m.d.sync += r_reslen.eq(RESULT_SIZE[Cmd.EXTEND])
+
+            ring("E_STORE", None, "MATCH",
+                 dsts=[("ctx", lambda i: m_at(idx, i)), ("res", res_at(0))], extra=digest_result)
 
             # ---- MEASURE --------------------------------------------------------------------
             sha_start("M_START", "M_IMG")
             feed_stream("M_IMG", "M_WAIT")
             sha_wait("M_WAIT", "M_H")
-            ring("M_H", None, "M_START2", dsts=[("res", 0), ("scr", S_T)])
+            ring("M_H", None, "M_START2", dsts=[("res", res_at(0)), ("scr", to_t)])
             sha_start("M_START2", "M_M")
-            feed_mem("M_M", "ctx", lambda i: cbase(idx) + CTX_M + i[:3], 8, "M_T")
-            feed_mem("M_T", "scr", lambda i: S_T + i[:3], 8, "M_WAIT2", last=True)
+            feed_mem("M_M", src_ctx, lambda i: m_at(idx, i), 8, "M_T")
+            feed_mem("M_T", src_scr, to_t, 8, "M_WAIT2", last=True)
             sha_wait("M_WAIT2", "M_STORE")
+
             def measured() -> None:
                 m.d.sync += r_reslen.eq(RESULT_SIZE[Cmd.MEASURE])
                 with m.If(k == 7):
                     m.d.sync += loaded.bit_select(idx, 1).eq(1)
 
-            ring("M_STORE", None, "MATCH", dsts=[("ctx", cbase(idx) + CTX_M)], extra=measured)
+            ring("M_STORE", None, "MATCH", dsts=[("ctx", lambda i: m_at(idx, i))], extra=measured)
 
             # ---- ATTEST ---------------------------------------------------------------------
             valid_sel = Const((1 << n) - 1, 32)
             with state("A_SEL"):
-                m.d.comb += dfifo.r_en.eq(1)
+                m.d.comb += pop.eq(1)
                 with m.If(dfifo.r_rdy):
                     m.d.sync += r_sel.eq(dfifo.r_data)
                     m.next = "A_CHECK"
@@ -787,11 +816,9 @@ class MchsmCore(wiring.Component):
                 wrap = k == 7
                 more = higher != 0
                 m.d.comb += [
-                    fire.eq(primed & sha.ready),
-                    ctx_rd.addr.eq(Mux(fire & wrap, active_r(next_ci[:iw]),
-                                       active_r(r_ci[:iw]) + Mux(fire, k + 1, k)[:3])),
-                    sha.valid.eq(primed),
-                    sha.data.eq(ctx_rd.data),
+                    dsrc.eq(src_ctx),
+                    ctx_rd.addr.eq(Mux(fire & wrap, active_r(next_ci, Const(0, 3)),
+                                       active_r(r_ci, Mux(fire, k + 1, k)))),
                     sha.last.eq(wrap & ~more),
                     sha.nbytes.eq(4),
                 ]
@@ -806,26 +833,27 @@ class MchsmCore(wiring.Component):
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
             sha_wait("A_WAIT_D", "A_SWAP")
-            ring("A_SWAP", KS_ATT, "A_LABEL", dsts=[("scr", S_T)], resume=True)
-            feed_words("A_LABEL", _words(ATT_LABEL), "A_DEV")
-            feed_mem("A_DEV", "scr", lambda i: S_DEV + i[:2], 4, "A_NONCE")
+            ring("A_SWAP", slot_at(KS_ATT), "A_LABEL", dsts=[("scr", to_t)], resume=True)
+            feed_words("A_LABEL", WORD["att"], 1, "A_DEV")
+            feed_mem("A_DEV", src_scr, lambda i: at(S_DEV, i, 2), 4, "A_NONCE")
             feed_fifo("A_NONCE", 8, "A_REGS")
-            feed_words("A_REGS", [r_sel, r_ok, counter + 1], "A_D", tee_res=0)
-            feed_mem("A_D", "scr", lambda i: S_T + i[:3], 8, "A_WAIT_M", last=True)
+            feed_words("A_REGS", WORD["sel"], 3, "A_D", tee_res=0)  # sel, ok, ctr+1
+            feed_mem("A_D", src_scr, to_t, 8, "A_WAIT_M", last=True)
             sha_wait("A_WAIT_M", lambda: call("TAIL0", r_ret_tail, tail_ret, "A_RES",
                                               slot=KS_ATT))
+
             def attested() -> None:
                 with m.If(k == 7):
-                    m.d.sync += [counter.eq(counter + 1), r_reslen.eq(RESULT_SIZE[Cmd.ATTEST]),
+                    m.d.sync += [counter.eq(counter_next), r_reslen.eq(RESULT_SIZE[Cmd.ATTEST]),
                                  r_fin.eq(Status.OK)]
 
-            ring("A_RES", None, "FINISH", dsts=[("res", 3)], extra=attested)
+            ring("A_RES", None, "FINISH", dsts=[("res", res_at(3))], extra=attested)
 
             # ---- UPDATE ---------------------------------------------------------------------
-            ring("U_MID", KS_UPD, "U_LABEL", resume=True)
-            feed_words("U_LABEL", _words(UPD_LABEL), "U_DEV")
-            feed_mem("U_DEV", "scr", lambda i: S_DEV + i[:2], 4, "U_CTX")
-            feed_words("U_CTX", [Cat(r_ctx, Const(0, 24))], "U_DATA")
+            ring("U_MID", slot_at(KS_UPD), "U_LABEL", resume=True)
+            feed_words("U_LABEL", WORD["upd"], 1, "U_DEV")
+            feed_mem("U_DEV", src_scr, lambda i: at(S_DEV, i, 2), 4, "U_CTX")
+            feed_words("U_CTX", WORD["ctx"], 1, "U_DATA")
 
             def capture() -> None:
                 with m.If(k == 0):
@@ -833,22 +861,20 @@ class MchsmCore(wiring.Component):
                 with m.Elif(k == 1):
                     m.d.sync += r_vnew.eq(dfifo.r_data)
                 with m.Else():
-                    m.d.comb += [scr_wr.addr.eq(S_U + (k - 2)[:3]), scr_wr.data.eq(dfifo.r_data),
-                                 scr_wr.en.eq(1)]
+                    m.d.comb += [scr_wr.addr.eq(at(S_U, k - 2, 3)), scr_wr.en.eq(1)]
 
             feed_fifo("U_DATA", 10, "U_WAIT", last=True, on_word=capture)
             sha_wait("U_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "U_CMP",
                                             slot=KS_UPD))
             with state("U_CMP"):  # constant time: all 8 words, whatever they hold
-                m.d.comb += [dfifo.r_en.eq(1), sha.shift.eq(dfifo.r_rdy),
-                             ctx_rd.addr.eq(cbase(idx) + CTX_V + bank_i)]
+                m.d.comb += [pop.eq(1), sha.shift.eq(dfifo.r_rdy),
+                             ctx_rd.addr.eq(v_at(idx, bank_i))]
                 with m.If(dfifo.r_rdy):
-                    m.d.sync += acc.eq(Mux(k == 0, 0, acc) | (sha.digest ^ dfifo.r_data))
+                    m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != dfifo.r_data))
                     step_done(8, "U_CHECK")
             with state("U_CHECK"):
-                m.d.comb += ctx_rd.addr.eq(cbase(idx) + CTX_V + bank_i)
-                m.d.sync += r_vcur.eq(ctx_rd.data)
-                with m.If(acc != 0):
+                m.d.comb += ctx_rd.addr.eq(v_at(idx, bank_i))
+                with m.If(neq):
                     finish(Status.ERR_AUTH)
                 with m.Elif(r_vold != ctx_rd.data):
                     finish(Status.ERR_VERSION)
@@ -856,43 +882,42 @@ class MchsmCore(wiring.Component):
                     finish(Status.ERR_ROLLBACK)
                 with m.Else():
                     m.next = "U_ACK_MID"
-            ring("U_ACK_MID", KS_UPD, "U_ACK_LABEL", resume=True)
-            feed_words("U_ACK_LABEL", _words(ACK_LABEL), "U_ACK_DEV")
-            feed_mem("U_ACK_DEV", "scr", lambda i: S_DEV + i[:2], 4, "U_ACK_REGS")
-            feed_words("U_ACK_REGS", [Cat(r_ctx, Const(0, 24)), r_vold, r_vnew], "U_ACK_R")
-            feed_mem("U_ACK_R", "scr", lambda i: S_U + i[:3], 8, "U_ACK_WAIT", last=True)
+            ring("U_ACK_MID", slot_at(KS_UPD), "U_ACK_LABEL", resume=True)
+            feed_words("U_ACK_LABEL", WORD["ack"], 1, "U_ACK_DEV")
+            feed_mem("U_ACK_DEV", src_scr, lambda i: at(S_DEV, i, 2), 4, "U_ACK_REGS")
+            feed_words("U_ACK_REGS", WORD["ctx"], 3, "U_ACK_R")  # ctx, v, v'
+            feed_mem("U_ACK_R", src_scr, lambda i: at(S_U, i, 3), 8, "U_ACK_WAIT", last=True)
             sha_wait("U_ACK_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "U_ACK_RES",
                                                 slot=KS_UPD))
-            ring("U_ACK_RES", None, "U_ACK_V", dsts=[("res", 1)])
-            write_res("U_ACK_V", [r_vnew], 0, "U_COMMIT")
+            ring("U_ACK_RES", None, "U_ACK_V", dsts=[("res", res_at(1))])
+            write_res("U_ACK_V", WORD["vnew"], 1, 0, "U_COMMIT")
             # the new reference goes into the other bank; MATCH for it is computed on the way
-            other_r = cbase(idx) + CTX_R + Mux(bank_i, 0, 8)
             with state("U_COMMIT"):
                 m.d.comb += [
-                    scr_rd.addr.eq(S_U + k[:3]),
-                    ctx_rd.addr.eq(cbase(idx) + CTX_M + k[:3]),
-                    ctx_wr.addr.eq(other_r + (k - 1)[:3]),
-                    ctx_wr.data.eq(scr_rd.data),
+                    scr_rd.addr.eq(at(S_U, k, 3)),
+                    ctx_rd.addr.eq(m_at(idx, k)),
+                    ctx_wr.addr.eq(r_at(idx, k - 1, ~bank_i)),
+                    cwsrc.eq(cw_scr),
                     ctx_wr.en.eq((k != 0) & (k <= 8)),
                 ]
                 with m.If(k == 0):
-                    m.d.sync += acc.eq(0)
+                    m.d.sync += neq.eq(0)
                 with m.Elif(k <= 8):
-                    m.d.sync += acc.eq(acc | (scr_rd.data ^ ctx_rd.data))
+                    m.d.sync += neq.eq(neq | (scr_rd.data != ctx_rd.data))
                 with m.If(k == 8):
                     m.d.sync += k.eq(0)
                     m.next = "U_COMMIT_V"
                 with m.Else():
                     m.d.sync += k.eq(k + 1)
             with state("U_COMMIT_V"):
-                m.d.comb += [ctx_wr.addr.eq(cbase(idx) + CTX_V + ~bank_i), ctx_wr.data.eq(r_vnew),
-                             ctx_wr.en.eq(1)]
+                m.d.comb += [ctx_wr.addr.eq(v_at(idx, ~bank_i)), cwsrc.eq(cw_word),
+                             widx.eq(WORD["vnew"]), ctx_wr.en.eq(1)]
                 m.next = "U_FLIP"
             with m.State("U_FLIP"):  # the one clock edge at which the update takes effect
                 m.d.sync += [
                     bank.bit_select(idx, 1).eq(~bank_i),
                     loaded.bit_select(idx, 1).eq(0),
-                    match.bit_select(idx, 1).eq(acc == 0),
+                    match.bit_select(idx, 1).eq(~neq),
                 ]
                 succeed(RESULT_SIZE[Cmd.UPDATE])
 
@@ -901,20 +926,21 @@ class MchsmCore(wiring.Component):
                 call("DER0", r_ret_der, der_ret, "T_MID", lbl=2)
             with state("T_MID"):
                 call("MID_I0", r_ret_mid, mid_ret, "T_MAC", slot=KS_TASK)
-            ring("T_MAC", KS_TASK, "T_DATA", resume=True)
+            ring("T_MAC", slot_at(KS_TASK), "T_DATA", resume=True)
             feed_stream("T_DATA", "T_WAIT")
             sha_wait("T_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "T_RES",
                                             slot=KS_TASK))
+
             def digest_done() -> None:
                 m.d.sync += [r_reslen.eq(RESULT_SIZE[Cmd.HASH]), r_fin.eq(Status.OK)]
 
-            ring("T_RES", None, "FINISH", dsts=[("res", 0)], extra=digest_done)
+            ring("T_RES", None, "FINISH", dsts=[("res", res_at(0))], extra=digest_done)
 
             # ---- HASH -----------------------------------------------------------------------
             sha_start("H_START", "H_DATA")
             feed_stream("H_DATA", "H_WAIT")
             sha_wait("H_WAIT", "H_RES")
-            ring("H_RES", None, "FINISH", dsts=[("res", 0)], extra=digest_done)
+            ring("H_RES", None, "FINISH", dsts=[("res", res_at(0))], extra=digest_done)
 
             # ---- HMAC_KEY: short keys are the key block, long ones are hashed first --------
             with state("K_MODE"):
@@ -931,7 +957,7 @@ class MchsmCore(wiring.Component):
             sha_start("K_HSTART", "K_HDATA")
             feed_stream("K_HDATA", "K_HWAIT")
             sha_wait("K_HWAIT", "K_HSTORE")
-            ring("K_HSTORE", None, "K_HMID", dsts=[("scr", S_K)], extra=key_is_a_digest)
+            ring("K_HSTORE", None, "K_HMID", dsts=[("scr", to_k)], extra=key_is_a_digest)
             with state("K_HMID"):
                 call("MID_I0", r_ret_mid, mid_ret, "K_FIN", slot=KS_HMAC)
             with state("K_FIN"):
@@ -939,7 +965,7 @@ class MchsmCore(wiring.Component):
                 succeed(RESULT_SIZE[Cmd.HMAC_KEY])
 
             # ---- HMAC -----------------------------------------------------------------------
-            ring("C_MID", KS_HMAC, "C_DATA", resume=True)
+            ring("C_MID", slot_at(KS_HMAC), "C_DATA", resume=True)
             feed_stream("C_DATA", "C_WAIT")
             sha_wait("C_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "H_RES",
                                             slot=KS_HMAC))
