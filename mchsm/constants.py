@@ -32,6 +32,8 @@ __all__ = [
     "MAGIC",
     "MANAGER",
     "MAX_CONTEXTS",
+    "MONITOR_BUDGET",
+    "MONITOR_FAIL_LIMIT",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
     "RESULT_WORDS",
@@ -74,6 +76,11 @@ MANAGER = 0  #: caller id of the privileged manager/loader; tasks are 1..N
 DEFAULT_CONTEXTS = 8
 MAX_CONTEXTS = 32  #: the selection mask is a u32, bit i-1 for context i
 RESULT_WORDS = 32  #: the result window holds up to 128 bytes
+#: HSM monitor: commands a task may issue per monitoring period (NEW_PERIOD) before it is
+#: flagged ANOMALY; 0 disables the budget
+MONITOR_BUDGET = 64
+#: HSM monitor: failed commands of a task (since its last RESET) that flag it ANOMALY; 0 disables
+MONITOR_FAIL_LIMIT = 8
 CALLER_BITS = 6  #: width of the caller-id sideband (ids 0..63; only 0..N are accepted)
 BUS_ADDR_WIDTH = 6  #: Wishbone word-address width of the mailbox (64 words = 256 bytes)
 
@@ -187,6 +194,7 @@ class Cmd(enum.IntEnum, shape=CMD_SHAPE):
     EXTEND = 0x11
     MEASURE = 0x12
     SET_ANOMALY = 0x13
+    NEW_PERIOD = 0x14
     ATTEST = 0x20
     UPDATE = 0x21
     TASK_MAC = 0x30
@@ -270,6 +278,7 @@ _SPECS: dict[Cmd, _Spec] = {
     Cmd.EXTEND: _Spec(Access.MANAGER, context=True, length=DIGEST_SIZE, provisioned=None),
     Cmd.MEASURE: _Spec(Access.MANAGER, context=True, length=None, provisioned=None, streamed=True),
     Cmd.SET_ANOMALY: _Spec(Access.MANAGER, context=True, length=0, provisioned=None),
+    Cmd.NEW_PERIOD: _Spec(Access.MANAGER, context=False, length=0, provisioned=None),
     Cmd.ATTEST: _Spec(Access.MANAGER, context=False, length=NONCE_SIZE + 4, provisioned=True),
     Cmd.UPDATE: _Spec(
         Access.MANAGER, context=True, length=2 * 4 + 2 * DIGEST_SIZE, provisioned=True
@@ -295,6 +304,7 @@ RESULT_SIZE: dict[Cmd, int] = {
     Cmd.EXTEND: DIGEST_SIZE,
     Cmd.MEASURE: DIGEST_SIZE,
     Cmd.SET_ANOMALY: 0,
+    Cmd.NEW_PERIOD: 0,
     Cmd.ATTEST: EVIDENCE_SIZE,
     Cmd.UPDATE: 4 + DIGEST_SIZE,
     Cmd.TASK_MAC: DIGEST_SIZE,

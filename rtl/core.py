@@ -51,6 +51,8 @@ from mchsm.constants import (
     MAGIC,
     MANAGER,
     MAX_CONTEXTS,
+    MONITOR_BUDGET,
+    MONITOR_FAIL_LIMIT,
     PROTOCOL_VERSION,
     RESULT_SIZE,
     RESULT_WORDS,
@@ -116,6 +118,10 @@ class MchsmCore(wiring.Component):
     ----------
     contexts : int
         Number of task contexts N (1..32).
+    budget : int
+        Monitor: commands a task may issue per monitoring period (0: no limit).
+    fail_limit : int
+        Monitor: failed commands of a task since its last RESET that flag it (0: no limit).
 
     Attributes
     ----------
@@ -127,10 +133,16 @@ class MchsmCore(wiring.Component):
         High while a command is done and the interrupt is enabled.
     """
 
-    def __init__(self, contexts: int = DEFAULT_CONTEXTS) -> None:
+    def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, budget: int = MONITOR_BUDGET,
+                 fail_limit: int = MONITOR_FAIL_LIMIT) -> None:
         if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
             raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
+        for name, value in (("budget", budget), ("fail_limit", fail_limit)):
+            if not isinstance(value, int) or not 0 <= value <= 255:
+                raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
         self.contexts = contexts
+        self.budget = budget
+        self.fail_limit = fail_limit
         super().__init__({
             "bus": In(wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32)),
             "caller": In(CALLER_BITS),
@@ -308,6 +320,20 @@ class MchsmCore(wiring.Component):
                     m.d.sync += rd_res.eq(
                         (bus.adr >= reg_idx[Reg.RESULT]) & is_owner & ~busy & ~start_cmd
                     )
+
+        # ---- the monitor: per task, commands this period and failures since RESET -----------
+        commands = Array([Signal(range(self.budget + 2), name=f"commands{i + 1}")
+                          for i in range(n)])
+        failures = Array([Signal(range(self.fail_limit + 1), name=f"failures{i + 1}")
+                          for i in range(n)])
+        caller_task = (self.caller >= 1) & (self.caller <= n)
+        with m.If(start_cmd & caller_task):
+            count = commands[(self.caller - 1)[:iw]]
+            if self.budget:  # this command takes the count above the budget: flagged
+                with m.If(count >= self.budget):
+                    m.d.sync += anomaly.bit_select((self.caller - 1)[:iw], 1).eq(1)
+                with m.If(count <= self.budget):  # saturates at budget + 1
+                    m.d.sync += count.eq(count + 1)
 
         # ---- engine --------------------------------------------------------------------------
         m.d.comb += fifo_rst.eq(start_cmd)
@@ -642,7 +668,8 @@ class MchsmCore(wiring.Component):
         entry = {
             Cmd.PROVISION: "P_DEV", Cmd.STATUS: "S_REGS", Cmd.READ_CTX: "R_COPY",
             Cmd.RESET: "Z_M", Cmd.EXTEND: "E_START", Cmd.MEASURE: "M_START",
-            Cmd.SET_ANOMALY: "N_SET", Cmd.ATTEST: "A_SEL", Cmd.UPDATE: "U_MID",
+            Cmd.SET_ANOMALY: "N_SET", Cmd.NEW_PERIOD: "W_PERIOD", Cmd.ATTEST: "A_SEL",
+            Cmd.UPDATE: "U_MID",
             Cmd.TASK_MAC: "T_DER", Cmd.HASH: "H_START", Cmd.HMAC_KEY: "K_MODE",
             Cmd.HMAC: "C_MID",
         }
@@ -666,6 +693,14 @@ class MchsmCore(wiring.Component):
 
             with m.State("FINISH"):
                 m.d.comb += [fifo_rst.eq(1), sha_rst.eq(1)]
+                owner_task = (r_owner >= 1) & (r_owner <= n)
+                if self.fail_limit:
+                    with m.If((r_fin != Status.OK) & owner_task):
+                        fails = failures[cidx]
+                        with m.If(fails >= self.fail_limit - 1):
+                            m.d.sync += anomaly.bit_select(cidx, 1).eq(1)
+                        with m.If(fails != self.fail_limit):
+                            m.d.sync += fails.eq(fails + 1)
                 m.d.sync += [r_status.eq(r_fin), r_done.eq(1), r_inbytes.eq(0), r_abort.eq(0),
                              k.eq(0), primed.eq(0)]
                 with m.If(r_fin != Status.OK):
@@ -754,10 +789,15 @@ class MchsmCore(wiring.Component):
                 m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero), ctx_wr.en.eq(1)]
                 with m.If(k == 7):
                     m.d.sync += [k.eq(0), loaded.bit_select(idx, 1).eq(0),
-                                 anomaly.bit_select(idx, 1).eq(0)]
+                                 anomaly.bit_select(idx, 1).eq(0), failures[idx].eq(0)]
                     m.next = "MATCH"
                 with m.Else():
                     m.d.sync += k.eq(k + 1)
+
+            # ---- NEW_PERIOD -----------------------------------------------------------------
+            with state("W_PERIOD"):
+                m.d.sync += [count.eq(0) for count in commands]
+                succeed(RESULT_SIZE[Cmd.NEW_PERIOD])
 
             # ---- SET_ANOMALY ----------------------------------------------------------------
             with state("N_SET"):

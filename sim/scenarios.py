@@ -118,6 +118,8 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
         elif kind == 8:
             commands.append(Command(caller(), rng.choice([Cmd.SET_ANOMALY, Cmd.RESET]), ctx(),
                                     b""))
+            if rng.random() < 0.3:
+                commands.append(Command(caller(), Cmd.NEW_PERIOD, 0, b""))
         elif kind == 9:
             who = caller()
             commands.append(Command(who, Cmd.HMAC_KEY, 0, rng.randbytes(rng.randrange(0, 100))))

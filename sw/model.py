@@ -21,6 +21,8 @@ from mchsm.constants import (
     DIGEST_SIZE,
     MANAGER,
     MAX_CONTEXTS,
+    MONITOR_BUDGET,
+    MONITOR_FAIL_LIMIT,
     NONCE_SIZE,
     PROTOCOL_VERSION,
     SHA_BLOCK_SIZE,
@@ -143,12 +145,24 @@ class HsmModel:
     ----------
     contexts : int
         Number of task contexts N (1..32).
+    budget : int
+        Monitor: commands a task may issue per monitoring period (0: no limit).
+    fail_limit : int
+        Monitor: failed commands of a task, since its last RESET, that flag it (0: no limit).
     """
 
-    def __init__(self, contexts: int = DEFAULT_CONTEXTS) -> None:
+    def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, budget: int = MONITOR_BUDGET,
+                 fail_limit: int = MONITOR_FAIL_LIMIT) -> None:
         if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
             raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
+        for name, value in (("budget", budget), ("fail_limit", fail_limit)):
+            if not isinstance(value, int) or not 0 <= value <= 255:
+                raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
         self.contexts = contexts
+        self.budget = budget
+        self.fail_limit = fail_limit
+        self._commands = [0] * contexts  #: monitor: commands of each task this period
+        self._failures = [0] * contexts  #: monitor: failed commands of each task since RESET
         self._state = HsmState(contexts=(ContextState(),) * contexts)
         self._keys: _Keys | None = None
         self._hmac_key: bytes | None = None
@@ -202,9 +216,10 @@ class HsmModel:
         """
         if self._running is not None:
             raise HsmBusyError("a command is already running")
+        self._count_command(caller)
         status = self._precheck(caller, cmd, ctx, length)
         if status is not Status.OK:
-            return Response(status)
+            return self._end(caller, Response(status))
         code = Cmd(cmd)
         running = _Running(caller=caller, cmd=code, ctx=ctx, remaining=length)
         if code in (Cmd.MEASURE, Cmd.HASH):
@@ -246,9 +261,27 @@ class HsmModel:
         return None
 
     def abort(self) -> Response:
-        """End the running command without any effect."""
+        """End the running command without any effect (but for the monitor's count)."""
+        caller = self._running.caller if self._running is not None else MANAGER
         self._running = None
-        return Response(Status.ERR_ABORTED)
+        return self._end(caller, Response(Status.ERR_ABORTED))
+
+    # -- the monitor ----------------------------------------------------------------------------
+
+    def _count_command(self, caller: int) -> None:
+        """Count a task's command as it is issued; over the budget flags the task."""
+        if 1 <= caller <= self.contexts:
+            self._commands[caller - 1] = min(self._commands[caller - 1] + 1, 255)
+            if self.budget and self._commands[caller - 1] > self.budget:
+                self._set_context(caller, anomaly=True)
+
+    def _end(self, caller: int, response: Response) -> Response:
+        """Count a task's failed command; reaching the limit flags the task."""
+        if response.status is not Status.OK and 1 <= caller <= self.contexts:
+            self._failures[caller - 1] = min(self._failures[caller - 1] + 1, 255)
+            if self.fail_limit and self._failures[caller - 1] >= self.fail_limit:
+                self._set_context(caller, anomaly=True)
+        return response
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -293,7 +326,7 @@ class HsmModel:
         assert running is not None and running.remaining == 0
         self._running = None
         handler = getattr(self, f"_do_{running.cmd.name.lower()}")
-        return handler(running)
+        return self._end(running.caller, handler(running))
 
     def _set_context(self, ctx: int, **changes: object) -> None:
         contexts = list(self._state.contexts)
@@ -328,6 +361,11 @@ class HsmModel:
 
     def _do_reset(self, run: _Running) -> Response:
         self._set_context(run.ctx, measurement=ZERO_DIGEST, loaded=False, anomaly=False)
+        self._failures[run.ctx - 1] = 0
+        return Response(Status.OK)
+
+    def _do_new_period(self, run: _Running) -> Response:
+        self._commands = [0] * self.contexts
         return Response(Status.OK)
 
     def _do_extend(self, run: _Running) -> Response:

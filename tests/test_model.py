@@ -295,7 +295,7 @@ def _expected(cmd: Cmd, who: str) -> Status:
     if who == "unknown id":
         return Status.ERR_DENIED
     manager_only = {Cmd.PROVISION, Cmd.RESET, Cmd.EXTEND, Cmd.MEASURE, Cmd.SET_ANOMALY,
-                    Cmd.ATTEST, Cmd.UPDATE}
+                    Cmd.NEW_PERIOD, Cmd.ATTEST, Cmd.UPDATE}
     if cmd in manager_only and who != "manager":
         return Status.ERR_DENIED
     if cmd is Cmd.TASK_MAC and who == "manager":
@@ -349,7 +349,7 @@ def test_bad_input_for_every_command_changes_nothing(cmd: Cmd) -> None:
     assert hsm.state == before
 
 
-@pytest.mark.parametrize("code", [0x00, 0x04, 0x14, 0x22, 0x31, 0x43, 0xFF])
+@pytest.mark.parametrize("code", [0x00, 0x04, 0x15, 0x22, 0x31, 0x43, 0xFF])
 def test_unknown_commands(code: int) -> None:
     hsm = provisioned()
     before = hsm.state
@@ -390,3 +390,47 @@ def test_no_command_returns_a_key() -> None:
 def test_context_count_parameter(n: int) -> None:
     with pytest.raises(ValueError, match="contexts must be"):
         HsmModel(n)
+
+
+# -- the monitor -------------------------------------------------------------------------------
+
+
+def test_monitor_budget_flags_a_task_that_hammers_the_hsm() -> None:
+    for h in (HsmModel(8, budget=5, fail_limit=0),):
+        h.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
+        install_and_load(h, 2, b"img")
+        for _ in range(5):
+            assert h.execute(2, Cmd.TASK_MAC, 0, b"x").ok
+        assert not h.context(2).anomaly
+        assert h.execute(MANAGER, Cmd.NEW_PERIOD, 0).ok  # a new period: the count restarts
+        for _ in range(5):
+            assert h.execute(2, Cmd.TASK_MAC, 0, b"x").ok
+        # the 6th command of the period is flagged before its checks: refused as untrusted
+        assert h.execute(2, Cmd.TASK_MAC, 0, b"x").status is Status.ERR_NOT_TRUSTED
+        assert h.context(2).anomaly and not h.context(3).anomaly
+        for _ in range(20):  # the manager is never counted
+            h.execute(MANAGER, Cmd.STATUS, 0)
+        assert not h.context(1).anomaly
+        assert h.execute(MANAGER, Cmd.RESET, 2).ok and not h.context(2).anomaly
+
+
+def test_monitor_failure_limit_flags_brute_force_and_reset_clears_it() -> None:
+    hsm = HsmModel(8, budget=0, fail_limit=3)
+    hsm.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
+    install_and_load(hsm, 4, b"img")
+    for _ in range(2):
+        assert hsm.execute(4, Cmd.HMAC, 0, b"guess").status is Status.ERR_NO_KEY
+    assert not hsm.context(4).anomaly
+    assert hsm.execute(4, Cmd.READ_CTX, 1).status is Status.ERR_DENIED  # third failure
+    assert hsm.context(4).anomaly and not hsm.context(4).ok
+    assert hsm.execute(MANAGER, Cmd.RESET, 4).ok
+    assert hsm.execute(MANAGER, Cmd.MEASURE, 4, b"img").ok
+    assert hsm.context(4).ok
+    assert hsm.execute(4, Cmd.HMAC, 0, b"guess").status is Status.ERR_NO_KEY
+    assert not hsm.context(4).anomaly  # the count restarted at the reload
+
+
+@pytest.mark.parametrize(("budget", "fail_limit"), [(-1, 0), (0, 256), ("8", 0)])
+def test_monitor_parameters_are_checked(budget: object, fail_limit: object) -> None:
+    with pytest.raises(ValueError, match=r"must be an integer in 0\.\.255"):
+        HsmModel(8, budget=budget, fail_limit=fail_limit)  # type: ignore[arg-type]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
 import random
 
 import pytest
+from amaranth.hdl import ClockDomain, Module
+from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +23,13 @@ from mchsm.constants import (
     Status,
     u32,
 )
-from mchsm.sim.amaranth_backend import run_on_amaranth
+from mchsm.rtl.core import MchsmCore
+from mchsm.sim.amaranth_backend import CLOCK_PERIOD, AmaranthTransport, run_on_amaranth
 from mchsm.sim.scenarios import Command, random_commands, run_commands, scan_bus
 from mchsm.sw.backends import run_on_backend
-from mchsm.sw.driver import HsmDriver
+from mchsm.sw.driver import CtxInfo, HsmDriver, ModelTransport, StatusInfo
+from mchsm.sw.mailbox import ModelMailbox
+from mchsm.sw.model import HsmModel
 from mchsm.sw.protocol import (
     derive_att_key,
     derive_task_key,
@@ -191,12 +197,6 @@ def test_abort_and_ownership_on_the_bus() -> None:
 
 def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
     """Reset at many points of an UPDATE (densely around its commit): never a mix."""
-    from amaranth.hdl import ClockDomain, Module
-    from amaranth.sim import Simulator
-
-    from mchsm.rtl.core import MchsmCore
-    from mchsm.sim.amaranth_backend import CLOCK_PERIOD, AmaranthTransport
-    from mchsm.sw.driver import CtxInfo, StatusInfo
 
     core = MchsmCore(2)
     top = Module()
@@ -244,3 +244,28 @@ def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
     sim.add_testbench(testbench)
     sim.run()
     assert any(new for _, new in seen) and any(not new for _, new in seen)
+
+
+def test_monitor_matches_model_with_small_limits() -> None:
+    """Budget and failure limit small enough that random sequences trip them often."""
+    async def on_model_small(cmds: list[Command]) -> list[tuple[int, bytes]]:
+        driver = HsmDriver(ModelTransport(ModelMailbox(HsmModel(4, budget=3, fail_limit=2))))
+        return await run_commands(driver, cmds)
+
+    commands = [Command(3, Cmd.STATUS, 0, b"")] * 5 + random_commands(7, 4, 30)
+    commands += [Command(MANAGER, Cmd.READ_CTX, i, b"") for i in range(1, 5)]
+    expected = asyncio.run(on_model_small(commands))
+    flags = [int.from_bytes(r[1][:4], "big") for r in expected[-4:]]
+    assert any(f & 2 for f in flags)  # the monitor did flag something in this sequence
+
+    core = MchsmCore(4, budget=3, fail_limit=2)
+    sim = Simulator(core)
+    sim.add_clock(CLOCK_PERIOD)
+    got: list[tuple[int, bytes]] = []
+
+    async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]
+        got.extend(await run_commands(HsmDriver(AmaranthTransport(ctx, core)), commands))
+
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got == expected
