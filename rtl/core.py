@@ -30,9 +30,6 @@ any running command and the LOADED/ANOMALY flags, so every task must be measured
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -54,7 +51,6 @@ from mchsm.constants import (
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     PROTOCOL_VERSION,
-    RESULT_SIZE,
     RESULT_WORDS,
     STATUS_BUSY,
     STATUS_DONE,
@@ -67,6 +63,7 @@ from mchsm.constants import (
     Status,
     command_spec,
 )
+from mchsm.rtl import microcode as uc
 from mchsm.rtl import wishbone
 from mchsm.rtl.sha256 import SHA256
 
@@ -197,10 +194,6 @@ class MchsmCore(wiring.Component):
         r_ci = Signal(6)  # context being streamed by ATTEST
         r_klen = Signal(7)  # bytes of the key block in scratch K
         r_slot = Signal(7)  # key store slot a subroutine works on
-        r_lbl = Signal(2)  # which KDF label DERIVE uses
-        r_ret_mid = Signal(3)
-        r_ret_der = Signal(2)
-        r_ret_tail = Signal(3)
 
         # ---- persistent state (survives the logic reset) -------------------------------------
         provisioned = Signal(reset_less=True)
@@ -346,8 +339,7 @@ class MchsmCore(wiring.Component):
 
         # ---- datapath ------------------------------------------------------------------------
         # Every wide value (the engine's input word, a result word, memory write data) is chosen
-        # once, here, by a narrow code that the current state sets.  The state machine itself
-        # never drives a 32-bit value: that is what keeps the command engine small.
+        # once, here, by a narrow code that the running microinstruction sets.
         _none, src_fifo, src_ctx, src_scr, src_key, src_word = range(6)
         dsrc = Signal(3)  # what the SHA engine takes
         widx = Signal(5)  # which entry of the word table
@@ -357,6 +349,8 @@ class MchsmCore(wiring.Component):
         opad = Signal()  # the key block is XORed with opad, else ipad
         pop = Signal()  # take a word of command data without hashing it
         neq = Signal()  # sticky "some compared words differed"
+        rsrc_digest, rsrc_word, rsrc_ctx, rsrc_scr = range(4)
+        cw_zero, cw_digest, cw_scr, cw_word = range(4)
 
         counter_next = Signal(32)
         m.d.comb += counter_next.eq(counter + 1)
@@ -366,26 +360,20 @@ class MchsmCore(wiring.Component):
                      CtxFlag.OK: okmask}
         flags = Cat(*(flag_bits[f].bit_select(idx, 1) for f in sorted(CtxFlag)))
         kdf = [w for label in (KDF_ATT, KDF_UPD, KDF_TASK) for w in _words(label)]
-        # runs that states stream in one go are adjacent: (sel, ok, ctr+1), (ctx, v, v'),
-        # (info, ctr, ok, loaded, anomaly), and the three 3-word KDF labels
-        table: list[tuple[str, Value | int]] = [
-            ("zero", 0),
-            ("att", _words(ATT_LABEL)[0]),
-            ("upd", _words(UPD_LABEL)[0]),
-            ("ack", _words(ACK_LABEL)[0]),
-            *((f"kdf{i}", w) for i, w in enumerate(kdf)),
-            ("sel", r_sel), ("ok", r_ok), ("ctr1", counter_next),
-            ("ctx", r_ctx), ("vold", r_vold), ("vnew", r_vnew),
-            ("owner", r_owner),
-            ("info", info), ("ctr", counter), ("okv", okmask & visible),
-            ("loadedv", loaded & visible), ("anomalyv", anomaly & visible),
-            ("flags", flags),
-        ]
-        assert len(table) <= 32
-        WORD = {name: i for i, (name, _) in enumerate(table)}
+        values: dict[str, Value | int] = {
+            "zero": 0, "att": _words(ATT_LABEL)[0], "upd": _words(UPD_LABEL)[0],
+            "ack": _words(ACK_LABEL)[0],
+            **{f"kdf_{lab}{i}": kdf[3 * j + i] for j, lab in enumerate(("att", "upd", "tsk"))
+               for i in range(3)},
+            "sel": r_sel, "ok": r_ok, "ctr1": counter_next, "ctx": r_ctx, "vold": r_vold,
+            "vnew": r_vnew, "owner": r_owner, "info": info, "ctr": counter,
+            "okv": okmask & visible, "loadedv": loaded & visible,
+            "anomalyv": anomaly & visible, "flags": flags,
+        }
+        assert set(values) == set(uc.WORD_NAMES)
         word = Signal(32)
         m.d.comb += word.eq(Array([v if isinstance(v, Value) else Const(v, 32)
-                                   for _, v in table])[widx])
+                                   for v in (values[name] for name in uc.WORD_NAMES)])[widx])
 
         masks = []
         for j in range(4):  # byte j of key word k is key byte 4k+j: zero beyond r_klen
@@ -414,220 +402,6 @@ class MchsmCore(wiring.Component):
             scr_wr.data.eq(Mux(swsrc, sha.digest, dfifo.r_data)),
             key_wr.data.eq(sha.digest),
         ]
-        rsrc_digest, rsrc_word, rsrc_ctx, rsrc_scr = range(4)
-        cw_zero, cw_digest, cw_scr, cw_word = range(4)
-
-        def finish(status: Status | Value) -> None:
-            m.d.sync += r_fin.eq(status)
-            m.next = "FINISH"
-
-        @contextmanager
-        def state(name: str) -> Iterator[None]:
-            with m.State(name):
-                yield
-                with m.If(r_abort):
-                    m.next = "ABORTED"
-
-        def goto(nxt: str | Callable[[], None]) -> None:
-            if callable(nxt):
-                nxt()
-            else:
-                m.next = nxt
-
-        def goto_if(cond: Value, yes: str, no: str) -> None:
-            with m.If(cond):
-                m.next = yes
-            with m.Else():
-                m.next = no
-
-        def step_done(count: int | Value, nxt: str | Callable[[], None]) -> None:
-            """Advance k over ``count`` words; at the end, reset k/primed and go on."""
-            with m.If(k == count - 1):
-                m.d.sync += [k.eq(0), primed.eq(0)]
-                goto(nxt)
-            with m.Else():
-                m.d.sync += k.eq(k + 1)
-
-        Addr = Callable[[Value], Value]
-        Next = str | Callable[[], None]
-
-        def feed_mem(name: str, src: int, addr: Addr, count: int, nxt: Next,
-                     last: bool = False) -> None:
-            """Stream ``count`` words at ``addr(k)`` of a memory into the engine."""
-            rd = ctx_rd if src == src_ctx else scr_rd
-            with state(name):
-                m.d.comb += [dsrc.eq(src), rd.addr.eq(addr(Mux(fire, k + 1, k))),
-                             sha.last.eq(int(last) & (k == count - 1)), sha.nbytes.eq(4)]
-                with m.If(~primed):
-                    m.d.sync += primed.eq(1)
-                with m.Elif(fire):
-                    step_done(count, nxt)
-
-        def feed_words(name: str, index: int | Value, count: int, nxt: Next,
-                       last: bool | Value = False, tee_res: int | None = None) -> None:
-            """Stream entries ``index ..`` of the word table (labels, registers)."""
-            with state(name):
-                m.d.comb += [dsrc.eq(src_word), widx.eq(index + k),
-                             sha.last.eq(last & (k == count - 1)), sha.nbytes.eq(4)]
-                if tee_res is not None:
-                    m.d.comb += [rsrc.eq(rsrc_word), res_wr.addr.eq(tee_res + k),
-                                 res_wr.en.eq(fire)]
-                with m.If(fire):
-                    step_done(count, nxt)
-
-        def feed_fifo(name: str, count: int, nxt: Next, last: bool = False,
-                      on_word: Callable[[], None] | None = None) -> None:
-            """Stream ``count`` whole words of command data into the engine."""
-            with state(name):
-                m.d.comb += [dsrc.eq(src_fifo), sha.last.eq(int(last) & (k == count - 1)),
-                             sha.nbytes.eq(4)]
-                with m.If(fire):
-                    if on_word is not None:
-                        on_word()
-                    step_done(count, nxt)
-
-        def feed_stream(name: str, nxt: str) -> None:
-            """Stream the whole command data (``LEN`` bytes, any length) into the engine."""
-            with state(name):
-                with m.If(r_left == 0):  # empty message: one empty last word
-                    m.d.comb += [dsrc.eq(src_word), widx.eq(WORD["zero"]), sha.last.eq(1),
-                                 sha.nbytes.eq(0)]
-                    with m.If(fire):
-                        m.next = nxt
-                with m.Else():
-                    tail = r_left <= 4
-                    m.d.comb += [dsrc.eq(src_fifo), sha.last.eq(tail),
-                                 sha.nbytes.eq(Mux(tail, r_left[:3], 4))]
-                    with m.If(fire):
-                        m.d.sync += r_left.eq(Mux(tail, 0, r_left - 4))
-                        with m.If(tail):
-                            m.next = nxt
-
-        def fifo_to_scratch(name: str, base: int, count: int | Value, nxt: Next,
-                            extra: Callable[[], None] | None = None) -> None:
-            """Copy words of command data into scratch (no hashing)."""
-            with state(name):
-                if extra is not None:
-                    extra()
-                m.d.comb += [pop.eq(1), scr_wr.addr.eq(at(base, k, 4)), scr_wr.en.eq(dfifo.r_rdy)]
-                with m.If(dfifo.r_rdy):
-                    step_done(count, nxt)
-
-        def feed_keypad(name: str, outer: bool, nxt: str) -> None:
-            """Stream the 64-byte key block (scratch K, r_klen bytes, zero-padded) XOR a pad."""
-            with state(name):
-                m.d.comb += [dsrc.eq(src_key), opad.eq(int(outer)), sha.nbytes.eq(4),
-                             scr_rd.addr.eq(at(S_K, Mux(fire, k + 1, k), 4))]
-                with m.If(~primed):
-                    m.d.sync += primed.eq(1)
-                with m.Elif(fire):
-                    step_done(16, nxt)
-
-        def sha_start(name: str, nxt: str) -> None:
-            with state(name):
-                m.d.comb += sha.start.eq(1)
-                m.next = nxt
-
-        def sha_wait(name: str, nxt: Next) -> None:
-            with state(name), m.If(sha.done):
-                goto(nxt)
-
-        def sha_cut(name: str, nxt: str) -> None:
-            """End the message at this block boundary without padding: H is a midstate."""
-            with state(name):
-                m.d.comb += sha.cut.eq(1)
-                with m.If(sha.done):
-                    m.next = nxt
-
-        def slot_at(slot: int | Value, outer: bool = False) -> Addr:
-            """Word addresses of a key store slot (``outer``: its opad midstate)."""
-            if isinstance(slot, int):
-                return lambda i: Cat(i[:3], Const((slot >> 3) | int(outer), 5))
-            return lambda i: Cat(i[:3], Const(int(outer), 1), slot[4:])
-
-        def ring(name: str, slot: Addr | None, nxt: Next, dsts: Sequence[tuple[str, Addr]] = (),
-                 resume: bool = False, extra: Callable[[], None] | None = None) -> None:
-            """Eight shifts of the engine's H ring: read the digest out into ``dsts`` and/or load
-            a midstate from the key store at ``slot``; optionally ``resume`` with the last
-            shift."""
-            with state(name):
-                if slot is not None:
-                    m.d.comb += key_rd.addr.eq(slot(Mux(primed, k + 1, 0)))
-                    active = primed
-                    with m.If(~primed):
-                        m.d.sync += primed.eq(1)
-                else:
-                    active = Const(1)
-                m.d.comb += [sha.shift.eq(active), sha.load.eq(int(slot is not None)),
-                             sha.shift_in.eq(key_rd.data)]
-                for mem, where in dsts:
-                    port = {"ctx": ctx_wr, "scr": scr_wr, "key": key_wr, "res": res_wr}[mem]
-                    m.d.comb += [port.addr.eq(where(k)), port.en.eq(active)]
-                    if mem == "res":
-                        m.d.comb += rsrc.eq(rsrc_digest)
-                    elif mem == "ctx":
-                        m.d.comb += cwsrc.eq(cw_digest)
-                    elif mem == "scr":
-                        m.d.comb += swsrc.eq(1)
-                if extra is not None:
-                    extra()
-                with m.If(active):
-                    if resume:
-                        m.d.comb += sha.resume.eq(k == 7)
-                    step_done(8, nxt)
-
-        def to_t(i: Value) -> Value:
-            return at(S_T, i, 3)
-
-        def to_k(i: Value) -> Value:
-            return at(S_K, i, 3)
-
-        def res_at(base: int) -> Addr:
-            return lambda i: base + i[:3]
-
-        def copy_to_res(name: str, src: int, addr: Addr, res_base: int, count: int,
-                        nxt: Next) -> None:
-            """Copy ``count`` words from the context store or scratch into the result window."""
-            rd = ctx_rd if src == src_ctx else scr_rd
-            with state(name):
-                m.d.comb += [rd.addr.eq(addr(k)), res_wr.addr.eq(res_base + k - 1),
-                             rsrc.eq(rsrc_ctx if src == src_ctx else rsrc_scr),
-                             res_wr.en.eq(k != 0)]
-                with m.If(k == count):
-                    m.d.sync += k.eq(0)
-                    goto(nxt)
-                with m.Else():
-                    m.d.sync += k.eq(k + 1)
-
-        def write_res(name: str, index: int, count: int, base: int, nxt: Next) -> None:
-            with state(name):
-                m.d.comb += [widx.eq(index + k), rsrc.eq(rsrc_word), res_wr.addr.eq(base + k),
-                             res_wr.en.eq(1)]
-                step_done(count, nxt)
-
-        def succeed(reslen: int) -> None:
-            m.d.sync += r_reslen.eq(reslen)
-            finish(Status.OK)
-
-        # return points of the subroutines
-        mid_ret = ["P_DER_ATT", "P_DER_UPD", "P_FIN", "T_MAC", "K_FIN"]
-        der_ret = ["P_MID_ATT", "P_MID_UPD", "T_MID"]
-        tail_ret = ["DER_STORE", "A_RES", "U_CMP", "U_ACK_RES", "T_RES", "H_RES"]
-
-        def call(entry: str, ret_reg: Signal, table: list[str], ret: str,
-                 **params: int | Value) -> None:
-            m.d.sync += ret_reg.eq(table.index(ret))
-            for reg, value in params.items():
-                m.d.sync += {"slot": r_slot, "lbl": r_lbl}[reg].eq(value)
-            m.next = entry
-
-        def ret(ret_reg: Signal, table: list[str]) -> Callable[[], None]:
-            def go() -> None:
-                with m.Switch(ret_reg):
-                    for i, target in enumerate(table):
-                        with m.Case(i):
-                            m.next = target
-            return go
 
         # ---- prechecks (checks 1-6 of the spec, all before any data) -------------------------
         pre = Signal(8)
@@ -665,14 +439,283 @@ class MchsmCore(wiring.Component):
             with m.Default():
                 m.d.comb += pre.eq(Status.ERR_UNKNOWN_CMD)
 
-        entry = {
-            Cmd.PROVISION: "P_DEV", Cmd.STATUS: "S_REGS", Cmd.READ_CTX: "R_COPY",
-            Cmd.RESET: "Z_M", Cmd.EXTEND: "E_START", Cmd.MEASURE: "M_START",
-            Cmd.SET_ANOMALY: "N_SET", Cmd.NEW_PERIOD: "W_PERIOD", Cmd.ATTEST: "A_SEL",
-            Cmd.UPDATE: "U_MID",
-            Cmd.TASK_MAC: "T_DER", Cmd.HASH: "H_START", Cmd.HMAC_KEY: "K_MODE",
-            Cmd.HMAC: "C_MID",
-        }
+        # ---- the microcoded engine -----------------------------------------------------------
+        program = uc.assemble()
+        m.submodules.ucode = ucode = memory.Memory(
+            shape=uc.WORD_WIDTH, depth=len(program.code), init=program.words())
+        u_rd = ucode.read_port()
+        f: dict[str, Value] = {}
+        shift = 0
+        for fname, width in uc.FIELDS:
+            f[fname] = u_rd.data[shift : shift + width]
+            shift += width
+        u_op, u_cnt, u_src, u_target = f["op"], f["cnt"], f["src"], f["target"]
+
+        pc = Signal(8)
+        pc_next = Signal(8)
+        ret0 = Signal(8)
+        ret1 = Signal(8)
+        advance = Signal()  # the running microinstruction is complete
+        m.d.comb += [pc_next.eq(Mux(advance, pc + 1, pc)), u_rd.addr.eq(pc_next)]
+        m.d.sync += pc.eq(pc_next)
+        kk = Mux(fire, k + 1, k)  # the word after this cycle (memories answer a cycle late)
+
+        def finish(status: Status | Value) -> None:
+            m.d.sync += r_fin.eq(status)
+            m.next = "FINISH"
+
+        def step(last: Value | int) -> None:
+            """Advance k; after word ``last``, complete the microinstruction."""
+            with m.If(k == last):
+                m.d.sync += [k.eq(0), primed.eq(0)]
+                m.d.comb += advance.eq(1)
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+
+        def primed_step(go: Value) -> None:
+            """Memory sources: one cycle to present the first address, then a word per ``go``."""
+            with m.If(~primed):
+                m.d.sync += primed.eq(1)
+            with m.Elif(go):
+                step(u_cnt)
+
+        def slot_address(load: Value) -> Value:
+            return Array([Const(uc.SLOT_ADDRESS.get(code, 0), 7) for code in uc.Load])[load]
+
+        def feed(src: uc.Feed) -> None:
+            m.d.comb += [sha.nbytes.eq(4), sha.last.eq(f["last"] & (k == u_cnt))]
+            if src in (uc.Feed.FIFO, uc.Feed.FIFO_CAPTURE):
+                m.d.comb += dsrc.eq(src_fifo)
+                with m.If(fire):
+                    if src is uc.Feed.FIFO_CAPTURE:  # UPDATE: v, v', then R' kept for later
+                        with m.If(k == 0):
+                            m.d.sync += r_vold.eq(dfifo.r_data)
+                        with m.Elif(k == 1):
+                            m.d.sync += r_vnew.eq(dfifo.r_data)
+                        with m.Else():
+                            m.d.comb += [scr_wr.addr.eq(at(S_U, k - 2, 3)), scr_wr.en.eq(1)]
+                    step(u_cnt)
+            elif src is uc.Feed.WORD:
+                m.d.comb += [dsrc.eq(src_word), widx.eq(f["wbase"] + k)]
+                with m.If(f["tee"]):
+                    m.d.comb += [rsrc.eq(rsrc_word), res_wr.addr.eq(f["rbase"] + k),
+                                 res_wr.en.eq(fire)]
+                with m.If(fire):
+                    step(u_cnt)
+            elif src is uc.Feed.REFS:  # R of every selected context, in ascending order
+                higher = Cat(*[r_sel[i] & (r_ci < i) for i in range(n)])
+                next_ci = _lowest_set(higher, n)
+                wrap = k == 7
+                more = higher != 0
+                m.d.comb += [
+                    dsrc.eq(src_ctx),
+                    ctx_rd.addr.eq(Mux(fire & wrap, active_r(next_ci, Const(0, 3)),
+                                       active_r(r_ci, kk))),
+                    sha.last.eq(wrap & ~more),
+                ]
+                with m.If(~primed):
+                    m.d.sync += primed.eq(1)
+                with m.Elif(fire):
+                    with m.If(wrap):
+                        m.d.sync += [k.eq(0), r_ci.eq(next_ci)]
+                        with m.If(~more):
+                            m.d.sync += primed.eq(0)
+                            m.d.comb += advance.eq(1)
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+            else:
+                if src is uc.Feed.CTX_M:
+                    m.d.comb += [dsrc.eq(src_ctx), ctx_rd.addr.eq(m_at(idx, kk))]
+                elif src is uc.Feed.CTX_R_CALLER:
+                    m.d.comb += [dsrc.eq(src_ctx), ctx_rd.addr.eq(active_r(cidx, kk))]
+                elif src is uc.Feed.SCR_T:
+                    m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_T, kk, 3))]
+                elif src is uc.Feed.SCR_DEV:
+                    m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_DEV, kk, 2))]
+                elif src is uc.Feed.SCR_U:
+                    m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_U, kk, 3))]
+                else:  # the key block XOR ipad or opad
+                    m.d.comb += [dsrc.eq(src_key), opad.eq(src is uc.Feed.KEY_OPAD),
+                                 scr_rd.addr.eq(at(S_K, kk, 4))]
+                primed_step(fire)
+
+        def stream() -> None:
+            """The whole command data (``LEN`` bytes, any length) as the end of a message."""
+            with m.If(r_left == 0):  # empty message: one empty last word
+                m.d.comb += [dsrc.eq(src_word), widx.eq(uc.WORD_NAMES.index("zero")),
+                             sha.last.eq(1), sha.nbytes.eq(0)]
+                with m.If(fire):
+                    m.d.comb += advance.eq(1)
+            with m.Else():
+                tail = r_left <= 4
+                m.d.comb += [dsrc.eq(src_fifo), sha.last.eq(tail),
+                             sha.nbytes.eq(Mux(tail, r_left[:3], 4))]
+                with m.If(fire):
+                    m.d.sync += r_left.eq(Mux(tail, 0, r_left - 4))
+                    m.d.comb += advance.eq(tail)
+
+        def ring() -> None:
+            """Eight shifts of H: digest out to the ``dst`` memories, a midstate in from the key
+            store (``load``), ``resume`` with the last shift."""
+            load = f["load"]
+            loading = load != uc.Load.NONE
+            slot = Mux(load == uc.Load.SLOT_OPAD, r_slot | 8, slot_address(load))
+            m.d.comb += key_rd.addr.eq(Cat(Mux(primed, k + 1, 0)[:3], slot[3:]))
+            active = Mux(loading, primed, 1)
+            with m.If(loading & ~primed):
+                m.d.sync += primed.eq(1)
+            dst = f["dst"]
+            m.d.comb += [
+                sha.shift.eq(active), sha.load.eq(loading), sha.shift_in.eq(key_rd.data),
+                sha.resume.eq(f["resume"] & active & (k == 7)),
+                rsrc.eq(rsrc_digest), res_wr.addr.eq(f["rbase"] + k),
+                res_wr.en.eq(active & dst[uc.Dst.RES.bit_length() - 1]),
+                cwsrc.eq(cw_digest), ctx_wr.addr.eq(m_at(idx, k)),
+                ctx_wr.en.eq(active & dst[uc.Dst.CTX_M.bit_length() - 1]),
+                swsrc.eq(1),
+                scr_wr.addr.eq(Mux(dst[uc.Dst.SCR_K.bit_length() - 1], at(S_K, k, 3),
+                                   at(S_T, k, 3))),
+                scr_wr.en.eq(active & (dst[uc.Dst.SCR_T.bit_length() - 1]
+                                       | dst[uc.Dst.SCR_K.bit_length() - 1])),
+                key_wr.addr.eq(Cat(k[:3], u_src[0], r_slot[4:])),
+                key_wr.en.eq(active & dst[uc.Dst.KEY.bit_length() - 1]),
+            ]
+            with m.If(active):
+                step(7)
+
+        def read_ctx_addr(i: Value) -> Value:
+            return Mux(i == 0, v_at(idx, bank_i),
+                       Mux(i <= 8, m_at(idx, i - 1), r_at(idx, i - 9, bank_i)))
+
+        def copy() -> None:
+            """``cnt + 1`` words into the result window (memories answer a cycle late)."""
+            with m.If(u_src == uc.Copy.CTX_READ):
+                m.d.comb += [ctx_rd.addr.eq(read_ctx_addr(k)), rsrc.eq(rsrc_ctx)]
+            with m.Else():
+                m.d.comb += [scr_rd.addr.eq(at(S_DEV, k, 2)), rsrc.eq(rsrc_scr)]
+            m.d.comb += [res_wr.addr.eq(f["rbase"] + k - 1), res_wr.en.eq(k != 0)]
+            with m.If(k == u_cnt + 1):
+                m.d.sync += k.eq(0)
+                m.d.comb += advance.eq(1)
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+
+        def pop_words() -> None:
+            """Command data into scratch, as it arrives."""
+            by_len = u_src == uc.Pop.KEY_BY_LEN
+            words = Mux(by_len, ((r_len + 3) >> 2)[:5], u_cnt + 1)
+            m.d.comb += [pop.eq(1), swsrc.eq(0), scr_wr.en.eq(dfifo.r_rdy),
+                         scr_wr.addr.eq(Mux(u_src == uc.Pop.DEV, at(S_DEV, k, 4),
+                                            at(S_K, k, 4)))]
+            with m.If(by_len):
+                m.d.sync += r_klen.eq(r_len[:7])
+            with m.If(words == 0):
+                m.d.comb += advance.eq(1)
+            with m.Elif(dfifo.r_rdy):
+                step(words - 1)
+
+        def specials() -> None:
+            sp = uc.Special
+            with m.Switch(u_target):
+                with m.Case(sp.MATCH):  # port 1 reads M[k], port 2 R[k] (k < 8), then v
+                    m.d.comb += [ctx_rd.addr.eq(m_at(idx, k)),
+                                 ctx_rd2.addr.eq(Mux(k == 8, v_at(idx, bank_i),
+                                                     r_at(idx, k, bank_i)))]
+                    with m.If(k == 0):
+                        m.d.sync += neq.eq(0)
+                    with m.Elif(k <= 8):
+                        m.d.sync += neq.eq(neq | (ctx_rd.data != ctx_rd2.data))
+                    with m.If(k == 9):
+                        m.d.sync += [match.bit_select(idx, 1).eq(~neq & (ctx_rd2.data != 0)),
+                                     k.eq(0)]
+                        m.d.comb += advance.eq(1)
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+                with m.Case(sp.ZERO_M):
+                    m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero),
+                                 ctx_wr.en.eq(1)]
+                    with m.If(k == 7):
+                        m.d.sync += [loaded.bit_select(idx, 1).eq(0),
+                                     anomaly.bit_select(idx, 1).eq(0), failures[idx].eq(0)]
+                    step(7)
+                with m.Case(sp.SET_ANOMALY):
+                    m.d.sync += anomaly.bit_select(idx, 1).eq(1)
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.NEW_PERIOD):
+                    m.d.sync += [count.eq(0) for count in commands]
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.PROVISIONED):
+                    m.d.sync += provisioned.eq(1)
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.SET_LOADED):
+                    m.d.sync += loaded.bit_select(idx, 1).eq(1)
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.KLEN32):
+                    m.d.sync += r_klen.eq(32)
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.KEY_DONE):
+                    m.d.sync += [hk_valid.eq(1), hk_owner.eq(r_owner)]
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.ATT_SEL):
+                    m.d.comb += pop.eq(1)
+                    with m.If(dfifo.r_rdy):
+                        m.d.sync += r_sel.eq(dfifo.r_data)
+                        m.d.comb += advance.eq(1)
+                with m.Case(sp.ATT_CHECK):
+                    with m.If((r_sel == 0) | ((r_sel >> n) != 0)):
+                        finish(Status.ERR_SELECT)
+                    with m.Elif(counter == U32_MAX):
+                        finish(Status.ERR_COUNTER)
+                    with m.Else():
+                        m.d.comb += [sha.start.eq(1), advance.eq(1)]
+                        m.d.sync += [r_ok.eq(r_sel & okmask), r_ci.eq(_lowest_set(r_sel, n))]
+                with m.Case(sp.ATT_COUNT):
+                    m.d.sync += counter.eq(counter_next)
+                    m.d.comb += advance.eq(1)
+                with m.Case(sp.UPD_COMPARE):  # constant time: all 8 words, whatever they hold
+                    m.d.comb += [pop.eq(1), sha.shift.eq(dfifo.r_rdy),
+                                 ctx_rd.addr.eq(v_at(idx, bank_i))]
+                    with m.If(dfifo.r_rdy):
+                        m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != dfifo.r_data))
+                        step(7)
+                with m.Case(sp.UPD_CHECK):
+                    m.d.comb += ctx_rd.addr.eq(v_at(idx, bank_i))
+                    with m.If(neq):
+                        finish(Status.ERR_AUTH)
+                    with m.Elif(r_vold != ctx_rd.data):
+                        finish(Status.ERR_VERSION)
+                    with m.Elif(r_vnew <= r_vold):
+                        finish(Status.ERR_ROLLBACK)
+                    with m.Else():
+                        m.d.comb += advance.eq(1)
+                with m.Case(sp.UPD_WRITE_R):  # R' into the other bank, comparing it with M
+                    m.d.comb += [
+                        scr_rd.addr.eq(at(S_U, k, 3)), ctx_rd.addr.eq(m_at(idx, k)),
+                        ctx_wr.addr.eq(r_at(idx, k - 1, ~bank_i)), cwsrc.eq(cw_scr),
+                        ctx_wr.en.eq((k != 0) & (k <= 8)),
+                    ]
+                    with m.If(k == 0):
+                        m.d.sync += neq.eq(0)
+                    with m.Elif(k <= 8):
+                        m.d.sync += neq.eq(neq | (scr_rd.data != ctx_rd.data))
+                    with m.If(k == 8):
+                        m.d.sync += k.eq(0)
+                        m.d.comb += advance.eq(1)
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+                with m.Case(sp.UPD_WRITE_V):
+                    m.d.comb += [ctx_wr.addr.eq(v_at(idx, ~bank_i)), cwsrc.eq(cw_word),
+                                 widx.eq(uc.WORD_NAMES.index("vnew")), ctx_wr.en.eq(1),
+                                 advance.eq(1)]
+                with m.Case(sp.UPD_FLIP):  # the one clock edge at which the update takes effect
+                    m.d.sync += [
+                        bank.bit_select(idx, 1).eq(~bank_i),
+                        loaded.bit_select(idx, 1).eq(0),
+                        match.bit_select(idx, 1).eq(~neq),
+                    ]
+                    m.d.comb += advance.eq(1)
+
+        entry = {cmd: program.labels[uc.ENTRY[cmd]] for cmd in Cmd}
 
         with m.FSM(name="engine") as fsm:
             m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
@@ -683,16 +726,70 @@ class MchsmCore(wiring.Component):
             with m.State("PRECHECK"):
                 with m.If(pre != Status.OK):
                     finish(pre)
-                with m.Else(), m.Switch(r_cmd):
-                    for cmd, first in entry.items():
-                        with m.Case(cmd):
-                            m.next = first
+                with m.Else():
+                    with m.Switch(r_cmd):
+                        for cmd, address in entry.items():
+                            with m.Case(cmd):
+                                m.d.comb += pc_next.eq(address)
+                    m.next = "RUN"
 
-            with m.State("ABORTED"):
-                finish(Status.ERR_ABORTED)
+            with m.State("RUN"):
+                op = uc.Op
+                with m.Switch(u_op):
+                    with m.Case(op.NEXT):
+                        m.d.comb += advance.eq(1)
+                    with m.Case(op.JUMP):
+                        m.d.comb += pc_next.eq(u_target)
+                    with m.Case(op.JUMP_IF_LONG):
+                        with m.If(r_len > 64):
+                            m.d.comb += pc_next.eq(u_target)
+                        with m.Else():
+                            m.d.comb += advance.eq(1)
+                    with m.Case(op.CALL):
+                        m.d.comb += pc_next.eq(u_target)
+                        m.d.sync += [ret0.eq(pc + 1), ret1.eq(ret0)]
+                        with m.If(f["load"] != uc.Load.NONE):
+                            m.d.sync += r_slot.eq(slot_address(f["load"]))
+                    with m.Case(op.RET):
+                        m.d.comb += pc_next.eq(ret0)
+                        m.d.sync += ret0.eq(ret1)
+                    with m.Case(op.FEED):
+                        with m.Switch(u_src):
+                            for src in uc.Feed:
+                                with m.Case(src):
+                                    feed(src)
+                    with m.Case(op.STREAM):
+                        stream()
+                    with m.Case(op.START):
+                        m.d.comb += [sha.start.eq(1), advance.eq(1)]
+                    with m.Case(op.WAIT):
+                        m.d.comb += advance.eq(sha.done)
+                    with m.Case(op.CUT):
+                        m.d.comb += [sha.cut.eq(1), advance.eq(sha.done)]
+                    with m.Case(op.RING):
+                        ring()
+                    with m.Case(op.COPY):
+                        copy()
+                    with m.Case(op.WRES):
+                        m.d.comb += [widx.eq(f["wbase"] + k), rsrc.eq(rsrc_word),
+                                     res_wr.addr.eq(f["rbase"] + k), res_wr.en.eq(1)]
+                        step(u_cnt)
+                    with m.Case(op.POP):
+                        pop_words()
+                    with m.Case(op.SPECIAL):
+                        specials()
+                    with m.Case(op.DONE):
+                        m.d.sync += r_reslen.eq(u_target)
+                        finish(Status.OK)
+                with m.If(r_abort):
+                    finish(Status.ERR_ABORTED)
 
             with m.State("FINISH"):
                 m.d.comb += [fifo_rst.eq(1), sha_rst.eq(1)]
+                m.d.sync += [r_status.eq(r_fin), r_done.eq(1), r_inbytes.eq(0), r_abort.eq(0),
+                             k.eq(0), primed.eq(0)]
+                with m.If(r_fin != Status.OK):
+                    m.d.sync += r_reslen.eq(0)
                 owner_task = (r_owner >= 1) & (r_owner <= n)
                 if self.fail_limit:
                     with m.If((r_fin != Status.OK) & owner_task):
@@ -701,313 +798,6 @@ class MchsmCore(wiring.Component):
                             m.d.sync += anomaly.bit_select(cidx, 1).eq(1)
                         with m.If(fails != self.fail_limit):
                             m.d.sync += fails.eq(fails + 1)
-                m.d.sync += [r_status.eq(r_fin), r_done.eq(1), r_inbytes.eq(0), r_abort.eq(0),
-                             k.eq(0), primed.eq(0)]
-                with m.If(r_fin != Status.OK):
-                    m.d.sync += r_reslen.eq(0)
                 m.next = "IDLE"
-
-            # ---- subroutine MID: key block (scratch K) -> ipad/opad midstates at r_slot ------
-            sha_start("MID_I0", "MID_I1")
-            feed_keypad("MID_I1", False, "MID_I2")
-            sha_cut("MID_I2", "MID_I3")
-            ring("MID_I3", None, "MID_O0", dsts=[("key", slot_at(r_slot))])
-            sha_start("MID_O0", "MID_O1")
-            feed_keypad("MID_O1", True, "MID_O2")
-            sha_cut("MID_O2", "MID_O3")
-            ring("MID_O3", None, ret(r_ret_mid, mid_ret),
-                 dsts=[("key", slot_at(r_slot, outer=True))])
-
-            # ---- subroutine TAIL: outer hash of HMAC with the opad midstate at r_slot --------
-            ring("TAIL0", slot_at(r_slot, outer=True), "TAIL1", dsts=[("scr", to_t)], resume=True)
-            feed_mem("TAIL1", src_scr, to_t, 8, "TAIL2", last=True)
-            sha_wait("TAIL2", ret(r_ret_tail, tail_ret))
-
-            # ---- subroutine DERIVE: scratch K := HMAC(K_root, label [|| u32 i || R[i]]) ------
-            is_task = r_lbl == 2
-            ring("DER0", slot_at(KS_ROOT), "DER1", resume=True)
-            feed_words("DER1", WORD["kdf0"] + r_lbl * 3, 3,
-                       lambda: goto_if(is_task, "DER2", "DER4"), last=~is_task)
-            feed_words("DER2", WORD["owner"], 1, "DER3")
-            feed_mem("DER3", src_ctx, lambda i: active_r(cidx, i), 8, "DER4", last=True)
-            sha_wait("DER4", lambda: call("TAIL0", r_ret_tail, tail_ret, "DER_STORE",
-                                          slot=KS_ROOT))
-
-            def key_is_a_digest() -> None:
-                m.d.sync += r_klen.eq(32)
-
-            ring("DER_STORE", None, ret(r_ret_der, der_ret), dsts=[("scr", to_k)],
-                 extra=key_is_a_digest)
-
-            # ---- subroutine MATCH: MATCH[idx] := v > 0 && M == R, then succeed --------------
-            with state("MATCH"):  # port 1 reads M[k], port 2 R[k] (k < 8), then v
-                m.d.comb += [ctx_rd.addr.eq(m_at(idx, k)),
-                             ctx_rd2.addr.eq(Mux(k == 8, v_at(idx, bank_i),
-                                                 r_at(idx, k, bank_i)))]
-                with m.If(k == 0):
-                    m.d.sync += neq.eq(0)
-                with m.Elif(k <= 8):
-                    m.d.sync += neq.eq(neq | (ctx_rd.data != ctx_rd2.data))
-                with m.If(k == 9):
-                    m.d.sync += [match.bit_select(idx, 1).eq(~neq & (ctx_rd2.data != 0)),
-                                 k.eq(0)]
-                    finish(Status.OK)  # r_reslen was set by the command (0 for RESET)
-                with m.Else():
-                    m.d.sync += k.eq(k + 1)
-
-            # ---- PROVISION ------------------------------------------------------------------
-            fifo_to_scratch("P_DEV", S_DEV, 4, "P_KEY", extra=key_is_a_digest)
-            fifo_to_scratch("P_KEY", S_K, 8, lambda: call(
-                "MID_I0", r_ret_mid, mid_ret, "P_DER_ATT", slot=KS_ROOT))
-            with state("P_DER_ATT"):
-                call("DER0", r_ret_der, der_ret, "P_MID_ATT", lbl=0)
-            with state("P_MID_ATT"):
-                call("MID_I0", r_ret_mid, mid_ret, "P_DER_UPD", slot=KS_ATT)
-            with state("P_DER_UPD"):
-                call("DER0", r_ret_der, der_ret, "P_MID_UPD", lbl=1)
-            with state("P_MID_UPD"):
-                call("MID_I0", r_ret_mid, mid_ret, "P_FIN", slot=KS_UPD)
-            with state("P_FIN"):
-                m.d.sync += provisioned.eq(1)
-                succeed(RESULT_SIZE[Cmd.PROVISION])
-
-            # ---- STATUS ---------------------------------------------------------------------
-            write_res("S_REGS", WORD["info"], 5, 0, "S_DEV")
-            copy_to_res("S_DEV", src_scr, lambda i: at(S_DEV, i, 2), 5, 4,
-                        lambda: succeed(RESULT_SIZE[Cmd.STATUS]))
-
-            # ---- READ_CTX -------------------------------------------------------------------
-            def read_ctx_addr(i: Value) -> Value:
-                return Mux(i == 0, v_at(idx, bank_i),
-                           Mux(i <= 8, m_at(idx, i - 1), r_at(idx, i - 9, bank_i)))
-
-            copy_to_res("R_COPY", src_ctx, read_ctx_addr, 1, 17, "R_FLAGS")
-            write_res("R_FLAGS", WORD["flags"], 1, 0, lambda: succeed(RESULT_SIZE[Cmd.READ_CTX]))
-
-            # ---- RESET ----------------------------------------------------------------------
-            with state("Z_M"):
-                m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero), ctx_wr.en.eq(1)]
-                with m.If(k == 7):
-                    m.d.sync += [k.eq(0), loaded.bit_select(idx, 1).eq(0),
-                                 anomaly.bit_select(idx, 1).eq(0), failures[idx].eq(0)]
-                    m.next = "MATCH"
-                with m.Else():
-                    m.d.sync += k.eq(k + 1)
-
-            # ---- NEW_PERIOD -----------------------------------------------------------------
-            with state("W_PERIOD"):
-                m.d.sync += [count.eq(0) for count in commands]
-                succeed(RESULT_SIZE[Cmd.NEW_PERIOD])
-
-            # ---- SET_ANOMALY ----------------------------------------------------------------
-            with state("N_SET"):
-                m.d.sync += anomaly.bit_select(idx, 1).eq(1)
-                succeed(RESULT_SIZE[Cmd.SET_ANOMALY])
-
-            # ---- EXTEND ---------------------------------------------------------------------
-            sha_start("E_START", "E_M")
-            feed_mem("E_M", src_ctx, lambda i: m_at(idx, i), 8, "E_D")
-            feed_fifo("E_D", 8, "E_WAIT", last=True)
-            sha_wait("E_WAIT", "E_STORE")
-
-            def digest_result() -> None:
-                m.d.sync += r_reslen.eq(RESULT_SIZE[Cmd.EXTEND])
-
-            ring("E_STORE", None, "MATCH",
-                 dsts=[("ctx", lambda i: m_at(idx, i)), ("res", res_at(0))], extra=digest_result)
-
-            # ---- MEASURE --------------------------------------------------------------------
-            sha_start("M_START", "M_IMG")
-            feed_stream("M_IMG", "M_WAIT")
-            sha_wait("M_WAIT", "M_H")
-            ring("M_H", None, "M_START2", dsts=[("res", res_at(0)), ("scr", to_t)])
-            sha_start("M_START2", "M_M")
-            feed_mem("M_M", src_ctx, lambda i: m_at(idx, i), 8, "M_T")
-            feed_mem("M_T", src_scr, to_t, 8, "M_WAIT2", last=True)
-            sha_wait("M_WAIT2", "M_STORE")
-
-            def measured() -> None:
-                m.d.sync += r_reslen.eq(RESULT_SIZE[Cmd.MEASURE])
-                with m.If(k == 7):
-                    m.d.sync += loaded.bit_select(idx, 1).eq(1)
-
-            ring("M_STORE", None, "MATCH", dsts=[("ctx", lambda i: m_at(idx, i))], extra=measured)
-
-            # ---- ATTEST ---------------------------------------------------------------------
-            valid_sel = Const((1 << n) - 1, 32)
-            with state("A_SEL"):
-                m.d.comb += pop.eq(1)
-                with m.If(dfifo.r_rdy):
-                    m.d.sync += r_sel.eq(dfifo.r_data)
-                    m.next = "A_CHECK"
-            with state("A_CHECK"):
-                with m.If((r_sel == 0) | ((r_sel & ~valid_sel) != 0)):
-                    finish(Status.ERR_SELECT)
-                with m.Elif(counter == U32_MAX):
-                    finish(Status.ERR_COUNTER)
-                with m.Else():
-                    m.d.comb += sha.start.eq(1)
-                    m.d.sync += [r_ok.eq(r_sel & okmask), r_ci.eq(_lowest_set(r_sel, n)),
-                                 k.eq(0), primed.eq(0)]
-                    m.next = "A_REFS"
-            higher = Cat(*[r_sel[i] & (r_ci < i) for i in range(n)])
-            next_ci = _lowest_set(higher, n)
-            with state("A_REFS"):
-                wrap = k == 7
-                more = higher != 0
-                m.d.comb += [
-                    dsrc.eq(src_ctx),
-                    ctx_rd.addr.eq(Mux(fire & wrap, active_r(next_ci, Const(0, 3)),
-                                       active_r(r_ci, Mux(fire, k + 1, k)))),
-                    sha.last.eq(wrap & ~more),
-                    sha.nbytes.eq(4),
-                ]
-                with m.If(~primed):
-                    m.d.sync += primed.eq(1)
-                with m.Elif(fire):
-                    with m.If(wrap):
-                        m.d.sync += [k.eq(0), r_ci.eq(next_ci)]
-                        with m.If(~more):
-                            m.d.sync += primed.eq(0)
-                            m.next = "A_WAIT_D"
-                    with m.Else():
-                        m.d.sync += k.eq(k + 1)
-            sha_wait("A_WAIT_D", "A_SWAP")
-            ring("A_SWAP", slot_at(KS_ATT), "A_LABEL", dsts=[("scr", to_t)], resume=True)
-            feed_words("A_LABEL", WORD["att"], 1, "A_DEV")
-            feed_mem("A_DEV", src_scr, lambda i: at(S_DEV, i, 2), 4, "A_NONCE")
-            feed_fifo("A_NONCE", 8, "A_REGS")
-            feed_words("A_REGS", WORD["sel"], 3, "A_D", tee_res=0)  # sel, ok, ctr+1
-            feed_mem("A_D", src_scr, to_t, 8, "A_WAIT_M", last=True)
-            sha_wait("A_WAIT_M", lambda: call("TAIL0", r_ret_tail, tail_ret, "A_RES",
-                                              slot=KS_ATT))
-
-            def attested() -> None:
-                with m.If(k == 7):
-                    m.d.sync += [counter.eq(counter_next), r_reslen.eq(RESULT_SIZE[Cmd.ATTEST]),
-                                 r_fin.eq(Status.OK)]
-
-            ring("A_RES", None, "FINISH", dsts=[("res", res_at(3))], extra=attested)
-
-            # ---- UPDATE ---------------------------------------------------------------------
-            ring("U_MID", slot_at(KS_UPD), "U_LABEL", resume=True)
-            feed_words("U_LABEL", WORD["upd"], 1, "U_DEV")
-            feed_mem("U_DEV", src_scr, lambda i: at(S_DEV, i, 2), 4, "U_CTX")
-            feed_words("U_CTX", WORD["ctx"], 1, "U_DATA")
-
-            def capture() -> None:
-                with m.If(k == 0):
-                    m.d.sync += r_vold.eq(dfifo.r_data)
-                with m.Elif(k == 1):
-                    m.d.sync += r_vnew.eq(dfifo.r_data)
-                with m.Else():
-                    m.d.comb += [scr_wr.addr.eq(at(S_U, k - 2, 3)), scr_wr.en.eq(1)]
-
-            feed_fifo("U_DATA", 10, "U_WAIT", last=True, on_word=capture)
-            sha_wait("U_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "U_CMP",
-                                            slot=KS_UPD))
-            with state("U_CMP"):  # constant time: all 8 words, whatever they hold
-                m.d.comb += [pop.eq(1), sha.shift.eq(dfifo.r_rdy),
-                             ctx_rd.addr.eq(v_at(idx, bank_i))]
-                with m.If(dfifo.r_rdy):
-                    m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != dfifo.r_data))
-                    step_done(8, "U_CHECK")
-            with state("U_CHECK"):
-                m.d.comb += ctx_rd.addr.eq(v_at(idx, bank_i))
-                with m.If(neq):
-                    finish(Status.ERR_AUTH)
-                with m.Elif(r_vold != ctx_rd.data):
-                    finish(Status.ERR_VERSION)
-                with m.Elif(r_vnew <= r_vold):
-                    finish(Status.ERR_ROLLBACK)
-                with m.Else():
-                    m.next = "U_ACK_MID"
-            ring("U_ACK_MID", slot_at(KS_UPD), "U_ACK_LABEL", resume=True)
-            feed_words("U_ACK_LABEL", WORD["ack"], 1, "U_ACK_DEV")
-            feed_mem("U_ACK_DEV", src_scr, lambda i: at(S_DEV, i, 2), 4, "U_ACK_REGS")
-            feed_words("U_ACK_REGS", WORD["ctx"], 3, "U_ACK_R")  # ctx, v, v'
-            feed_mem("U_ACK_R", src_scr, lambda i: at(S_U, i, 3), 8, "U_ACK_WAIT", last=True)
-            sha_wait("U_ACK_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "U_ACK_RES",
-                                                slot=KS_UPD))
-            ring("U_ACK_RES", None, "U_ACK_V", dsts=[("res", res_at(1))])
-            write_res("U_ACK_V", WORD["vnew"], 1, 0, "U_COMMIT")
-            # the new reference goes into the other bank; MATCH for it is computed on the way
-            with state("U_COMMIT"):
-                m.d.comb += [
-                    scr_rd.addr.eq(at(S_U, k, 3)),
-                    ctx_rd.addr.eq(m_at(idx, k)),
-                    ctx_wr.addr.eq(r_at(idx, k - 1, ~bank_i)),
-                    cwsrc.eq(cw_scr),
-                    ctx_wr.en.eq((k != 0) & (k <= 8)),
-                ]
-                with m.If(k == 0):
-                    m.d.sync += neq.eq(0)
-                with m.Elif(k <= 8):
-                    m.d.sync += neq.eq(neq | (scr_rd.data != ctx_rd.data))
-                with m.If(k == 8):
-                    m.d.sync += k.eq(0)
-                    m.next = "U_COMMIT_V"
-                with m.Else():
-                    m.d.sync += k.eq(k + 1)
-            with state("U_COMMIT_V"):
-                m.d.comb += [ctx_wr.addr.eq(v_at(idx, ~bank_i)), cwsrc.eq(cw_word),
-                             widx.eq(WORD["vnew"]), ctx_wr.en.eq(1)]
-                m.next = "U_FLIP"
-            with m.State("U_FLIP"):  # the one clock edge at which the update takes effect
-                m.d.sync += [
-                    bank.bit_select(idx, 1).eq(~bank_i),
-                    loaded.bit_select(idx, 1).eq(0),
-                    match.bit_select(idx, 1).eq(~neq),
-                ]
-                succeed(RESULT_SIZE[Cmd.UPDATE])
-
-            # ---- TASK_MAC -------------------------------------------------------------------
-            with state("T_DER"):
-                call("DER0", r_ret_der, der_ret, "T_MID", lbl=2)
-            with state("T_MID"):
-                call("MID_I0", r_ret_mid, mid_ret, "T_MAC", slot=KS_TASK)
-            ring("T_MAC", slot_at(KS_TASK), "T_DATA", resume=True)
-            feed_stream("T_DATA", "T_WAIT")
-            sha_wait("T_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "T_RES",
-                                            slot=KS_TASK))
-
-            def digest_done() -> None:
-                m.d.sync += [r_reslen.eq(RESULT_SIZE[Cmd.HASH]), r_fin.eq(Status.OK)]
-
-            ring("T_RES", None, "FINISH", dsts=[("res", res_at(0))], extra=digest_done)
-
-            # ---- HASH -----------------------------------------------------------------------
-            sha_start("H_START", "H_DATA")
-            feed_stream("H_DATA", "H_WAIT")
-            sha_wait("H_WAIT", "H_RES")
-            ring("H_RES", None, "FINISH", dsts=[("res", res_at(0))], extra=digest_done)
-
-            # ---- HMAC_KEY: short keys are the key block, long ones are hashed first --------
-            with state("K_MODE"):
-                with m.If(r_len > 64):
-                    m.next = "K_HSTART"
-                with m.Elif(r_len == 0):
-                    m.d.sync += r_klen.eq(0)
-                    call("MID_I0", r_ret_mid, mid_ret, "K_FIN", slot=KS_HMAC)
-                with m.Else():
-                    m.d.sync += r_klen.eq(r_len)
-                    m.next = "K_COPY"
-            fifo_to_scratch("K_COPY", S_K, ((r_len + 3) >> 2)[:5],
-                            lambda: call("MID_I0", r_ret_mid, mid_ret, "K_FIN", slot=KS_HMAC))
-            sha_start("K_HSTART", "K_HDATA")
-            feed_stream("K_HDATA", "K_HWAIT")
-            sha_wait("K_HWAIT", "K_HSTORE")
-            ring("K_HSTORE", None, "K_HMID", dsts=[("scr", to_k)], extra=key_is_a_digest)
-            with state("K_HMID"):
-                call("MID_I0", r_ret_mid, mid_ret, "K_FIN", slot=KS_HMAC)
-            with state("K_FIN"):
-                m.d.sync += [hk_valid.eq(1), hk_owner.eq(r_owner)]
-                succeed(RESULT_SIZE[Cmd.HMAC_KEY])
-
-            # ---- HMAC -----------------------------------------------------------------------
-            ring("C_MID", slot_at(KS_HMAC), "C_DATA", resume=True)
-            feed_stream("C_DATA", "C_WAIT")
-            sha_wait("C_WAIT", lambda: call("TAIL0", r_ret_tail, tail_ret, "H_RES",
-                                            slot=KS_HMAC))
 
         return m
