@@ -9,8 +9,9 @@ What matters for the protocol, and what this model keeps:
 - tasks talk only through IPC endpoints named by kernel-checked capabilities;
 - the kernel tags every HSM access with the caller's id: a task gets an :class:`HsmPort` bound
   to its own id and has no way to name another context;
-- per scheduling period the kernel counts what each task did (CPU time, IPC per peer, system
-  calls by kind, HSM commands, faults): the behaviour features anomaly detection watches.
+- per scheduling period the kernel counts what each task did (CPU time, IPC messages and bytes
+  per peer, system calls by kind, HSM commands and how many failed, faults): the behaviour
+  features anomaly detection (:mod:`mchsm.sw.anomaly`) watches.
 
 The kernel is async because its HSM driver is: it runs the same over the golden model and over
 RTL simulations.
@@ -23,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from mchsm.constants import MANAGER, Cmd
+from mchsm.constants import MANAGER, Cmd, Status
 from mchsm.sw.driver import HsmDriver, HsmPort, Reply
 from mchsm.sw.errors import MchsmError
 
@@ -98,6 +99,10 @@ class Features:
     syscalls: Counter[str] = field(default_factory=Counter)  #: system calls, by kind
     hsm_commands: int = 0
     faults: int = 0
+    #: bytes sent, per peer: an exfiltrating task may send few, large messages
+    ipc_bytes: Counter[int] = field(default_factory=Counter)
+    #: HSM commands that did not answer OK: probing other contexts or keys fails loudly
+    hsm_failures: int = 0
 
     def vector(self, peers: list[int]) -> list[float]:
         """A fixed-order numeric vector of these features."""
@@ -180,8 +185,12 @@ class _KernelPort(HsmPort):
 
     async def call(self, cmd: Cmd | int, ctx: int = 0, data: bytes | Iterable[bytes] = b"",
                    length: int | None = None) -> Reply:
-        self._kernel._account(self._task, "hsm").hsm_commands += 1
-        return await super().call(cmd, ctx, data, length)
+        features = self._kernel._account(self._task, "hsm")
+        features.hsm_commands += 1
+        reply = await super().call(cmd, ctx, data, length)
+        if reply.status is not Status.OK:
+            features.hsm_failures += 1
+        return reply
 
 
 class Microkernel:
@@ -303,6 +312,7 @@ class Microkernel:
             return  # messages to a stopped task are dropped, as on a real kernel's endpoint
         target.inbox.append((cap.badge, bytes(message)))
         features.ipc_sent[cap.target] += 1
+        features.ipc_bytes[cap.target] += len(message)
         self._features[cap.target].ipc_received[task.tid] += 1
 
     def _receive(self, task: Task) -> tuple[int, bytes] | None:

@@ -4,13 +4,24 @@ It is the only task with the privileged HSM port.  It answers the verifier's cha
 one ATTEST, and applies an update by handing the authorisation to the HSM first and only then
 installing and reloading the image, so an image is never installed for an update the HSM
 refused.
+
+It also runs the anomaly detector (:meth:`Manager.watch`): the kernel reports every scheduling
+period's behaviour features through a synchronous hook, while SET_ANOMALY is an HSM command and
+so asynchronous.  The hook therefore only queues the tasks the detector flags, and
+:meth:`Manager.apply_flags` (or :meth:`Manager.run_period`, which runs a period and then applies
+them) issues one SET_ANOMALY per newly flagged task.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mchsm.sw.driver import HsmPort
-from mchsm.sw.kernel import Microkernel
+from mchsm.sw.kernel import Features, Microkernel, TaskState
 from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth
+
+if TYPE_CHECKING:
+    from mchsm.sw.anomaly import AnomalyDetector, Detection
 
 __all__ = ["Manager"]
 
@@ -21,6 +32,10 @@ class Manager:
     def __init__(self, kernel: Microkernel) -> None:
         self.kernel = kernel
         self.port: HsmPort = kernel.manager_port
+        self.detector: AnomalyDetector | None = None
+        self.detections: list[Detection] = []  #: everything the detector reported, in order
+        self.flagged: set[int] = set()  #: contexts whose ANOMALY this manager set since load
+        self._pending: list[int] = []  #: flagged by the detector, SET_ANOMALY not yet issued
 
     async def provision(self, dev_id: bytes, root_key: bytes) -> None:
         """Give the HSM its root key (once per power cycle; factory step)."""
@@ -34,9 +49,66 @@ class Manager:
         """Install an authorised update: HSM first (raises if refused), then image and reload."""
         ack = await self.port.update(auth)
         self.kernel.install(auth.ctx, image)
-        await self.kernel.load(auth.ctx)
+        await self.reload(auth.ctx, relearn=True)  # a new image may behave differently
         return ack
 
     async def flag_anomaly(self, ctx: int) -> None:
         """Mark a task as misbehaving: it drops out of `ok` until it is reloaded."""
         await self.port.set_anomaly(ctx)
+
+    # -- anomaly detection ----------------------------------------------------------------------
+
+    def watch(self, detector: AnomalyDetector) -> None:
+        """Feed every scheduling period's features of the running tasks to ``detector``."""
+        if self.detector is not None:
+            raise RuntimeError("the manager already watches the kernel with a detector")
+        self.detector = detector
+        self.kernel.on_period(self._on_period)
+
+    def _on_period(self, period: int, features: dict[int, Features]) -> None:
+        """The kernel's (synchronous) hook: judge the period, queue newly flagged tasks."""
+        assert self.detector is not None
+        running = {tid: f for tid, f in features.items()
+                   if tid in self.kernel.tasks
+                   and self.kernel.tasks[tid].state is TaskState.RUNNING}
+        for detection in self.detector.observe(period, running):
+            self.detections.append(detection)
+            if detection.tid not in self.flagged and detection.tid not in self._pending:
+                self._pending.append(detection.tid)
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """Tasks flagged by the detector whose SET_ANOMALY has not been issued yet."""
+        return tuple(self._pending)
+
+    async def apply_flags(self) -> list[int]:
+        """Issue SET_ANOMALY for every queued flag; return the contexts flagged now."""
+        applied = []
+        while self._pending:
+            ctx = self._pending.pop(0)
+            await self.flag_anomaly(ctx)
+            self.flagged.add(ctx)
+            applied.append(ctx)
+        return applied
+
+    async def run_period(self) -> list[int]:
+        """Run one scheduling period, then flag what the detector found in it."""
+        await self.kernel.run_period()
+        return await self.apply_flags()
+
+    async def reload(self, name_or_id: str | int, *, relearn: bool = False) -> bytes:
+        """Reload a task from its stored image (RESET clears ANOMALY, MEASURE counts it again).
+
+        The detector's verdict on the task is cleared.  Its behaviour model is kept unless
+        ``relearn``: the same image behaves as before, and a model kept leaves no training
+        window in which a task hijacked again would be learned as normal.  An update relearns.
+        Returns the digest of the image the HSM computed.
+        """
+        tid = self.kernel.task(name_or_id).tid
+        digest = await self.kernel.load(tid)
+        self.flagged.discard(tid)
+        if tid in self._pending:
+            self._pending.remove(tid)
+        if self.detector is not None:
+            self.detector.reset(tid, relearn=relearn)
+        return digest
