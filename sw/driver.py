@@ -317,6 +317,10 @@ class HsmPort:
     async def set_anomaly(self, ctx: int) -> None:
         await self._ok(Cmd.SET_ANOMALY, ctx)
 
+    async def new_period(self) -> None:
+        """Start a new monitoring period of the HSM (zeroes every task's command count)."""
+        await self._ok(Cmd.NEW_PERIOD)
+
     async def attest(self, nonce: bytes, sel: int) -> Evidence:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"the nonce must be {NONCE_SIZE} bytes, not {len(nonce)}")

@@ -9,6 +9,8 @@ What matters for the protocol, and what this model keeps:
 - tasks talk only through IPC endpoints named by kernel-checked capabilities;
 - the kernel tags every HSM access with the caller's id: a task gets an :class:`HsmPort` bound
   to its own id and has no way to name another context;
+- at the end of every scheduling period the kernel tells the HSM (NEW_PERIOD), whose monitor
+  limits how many commands a task may issue per period;
 - per scheduling period the kernel counts what each task did (CPU time, IPC messages and bytes
   per peer, system calls by kind, HSM commands and how many failed, faults): the behaviour
   features anomaly detection (:mod:`mchsm.sw.anomaly`) watches.
@@ -283,6 +285,8 @@ class Microkernel:
                 except (MemoryFault, CapabilityError):
                     pass  # counted where it happened; the task's period ends there
         features, self._features = self._features, {tid: Features() for tid in self.tasks}
+        # the HSM's monitor counts each task's commands per period: tell it a new one starts
+        await self.manager_port.new_period()
         for hook in self._period_hooks:
             hook(self.period, features)
         self.period += 1

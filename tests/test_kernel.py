@@ -118,3 +118,24 @@ def test_contexts_run_out() -> None:
         kernel.create_task(f"t{i}", b"x")
     with pytest.raises(Exception, match="all 4 contexts are in use"):
         kernel.create_task("t5", b"x")
+
+
+def test_hsm_monitor_flags_a_task_hammering_the_hsm_within_one_period() -> None:
+    """The kernel ends every period with NEW_PERIOD, so only a burst inside one period counts."""
+    from mchsm.constants import MONITOR_BUDGET
+
+    model, kernel = make()
+    burst = {"n": MONITOR_BUDGET // 2}
+
+    async def chatty(api: TaskApi) -> None:
+        for _ in range(burst["n"]):
+            await api.hsm.call(Cmd.STATUS)
+
+    kernel.create_task("chatty", b"c", chatty)
+    asyncio.run(kernel.load_all())
+    for _ in range(3):  # half the budget every period: never flagged
+        asyncio.run(kernel.run_period())
+    assert not model.context(1).anomaly
+    burst["n"] = MONITOR_BUDGET + 1
+    asyncio.run(kernel.run_period())
+    assert model.context(1).anomaly

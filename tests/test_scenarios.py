@@ -98,3 +98,22 @@ def test_random_sequences_same_as_model(backend: str, seed: int) -> None:
     commands = random_commands(seed, 4, 30)
     assert on(backend, commands) == on("model", commands)
 
+
+
+MONITOR = [
+    *[Command(2, Cmd.STATUS, 0, b"")] * 66,  # over the default budget of one period
+    Command(MANAGER, Cmd.READ_CTX, 2, b""),
+    Command(MANAGER, Cmd.NEW_PERIOD, 0, b""),
+    Command(MANAGER, Cmd.RESET, 2, b""),
+    *[Command(3, Cmd.HMAC, 0, b"guess")] * 8,  # failures up to the default limit
+    Command(MANAGER, Cmd.READ_CTX, 3, b""),
+    Command(MANAGER, Cmd.READ_CTX, 2, b""),
+]
+
+
+@pytest.mark.parametrize("backend", RTL)
+def test_hardware_monitor_same_as_model(backend: str) -> None:
+    model = on("model", MONITOR)
+    flags = [int.from_bytes(model[i][1][:4], "big") for i in (66, -2, -1)]
+    assert [bool(f & 2) for f in flags] == [True, True, False]  # ANOMALY where expected
+    assert on(backend, MONITOR) == model
