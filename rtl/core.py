@@ -556,12 +556,15 @@ class MchsmCore(wiring.Component):
 
         def ring() -> None:
             """Eight shifts of H: digest out to the ``dst`` memories, a midstate in from the key
-            store (``load``), ``resume`` with the last shift."""
+            store (``load``), ``resume`` with the last shift; they start once the engine is
+            idle, so a RING after the last word of a message needs no WAIT."""
             load = f["load"]
             loading = load != uc.Load.NONE
             slot = Mux(load == uc.Load.SLOT_OPAD, r_slot | 8, slot_address(load))
-            m.d.comb += key_rd.addr.eq(Cat(Mux(primed, k + 1, 0)[:3], slot[3:]))
-            active = Mux(loading, primed, 1)
+            # the first key word is addressed while the engine still finishes a message, and
+            # the first shift happens in the very cycle it is done: no cycle waits for another
+            active = Mux(loading, primed, 1) & ~sha.busy
+            m.d.comb += key_rd.addr.eq(Cat(Mux(active, k + 1, k)[:3], slot[3:]))
             with m.If(loading & ~primed):
                 m.d.sync += primed.eq(1)
             dst = f["dst"]
@@ -673,9 +676,10 @@ class MchsmCore(wiring.Component):
                     m.d.sync += counter.eq(counter_next)
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.UPD_COMPARE):  # constant time: all 8 words, whatever they hold
-                    m.d.comb += [pop.eq(1), sha.shift.eq(dfifo.r_rdy),
+                    ready = dfifo.r_rdy & ~sha.busy
+                    m.d.comb += [pop.eq(ready), sha.shift.eq(ready),
                                  ctx_rd.addr.eq(v_at(idx, bank_i))]
-                    with m.If(dfifo.r_rdy):
+                    with m.If(ready):
                         m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != dfifo.r_data))
                         step(7)
                 with m.Case(sp.UPD_CHECK):

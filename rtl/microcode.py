@@ -46,7 +46,7 @@ class Op(enum.IntEnum):
     FEED = 4  #: stream ``cnt + 1`` words from ``src`` into the SHA engine (``last`` ends it)
     STREAM = 5  #: stream the command's data, ``LEN`` bytes, into the SHA engine as its end
     START = 6  #: begin a message from the SHA-256 IV
-    WAIT = 7  #: wait for the SHA engine's ``done``
+    WAIT = 7  #: wait for the SHA engine's ``done`` (RING waits by itself)
     CUT = 8  #: end the message at this block boundary unpadded, wait for ``done``
     RING = 9  #: 8 shifts of H: digest out to ``dst``, midstate in from ``load``, ``resume``
     COPY = 10  #: copy ``cnt + 1`` words from ``src`` (a :class:`Copy`) to the result window
@@ -246,7 +246,7 @@ def assemble() -> Assembler:
     # TAIL: outer hash of an HMAC with the opad midstate of slot r_slot; the digest is the MAC
     a("TAIL",
       ring(load=Load.SLOT_OPAD, dst=Dst.SCR_T, resume=True),
-      feed(Feed.SCR_T, 8, last=True), U(Op.WAIT), U(Op.RET))
+      feed(Feed.SCR_T, 8, last=True), U(Op.RET))
     # DERIVE: scratch K := HMAC(K_root, label [|| u32 i || R[i]])
     a("DER_ATT",
       ring(load=Load.ROOT, resume=True), feed(Feed.WORD, 3, wbase=_w("kdf_att0"), last=True),
@@ -258,7 +258,7 @@ def assemble() -> Assembler:
       ring(load=Load.ROOT, resume=True), feed(Feed.WORD, 3, wbase=_w("kdf_tsk0")),
       feed(Feed.WORD, 1, wbase=_w("owner")), feed(Feed.CTX_R_CALLER, 8, last=True))
     a("DER_END",
-      U(Op.WAIT), call("TAIL", Load.ROOT), ring(dst=Dst.SCR_K), special(Special.KLEN32),
+      call("TAIL", Load.ROOT), ring(dst=Dst.SCR_K), special(Special.KLEN32),
       U(Op.RET))
 
     a(ENTRY[Cmd.PROVISION],
@@ -278,44 +278,44 @@ def assemble() -> Assembler:
     a(ENTRY[Cmd.SET_ANOMALY], special(Special.SET_ANOMALY), done(Cmd.SET_ANOMALY))
     a(ENTRY[Cmd.NEW_PERIOD], special(Special.NEW_PERIOD), done(Cmd.NEW_PERIOD))
     a(ENTRY[Cmd.EXTEND],
-      U(Op.START), feed(Feed.CTX_M, 8), feed(Feed.FIFO, 8, last=True), U(Op.WAIT),
+      U(Op.START), feed(Feed.CTX_M, 8), feed(Feed.FIFO, 8, last=True),
       ring(dst=Dst.CTX_M | Dst.RES), special(Special.MATCH), done(Cmd.EXTEND))
     a(ENTRY[Cmd.MEASURE],
-      U(Op.START), U(Op.STREAM), U(Op.WAIT), ring(dst=Dst.RES | Dst.SCR_T),
-      U(Op.START), feed(Feed.CTX_M, 8), feed(Feed.SCR_T, 8, last=True), U(Op.WAIT),
+      U(Op.START), U(Op.STREAM), ring(dst=Dst.RES | Dst.SCR_T),
+      U(Op.START), feed(Feed.CTX_M, 8), feed(Feed.SCR_T, 8, last=True),
       ring(dst=Dst.CTX_M), special(Special.SET_LOADED), special(Special.MATCH),
       done(Cmd.MEASURE))
     a(ENTRY[Cmd.ATTEST],
       special(Special.ATT_SEL), special(Special.ATT_CHECK), feed(Feed.REFS, 8, last=True),
-      U(Op.WAIT), ring(load=Load.ATT, dst=Dst.SCR_T, resume=True),
+      ring(load=Load.ATT, dst=Dst.SCR_T, resume=True),
       feed(Feed.WORD, 1, wbase=_w("att")), feed(Feed.SCR_DEV, 4), feed(Feed.FIFO, 8),
       feed(Feed.WORD, 3, wbase=_w("sel"), tee=True, rbase=0),  # sel, ok, ctr+1
-      feed(Feed.SCR_T, 8, last=True), U(Op.WAIT), call("TAIL", Load.ATT),
+      feed(Feed.SCR_T, 8, last=True), call("TAIL", Load.ATT),
       ring(dst=Dst.RES, rbase=3), special(Special.ATT_COUNT), done(Cmd.ATTEST))
     a(ENTRY[Cmd.UPDATE],
       ring(load=Load.UPD, resume=True), feed(Feed.WORD, 1, wbase=_w("upd")),
       feed(Feed.SCR_DEV, 4), feed(Feed.WORD, 1, wbase=_w("ctx")),
-      feed(Feed.FIFO_CAPTURE, 10, last=True), U(Op.WAIT), call("TAIL", Load.UPD),
+      feed(Feed.FIFO_CAPTURE, 10, last=True), call("TAIL", Load.UPD),
       special(Special.UPD_COMPARE), special(Special.UPD_CHECK),
       ring(load=Load.UPD, resume=True), feed(Feed.WORD, 1, wbase=_w("ack")),
       feed(Feed.SCR_DEV, 4), feed(Feed.WORD, 3, wbase=_w("ctx")),  # ctx, v, v'
-      feed(Feed.SCR_U, 8, last=True), U(Op.WAIT), call("TAIL", Load.UPD),
+      feed(Feed.SCR_U, 8, last=True), call("TAIL", Load.UPD),
       ring(dst=Dst.RES, rbase=1), U(Op.WRES, wbase=_w("vnew"), cnt=0, rbase=0),
       special(Special.UPD_WRITE_R), special(Special.UPD_WRITE_V), special(Special.UPD_FLIP),
       done(Cmd.UPDATE))
     a(ENTRY[Cmd.TASK_MAC],
       call("DER_TSK"), call("MID", Load.TASK), ring(load=Load.TASK, resume=True),
-      U(Op.STREAM), U(Op.WAIT), call("TAIL", Load.TASK), ring(dst=Dst.RES),
+      U(Op.STREAM), call("TAIL", Load.TASK), ring(dst=Dst.RES),
       done(Cmd.TASK_MAC))
     a(ENTRY[Cmd.HASH],
-      U(Op.START), U(Op.STREAM), U(Op.WAIT), ring(dst=Dst.RES), done(Cmd.HASH))
+      U(Op.START), U(Op.STREAM), ring(dst=Dst.RES), done(Cmd.HASH))
     a(ENTRY[Cmd.HMAC_KEY],
       U(Op.JUMP_IF_LONG, target="KEY_LONG"), U(Op.POP, src=Pop.KEY_BY_LEN),
       "KEY_MID", call("MID", Load.HMAC), special(Special.KEY_DONE), done(Cmd.HMAC_KEY),
-      "KEY_LONG", U(Op.START), U(Op.STREAM), U(Op.WAIT), ring(dst=Dst.SCR_K),
+      "KEY_LONG", U(Op.START), U(Op.STREAM), ring(dst=Dst.SCR_K),
       special(Special.KLEN32), U(Op.JUMP, target="KEY_MID"))
     a(ENTRY[Cmd.HMAC],
-      ring(load=Load.HMAC, resume=True), U(Op.STREAM), U(Op.WAIT), call("TAIL", Load.HMAC),
+      ring(load=Load.HMAC, resume=True), U(Op.STREAM), call("TAIL", Load.HMAC),
       ring(dst=Dst.RES), done(Cmd.HMAC))
     missing = [cmd for cmd in Cmd if ENTRY[cmd] not in a.labels]
     assert not missing, missing
