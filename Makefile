@@ -28,5 +28,14 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# bitstreams for both boards with Yosys and nextpnr from PyPI (YoWASP), each with report.md/json
+# in build/<board>/.  About 3 min per board on 2 cores (nextpnr's placement takes most of it and
+# can take twice as long on a loaded machine); the first run also compiles the WebAssembly tools
+# (a few minutes, cached in ~/.cache/YoWASP).  See docs/boards.md.
+bitstreams: install
+	$(BIN)/python -m pip install -q -e ".[boards]"
+	$(BIN)/mchsm build --board icebreaker --out build/icebreaker
+	$(BIN)/mchsm build --board ulx3s --out build/ulx3s
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache

@@ -48,9 +48,20 @@ def main() -> None:
               help="Verifier registry file (default: a fresh temporary file).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of task behaviour.")
 @waves_option
-def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | None) -> None:
+@click.option("--port", default=None,
+              help="Run on a board: its serial port (e.g. /dev/ttyUSB1); see docs/boards.md.")
+@click.option("--baud", type=click.IntRange(1), default=None,
+              help="With --port: the UART rate the bitstream was built for [default: 115200].")
+def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | None,
+         port: str | None, baud: int | None) -> None:
     """Boot a device, attest, tamper, update, and show every attack fail."""
     from mchsm.sw.demo import run_story
+
+    if port is not None:
+        _demo_on_board(port, baud, db, seed)
+        return
+    if baud is not None:
+        raise click.BadParameter("--baud goes with --port", param_hint="--baud")
 
     if contexts < 4:
         raise click.BadParameter("the demo needs at least 4 contexts", param_hint="--contexts")
@@ -190,3 +201,83 @@ def rtl_regdoc() -> None:
     from mchsm.rtl.export import register_markdown
 
     click.echo(register_markdown(), nl=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# FPGA boards: `mchsm build` and `mchsm demo --port` (see docs/boards.md)
+# ---------------------------------------------------------------------------------------------
+
+#: boards `mchsm build` knows; the same keys as mchsm.boards.platforms.BOARDS (a test checks),
+#: spelled out here so that the CLI starts without importing the build machinery
+BOARD_NAMES = ("icebreaker", "ulx3s")
+
+
+def _demo_on_board(port: str, baud: int | None, db: Path | None, seed: int) -> None:
+    """The demo story against the HSM on a board, over its UART (``mchsm demo --port``)."""
+    import asyncio
+    import time
+
+    from mchsm.constants import LINK_DEFAULT_BAUD
+    from mchsm.sw.demo import run_story
+    from mchsm.sw.driver import HsmDriver
+    from mchsm.sw.errors import MchsmError
+    from mchsm.sw.uart_link import SerialTransport
+
+    began = time.perf_counter()
+    try:
+        with SerialTransport(port, baud or LINK_DEFAULT_BAUD) as transport:
+            driver = HsmDriver(transport)
+            info = asyncio.run(driver.probe())
+            status = asyncio.run(driver.port(0).status())
+            if status.provisioned:
+                raise click.ClickException(
+                    f"the HSM on {port} is already provisioned (its root key is write-once and "
+                    f"survives a logic reset); reload the bitstream for a fresh device, e.g. "
+                    f"press CRESET on an iCEBreaker or run iceprog/openFPGALoader again")
+            if info.contexts < 4:
+                raise click.ClickException(f"the demo needs at least 4 contexts; the board's "
+                                           f"HSM has {info.contexts}")
+            click.echo(f"running the demo on the board at {port} ({info.contexts} contexts)...",
+                       err=True)
+            with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
+                path = db if db is not None else Path(tmp) / "verifier.sqlite"
+                report = asyncio.run(run_story(driver, path, backend=f"board ({port})",
+                                               contexts=info.contexts, seed=seed))
+            stats = transport.stats
+    except MchsmError as e:
+        raise click.ClickException(f"{port}: {e}") from None
+    click.echo(report.render())
+    click.echo(f"(board: {time.perf_counter() - began:.1f} s wall, {stats.frames} frames, "
+               f"{stats.bytes_out} bytes out, {stats.bytes_in} in, {stats.retries} retries)")
+    sys.exit(0 if report.passed else 1)
+
+
+@main.command("build")
+@click.option("--board", type=click.Choice(BOARD_NAMES), required=True,
+              help="Target board: iCEBreaker (iCE40UP5K) or ULX3S 85F (ECP5).")
+@contexts_option
+@click.option("--baud", type=click.IntRange(1), default=115_200, show_default=True,
+              help="UART rate (must divide the board clock to within 2 %).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Build directory [default: build/BOARD].")
+@click.option("--breakdown", is_flag=True,
+              help="Also count cells per module (Yosys -noflatten; a few minutes more).")
+def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown: bool) -> None:
+    """Bitstream for a board with Yosys and nextpnr from PyPI (YoWASP), plus a report.
+
+    Writes the bitstream, report.md and report.json (logic cells, block RAMs, Fmax against the
+    board clock, tool versions, build time) to the build directory.  Exits 1 if the design
+    does not fit or misses timing.  The first run compiles the WebAssembly tools (minutes).
+    """
+    from mchsm.boards.platforms import BuildError, build_bitstream
+
+    out = out_dir if out_dir is not None else Path("build") / board
+    try:
+        report = build_bitstream(board, contexts=contexts, baud=baud, out_dir=out,
+                                 breakdown=breakdown,
+                                 progress=lambda msg: click.echo(msg, err=True))
+    except (BuildError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(report.to_markdown())
+    click.echo(f"report: {out / 'report.md'}, {out / 'report.json'}", err=True)
+    sys.exit(0 if report.passed else 1)

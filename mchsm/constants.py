@@ -366,3 +366,64 @@ CTRL_ABORT = 1 << 0
 CTRL_CLEAR = 1 << 1
 __all__ += ["REG_DOC"]
 __all__ += ["CTRL_ABORT", "CTRL_CLEAR", "STATUS_BUSY", "STATUS_DONE", "STATUS_RESULT_LEN_SHIFT"]
+
+
+# =============================================================================================
+# UART link of the FPGA boards: the one source of the frame format for the bridge RTL
+# (rtl/bridge.py) and the host codec (sw/uart_link.py).  docs/boards.md describes it byte by
+# byte.  Request:  LINK_SYNC op caller addr count data[4*count if a write] crc16
+#          Reply:  LINK_REPLY_SYNC status count data[4*count] crc16
+# The CRC covers every byte after the sync byte; the data words are big-endian.
+# =============================================================================================
+
+LINK_SYNC = 0xA5  #: first byte of every request frame
+LINK_REPLY_SYNC = 0x5A  #: first byte of every reply frame
+LINK_HEADER_SIZE = 4  #: op, caller, word address, count: the request bytes after the sync byte
+LINK_CRC_POLY = 0x1021  #: CRC-16/CCITT-FALSE: x^16 + x^12 + x^5 + 1, MSB first, not reflected
+LINK_CRC_INIT = 0xFFFF  #: CRC register before the first byte; no final xor
+LINK_CRC_SIZE = 2  #: the CRC is sent high byte first, so a whole good frame leaves CRC 0
+LINK_MAX_BURST = 64  #: words in one frame; 256 data bytes fit one block RAM of the bridge
+LINK_DEFAULT_BAUD = 115_200
+#: the bridge gives up on a frame (and ends a drain) after the line has been idle this long
+#: (rounded up to a power of two of clock cycles, so between 1x and 2x of it)
+LINK_IDLE_TIMEOUT_S = 0.010
+
+
+class LinkOp(enum.IntEnum, shape=8):
+    """Request opcodes (ASCII, so a frame is readable in a hex dump)."""
+
+    READ = 0x52  #: "R": read one word (count must be 1)
+    WRITE = 0x57  #: "W": write one word (count must be 1)
+    READ_BURST = 0x72  #: "r": read count words from consecutive addresses (result window)
+    WRITE_BURST = 0x77  #: "w": write count words, all to the same address (the DATA port)
+
+
+class LinkStatus(enum.IntEnum, shape=8):
+    """First byte after the sync byte of a reply.
+
+    Every error except ``ERR_BUS`` is reported before any bus cycle: the frame was rejected
+    whole and nothing was executed, so the host may resend it.
+    """
+
+    OK = 0x00  #: the frame was executed; a read's words follow
+    ERR_CRC = 0x01  #: the CRC of the request did not check
+    ERR_LENGTH = 0x02  #: count is 0, above LINK_MAX_BURST, or not 1 for READ/WRITE
+    ERR_TIMEOUT = 0x03  #: the line went idle in the middle of a frame (a byte was lost)
+    ERR_OP = 0x04  #: unknown opcode
+    ERR_FIELD = 0x05  #: caller id or word address does not fit its 6 bits
+    ERR_BUS = 0x06  #: the HSM did not acknowledge a bus cycle in time; part may have run
+
+
+__all__ += [
+    "LINK_CRC_INIT",
+    "LINK_CRC_POLY",
+    "LINK_CRC_SIZE",
+    "LINK_DEFAULT_BAUD",
+    "LINK_HEADER_SIZE",
+    "LINK_IDLE_TIMEOUT_S",
+    "LINK_MAX_BURST",
+    "LINK_REPLY_SYNC",
+    "LINK_SYNC",
+    "LinkOp",
+    "LinkStatus",
+]

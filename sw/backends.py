@@ -70,11 +70,26 @@ def _run_verilator(job: Job[T], contexts: int, job_args: dict[str, Any],
     return BackendRun("verilator", run.value, run.wall_seconds, run.cycles, path)
 
 
+def _run_uart_sim(job: Job[T], contexts: int, job_args: dict[str, Any],
+                  waves: Path | None) -> BackendRun[T]:
+    """The board design (core + UART bridge) in Verilator, the host on its UART pins."""
+    from mchsm.sim.uart_sim import simulate_uart_job
+
+    run = simulate_uart_job(job, contexts, job_args=job_args, waves=waves is not None)
+    path = run.waves
+    if waves is not None and path is not None:
+        target = waves if waves.suffix == ".vcd" else waves / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(path).replace(target)
+    return BackendRun("uart-sim", run.value, run.wall_seconds, run.cycles, path)
+
+
 #: backend name -> runner; the CLI's --backend choices come from here
 BACKENDS: dict[str, Callable[..., BackendRun[Any]]] = {
     "model": _run_model,
     "amaranth": _run_amaranth,
     "verilator": _run_verilator,
+    "uart-sim": _run_uart_sim,
 }
 
 

