@@ -47,6 +47,7 @@ __all__ = [
     "CtxFlag",
     "Reg",
     "Status",
+    "check_build",
     "command_spec",
     "ctx_bit",
     "u32",
@@ -167,6 +168,15 @@ MAGIC = 0x4D434853  #: "MCHS", the ID register
 def u32(value: int) -> bytes:
     """Big-endian unsigned 32-bit encoding used by every message field."""
     return struct.pack(">I", value)
+
+
+def check_build(contexts: int, budget: int, fail_limit: int) -> None:
+    """Refuse build parameters the HSM (model or RTL) cannot have."""
+    if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
+        raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
+    for name, value in (("budget", budget), ("fail_limit", fail_limit)):
+        if not isinstance(value, int) or not 0 <= value <= 255:
+            raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
 
 
 def ctx_bit(ctx: int) -> int:

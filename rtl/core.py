@@ -47,7 +47,6 @@ from mchsm.constants import (
     KDF_UPD,
     MAGIC,
     MANAGER,
-    MAX_CONTEXTS,
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     PROTOCOL_VERSION,
@@ -61,6 +60,7 @@ from mchsm.constants import (
     CtxFlag,
     Reg,
     Status,
+    check_build,
     command_spec,
 )
 from mchsm.rtl import microcode as uc
@@ -132,11 +132,7 @@ class MchsmCore(wiring.Component):
 
     def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, budget: int = MONITOR_BUDGET,
                  fail_limit: int = MONITOR_FAIL_LIMIT) -> None:
-        if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
-            raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
-        for name, value in (("budget", budget), ("fail_limit", fail_limit)):
-            if not isinstance(value, int) or not 0 <= value <= 255:
-                raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
+        check_build(contexts, budget, fail_limit)
         self.contexts = contexts
         self.budget = budget
         self.fail_limit = fail_limit

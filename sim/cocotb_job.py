@@ -111,21 +111,28 @@ def _write(path: str, outcome: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@cocotb.test()
-async def run_job(dut: Any) -> None:
-    """Reset the DUT, run the job through an :class:`HsmDriver`, record its outcome."""
+def _job_args() -> dict[str, Any]:
+    if os.environ.get("MCHSM_JOB_ARGS_PICKLE"):
+        with open(os.environ["MCHSM_JOB_ARGS_PICKLE"], "rb") as f:
+            return pickle.load(f)  # type: ignore[no-any-return]
+    return json.loads(os.environ.get("MCHSM_JOB_ARGS") or "{}")  # type: ignore[no-any-return]
+
+
+#: brings the DUT up for the clock period given and returns the transport to drive it with, and
+#: a function giving the transport's own figures at the end of the job
+Setup = Callable[[float], Awaitable[tuple[Any, Callable[[], dict[str, Any]]]]]
+
+
+async def record_job(setup: Setup) -> None:
+    """Run the job named in the environment through an :class:`HsmDriver` over the transport
+    ``setup`` gives, and record its value (or its exception) and costs for the host side."""
     spec = os.environ["MCHSM_JOB"]
     result = os.environ["MCHSM_RESULT"]
     period = float(os.environ.get("MCHSM_CLOCK_NS", "10"))
     try:
         job = load_job(spec)
-        if os.environ.get("MCHSM_JOB_ARGS_PICKLE"):
-            with open(os.environ["MCHSM_JOB_ARGS_PICKLE"], "rb") as f:
-                args = pickle.load(f)
-        else:
-            args = json.loads(os.environ.get("MCHSM_JOB_ARGS") or "{}")
-        await reset_and_clock(dut, period_ns=period)
-        transport = CocotbTransport.for_dut(dut, prefix=os.environ.get("MCHSM_BUS_PREFIX", "bus"))
+        args = _job_args()
+        transport, figures = await setup(period)
         driver = HsmDriver(transport)
         t_sim = get_sim_time("ns")
         t_wall = time.perf_counter()
@@ -151,8 +158,7 @@ async def run_job(dut: Any) -> None:
         "job_wall_seconds": time.perf_counter() - t_wall,
         "hsm_cycles": driver.cycles,
         "commands": driver.commands,
-        "bus_reads": transport.bfm.reads,
-        "bus_writes": transport.bfm.writes,
+        **figures(),
     }
     try:
         _write(result, outcome)
@@ -164,3 +170,16 @@ async def run_job(dut: Any) -> None:
             "exception": None,
         })
         raise
+
+
+@cocotb.test()
+async def run_job(dut: Any) -> None:
+    """Reset the DUT, run the job through an :class:`HsmDriver` on its Wishbone bus."""
+
+    async def setup(period: float) -> tuple[CocotbTransport, Callable[[], dict[str, Any]]]:
+        await reset_and_clock(dut, period_ns=period)
+        transport = CocotbTransport.for_dut(dut, prefix=os.environ.get("MCHSM_BUS_PREFIX", "bus"))
+        return transport, lambda: {"bus_reads": transport.bfm.reads,
+                                   "bus_writes": transport.bfm.writes}
+
+    await record_job(setup)

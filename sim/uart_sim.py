@@ -19,14 +19,6 @@ name in ``MCHSM_JOB``, arguments and the pickled outcome through files), so
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import pickle
-import shutil
-import tempfile
-import time
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,8 +32,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, FallingEdge, SimTimeoutError, Timer, with_timeout
 
 from mchsm.constants import DEFAULT_CONTEXTS, LINK_MAX_BURST
-from mchsm.sim.cocotb_job import job_spec, load_job
-from mchsm.sw.driver import HsmDriver
+from mchsm.sim.cocotb_job import job_spec, record_job
 from mchsm.sw.uart_link import CorruptReply, FramedTransport, LinkReply, ReplyDecoder, reply_size
 
 __all__ = [
@@ -175,28 +166,12 @@ class UartSimTransport(FramedTransport):
         return None
 
 
-def _write(path: str, outcome: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(outcome, f)
-    os.replace(tmp, path)
-
-
 @cocotb.test()
 async def run_uart_job(dut: Any) -> None:
     """Reset the board design, run the job through the UART link, record its outcome."""
     from mchsm.boards.top import SIM_DIVISOR, SIM_TIMEOUT_LOG2
 
-    spec = os.environ["MCHSM_JOB"]
-    result = os.environ["MCHSM_RESULT"]
-    period = int(os.environ.get("MCHSM_CLOCK_NS", str(CLOCK_NS)))
-    try:
-        job = load_job(spec)
-        if os.environ.get("MCHSM_JOB_ARGS_PICKLE"):
-            with open(os.environ["MCHSM_JOB_ARGS_PICKLE"], "rb") as f:
-                args = pickle.load(f)
-        else:
-            args = json.loads(os.environ.get("MCHSM_JOB_ARGS") or "{}")
+    async def setup(period: float) -> tuple[UartSimTransport, Callable[[], dict[str, Any]]]:
         dut.rx.value = 1
         dut.rst.value = 1
         # the C++ clock: a Python one would cost two wake-ups per cycle of a long simulation
@@ -204,35 +179,14 @@ async def run_uart_job(dut: Any) -> None:
         await ClockCycles(dut.clk, 2)
         dut.rst.value = 0
         await FallingEdge(dut.clk)  # line edges between clock edges: no race with sampling
-        port = SerialPortModel(dut.rx, dut.tx, SIM_DIVISOR * period)
-        transport = UartSimTransport(port, clock_ns=period, timeout_log2=SIM_TIMEOUT_LOG2)
-        driver = HsmDriver(transport)
-        t_sim = get_sim_time("ns")
-        t_wall = time.perf_counter()
-        value = await job(driver, **args)
-    except Exception as e:
-        try:
-            exc_bytes: bytes | None = pickle.dumps(e)
-        except Exception:
-            exc_bytes = None
-        _write(result, {"ok": False, "error": f"{type(e).__qualname__}: {e}",
-                        "traceback": traceback.format_exc(), "exception": exc_bytes})
-        raise
-    sim_ns = get_sim_time("ns") - t_sim
-    stats = transport.stats
-    _write(result, {
-        "ok": True,
-        "value": value,
-        "cycles": round(sim_ns / period),
-        "sim_time_ns": sim_ns,
-        "job_wall_seconds": time.perf_counter() - t_wall,
-        "hsm_cycles": driver.cycles,
-        "commands": driver.commands,
-        "frames": stats.frames,
-        "retries": stats.retries,
-        "bytes_out": port.bytes_out,
-        "bytes_in": port.bytes_in,
-    })
+        port = SerialPortModel(dut.rx, dut.tx, round(SIM_DIVISOR * period))
+        transport = UartSimTransport(port, clock_ns=round(period),
+                                     timeout_log2=SIM_TIMEOUT_LOG2)
+        return transport, lambda: {"frames": transport.stats.frames,
+                                   "retries": transport.stats.retries,
+                                   "bytes_out": port.bytes_out, "bytes_in": port.bytes_in}
+
+    await record_job(setup)
 
 
 @dataclass(frozen=True)
@@ -265,37 +219,12 @@ def simulate_uart_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_
     simulator-side traceback as a note.  ``waves`` writes a VCD into the run directory (kept);
     ``timeout`` is wall-clock seconds.
     """
-    from mchsm.sim.verilator import JobError, SimulationError, _tail, build, run
+    from mchsm.sim.verilator import build, launch_job
 
     spec = job_spec(job)
     info = build(uart_verilog(contexts), TOPLEVEL, waves=waves)
-    rundir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="mchsm-uart-"))
-    rundir.mkdir(parents=True, exist_ok=True)
-    result_file = rundir / "job_result.pickle"
-    args_file = rundir / "job_args.pickle"
-    args_file.write_bytes(pickle.dumps(dict(job_args or {})))
-    env = {"MCHSM_JOB": spec, "MCHSM_JOB_ARGS_PICKLE": str(args_file),
-           "MCHSM_RESULT": str(result_file), "MCHSM_CLOCK_NS": str(CLOCK_NS)}
-    sim = run(info, "mchsm.sim.uart_sim", env=env, waves=waves, timeout=timeout,
-              run_dir=rundir, check=False)
-    try:
-        outcome = pickle.loads(result_file.read_bytes())
-    except FileNotFoundError:
-        raise SimulationError(
-            f"the UART simulation of job {spec} ended without a result (crash?); exit code "
-            f"{sim.returncode}; log: {sim.log}\n{_tail(sim.log, 25)}", sim) from None
-    if not outcome["ok"]:
-        exc = None
-        if outcome.get("exception") is not None:
-            with contextlib.suppress(Exception):
-                exc = pickle.loads(outcome["exception"])
-        note = (f"raised by job {spec} inside the UART simulation (log: {sim.log}):\n"
-                f"{outcome['traceback']}")
-        if isinstance(exc, BaseException):
-            exc.add_note(note)
-            raise exc
-        raise JobError(f"{outcome['error']}\n{note}")
-    if not (waves or run_dir is not None):
-        shutil.rmtree(rundir, ignore_errors=True)
+    outcome, sim = launch_job(info, "mchsm.sim.uart_sim", spec, dict(job_args or {}),
+                              {"MCHSM_CLOCK_NS": str(CLOCK_NS)}, waves=waves, timeout=timeout,
+                              run_dir=run_dir)
     del outcome["ok"]
     return UartJobRun(wall_seconds=sim.wall_seconds, waves=sim.waves, **outcome)

@@ -851,6 +851,58 @@ def _default_verilog(contexts: int, toplevel: str) -> str:
     return verilog_text(contexts)
 
 
+def launch_job(info: BuildInfo, test_module: str, spec: str, args: Mapping[str, Any],
+               env: Mapping[str, str], *, waves: bool, timeout: float | None,
+               run_dir: Path | str | None, keep: bool = False
+               ) -> tuple[dict[str, Any], SimRun]:
+    """Run the job ``spec`` with ``args`` in the cocotb test module ``test_module`` (one that
+    calls :func:`mchsm.sim.cocotb_job.record_job`) against a build, and return what it recorded.
+
+    Arguments travel as JSON when JSON gives them back unchanged, else pickled.  An exception
+    raised by the job is raised here again, with the simulator-side traceback as a note.  The
+    run directory (``run_dir``, default a new temporary one) is deleted after a successful run
+    unless it was given, ``keep`` is set or waves were asked for; after a failure it stays for
+    its log.
+    """
+    rundir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="mchsm-job-"))
+    rundir.mkdir(parents=True, exist_ok=True)
+    result_file = rundir / "job_result.pickle"
+    full_env = {"MCHSM_JOB": spec, "MCHSM_RESULT": str(result_file), **env}
+    try:
+        args_json = json.dumps(dict(args))
+        exact = json.loads(args_json) == dict(args)
+    except (TypeError, ValueError):
+        exact = False
+    if exact:
+        full_env["MCHSM_JOB_ARGS"] = args_json
+    else:  # dataclasses, tuples, bytes...: JSON would lose or refuse them
+        args_file = rundir / "job_args.pickle"
+        args_file.write_bytes(pickle.dumps(dict(args)))
+        full_env["MCHSM_JOB_ARGS_PICKLE"] = str(args_file)
+    sim = run(info, test_module, env=full_env, waves=waves, timeout=timeout, run_dir=rundir,
+              check=False)
+    try:
+        outcome: dict[str, Any] = pickle.loads(result_file.read_bytes())
+    except FileNotFoundError:
+        raise SimulationError(
+            f"the simulation of job {spec} ended without a result (crash?); exit code "
+            f"{sim.returncode}; log: {sim.log}\n{_tail(sim.log, 25)}", sim) from None
+    if not outcome["ok"]:
+        exc = None
+        if outcome.get("exception") is not None:
+            with contextlib.suppress(Exception):
+                exc = pickle.loads(outcome["exception"])
+        note = f"raised by job {spec} inside the simulation (log: {sim.log}):\n" \
+               f"{outcome['traceback']}"
+        if isinstance(exc, BaseException):
+            exc.add_note(note)
+            raise exc
+        raise JobError(f"{outcome['error']}\n{note}")
+    if not (keep or waves or run_dir is not None):
+        shutil.rmtree(rundir, ignore_errors=True)
+    return outcome, sim
+
+
 def simulate_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTEXTS, *,
                  waves: bool | str = False, verilog: str | None = None,
                  job_args: Mapping[str, Any] | None = None, toplevel: str = "mchsm_core",
@@ -877,48 +929,11 @@ def simulate_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTE
     if verilog is None:
         verilog = _default_verilog(contexts, toplevel)
     info = build(verilog, toplevel, waves=waves, extra_args=extra_args)
-    rundir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="mchsm-job-"))
-    rundir.mkdir(parents=True, exist_ok=True)
-    result_file = rundir / "job_result.pickle"
-    env = {"MCHSM_JOB": spec}
-    try:
-        args_json = json.dumps(args)
-        exact = json.loads(args_json) == args
-    except (TypeError, ValueError):
-        exact = False
-    if exact:
-        env["MCHSM_JOB_ARGS"] = args_json
-    else:  # dataclasses, tuples, bytes...: JSON would lose or refuse them
-        args_file = rundir / "job_args.pickle"
-        args_file.write_bytes(pickle.dumps(args))
-        env["MCHSM_JOB_ARGS_PICKLE"] = str(args_file)
-    env |= {
-        "MCHSM_RESULT": str(result_file),
+    outcome, sim = launch_job(info, "mchsm.sim.cocotb_job", spec, args, {
         "MCHSM_CLOCK_NS": f"{clock_ns:g}",
         "MCHSM_CONTEXTS": str(contexts),
         "MCHSM_BUS_PREFIX": bus_prefix,
-    }
-    sim = run(info, "mchsm.sim.cocotb_job", env=env, waves=bool(waves), timeout=timeout,
-              run_dir=rundir, check=False)
-    try:
-        outcome = pickle.loads(result_file.read_bytes())
-    except FileNotFoundError:
-        raise SimulationError(
-            f"the simulation of job {spec} ended without a result (crash?); exit code "
-            f"{sim.returncode}; log: {sim.log}\n{_tail(sim.log, 25)}", sim) from None
-    if not outcome["ok"]:
-        exc = None
-        if outcome.get("exception") is not None:
-            with contextlib.suppress(Exception):
-                exc = pickle.loads(outcome["exception"])
-        note = f"raised by job {spec} inside the simulation (log: {sim.log}):\n" \
-               f"{outcome['traceback']}"
-        if isinstance(exc, BaseException):
-            exc.add_note(note)
-            raise exc
-        raise JobError(f"{outcome['error']}\n{note}")
-    if not (keep or waves or run_dir is not None):
-        shutil.rmtree(rundir, ignore_errors=True)
+    }, waves=bool(waves), timeout=timeout, run_dir=run_dir, keep=keep)
     return JobRun(
         value=outcome["value"],
         cycles=outcome["cycles"],

@@ -57,17 +57,22 @@ def _run_amaranth(job: Job[T], contexts: int, job_args: dict[str, Any],
     return BackendRun("amaranth", run.result, run.seconds, run.cycles, vcd)
 
 
+def _place_waves(made: Path | None, wanted: Path | None) -> Path | None:
+    """Move a simulator's waveform to where the user asked: a file name or a directory."""
+    if made is None or wanted is None:
+        return made
+    target = wanted if wanted.suffix in (".vcd", ".fst") else wanted / Path(made).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(made).replace(target)
+
+
 def _run_verilator(job: Job[T], contexts: int, job_args: dict[str, Any],
                    waves: Path | None) -> BackendRun[T]:
     from mchsm.sim.verilator import simulate_job
 
     run = simulate_job(job, contexts, job_args=job_args, waves=waves is not None)
-    path = run.waves
-    if waves is not None and path is not None:
-        target = waves if waves.suffix in (".vcd", ".fst") else waves / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        path = Path(path).replace(target)
-    return BackendRun("verilator", run.value, run.wall_seconds, run.cycles, path)
+    return BackendRun("verilator", run.value, run.wall_seconds, run.cycles,
+                      _place_waves(run.waves, waves))
 
 
 def _run_uart_sim(job: Job[T], contexts: int, job_args: dict[str, Any],
@@ -76,12 +81,8 @@ def _run_uart_sim(job: Job[T], contexts: int, job_args: dict[str, Any],
     from mchsm.sim.uart_sim import simulate_uart_job
 
     run = simulate_uart_job(job, contexts, job_args=job_args, waves=waves is not None)
-    path = run.waves
-    if waves is not None and path is not None:
-        target = waves if waves.suffix == ".vcd" else waves / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        path = Path(path).replace(target)
-    return BackendRun("uart-sim", run.value, run.wall_seconds, run.cycles, path)
+    return BackendRun("uart-sim", run.value, run.wall_seconds, run.cycles,
+                      _place_waves(run.waves, waves))
 
 
 #: backend name -> runner; the CLI's --backend choices come from here

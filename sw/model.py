@@ -20,7 +20,6 @@ from mchsm.constants import (
     DEVICE_ID_SIZE,
     DIGEST_SIZE,
     MANAGER,
-    MAX_CONTEXTS,
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     NONCE_SIZE,
@@ -30,6 +29,7 @@ from mchsm.constants import (
     Cmd,
     CtxFlag,
     Status,
+    check_build,
     command_spec,
     u32,
 )
@@ -153,11 +153,7 @@ class HsmModel:
 
     def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, budget: int = MONITOR_BUDGET,
                  fail_limit: int = MONITOR_FAIL_LIMIT) -> None:
-        if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
-            raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
-        for name, value in (("budget", budget), ("fail_limit", fail_limit)):
-            if not isinstance(value, int) or not 0 <= value <= 255:
-                raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
+        check_build(contexts, budget, fail_limit)
         self.contexts = contexts
         self.budget = budget
         self.fail_limit = fail_limit
