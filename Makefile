@@ -28,6 +28,12 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# HSM cycles (RTL), bytes on the wire, a TPM 2.0 beside it (if swtpm + tpm2-tools are installed),
+# verifier throughput and simulator speed -> bench/results.{json,md}, bench/attest.png
+bench: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m bench.run
+
 # bitstreams for both boards with Yosys and nextpnr from PyPI (YoWASP), each with report.md/json
 # in build/<board>/.  About 3 min per board on 2 cores (nextpnr's placement takes most of it and
 # can take twice as long on a loaded machine); the first run also compiles the WebAssembly tools

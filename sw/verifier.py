@@ -16,7 +16,12 @@ per verification; not offered here).
 
 The hot path (:meth:`Verifier.verify`) is one write transaction of primary-key lookups only: it
 consumes the nonce, reads the device with its tasks, stores the counter and appends an audit row.
-Nothing in it scans a table, so its cost does not grow with the fleet.
+Nothing in it scans a table, so its cost does not grow with the fleet.  A busy verifier uses
+:meth:`Verifier.verify_many` instead: the same checks and writes for every attempt, but one
+transaction (one commit, one WAL append) for a whole batch, with the reads of the batch grouped
+into ``IN (...)`` queries and the writes into ``executemany``.  Both keep small in-memory caches
+of *pure functions* of registry values only (K_att by root key, D by references), which can be
+missed but never be stale, so several verifiers may still share one file.
 
 .. warning::
    Root keys are stored **in the clear** in the registry file.  Whoever can read the file can
@@ -28,13 +33,14 @@ Nothing in it scans a table, so its cost does not grow with the fleet.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import json
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -52,8 +58,10 @@ from mchsm.sw.errors import AttestationError, UnknownDeviceError, UpdateError, V
 from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth
 
 __all__ = [
+    "ATT_KEY_CACHE",
     "PURGE_EVERY",
     "SCHEMA_VERSION",
+    "Attempt",
     "AttestationReport",
     "AuditEntry",
     "Challenge",
@@ -79,6 +87,16 @@ CACHE_KIB = 64 * 1024
 WAL_AUTOCHECKPOINT = 10_000
 #: bytes of WAL kept after a checkpoint (the rest is truncated)
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+#: K_att kept per verifier, by root key: a hit saves deriving it (an HMAC) on every verify.
+#: 65536 entries are a few MB; a larger fleet still verifies, deriving the keys it misses.
+ATT_KEY_CACHE = 1 << 16
+#: D = H(R[i] for i in sel) kept per (sel, references); a fleet runs few distinct firmware sets
+DIGEST_CACHE = 4096
+#: shared TaskVerdict objects kept (a report of 8 tasks would otherwise build 8 every time)
+VERDICT_CACHE = 4096
+#: keys per ``IN (...)`` lookup of verify_many, well under SQLite's limit on bound variables
+_IN_CHUNK = 500
 
 _U32_MAX = 0xFFFF_FFFF
 
@@ -147,11 +165,13 @@ _SCHEMA: tuple[str, ...] = (
 #: statements that take the schema from version ``n`` to ``n + 1``
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
-_NONCE = "SELECT dev_id, sel, expires, used FROM nonces WHERE nonce = ?"
 _USE_NONCE = "UPDATE nonces SET used = 1 WHERE nonce = ?"
-_DEVICE_WITH_TASKS = (
-    "SELECT d.root_key, d.last_ctr, t.ctx, t.name, t.reference, t.version FROM devices AS d "
-    "LEFT JOIN tasks AS t ON t.dev_id = d.dev_id WHERE d.dev_id = ?"
+_SET_COUNTER = "UPDATE devices SET last_ctr = ? WHERE dev_id = ?"
+#: nonces, and devices with their installed tasks, many at once: append "(?, ?, ...)"
+_NONCES_IN = "SELECT nonce, dev_id, sel, expires, used FROM nonces WHERE nonce IN "
+_DEVICES_WITH_TASKS_IN = (
+    "SELECT d.dev_id, d.root_key, d.last_ctr, t.ctx, t.name, t.reference, t.version "
+    "FROM devices AS d LEFT JOIN tasks AS t ON t.dev_id = d.dev_id WHERE d.dev_id IN "
 )
 _AUDIT_INSERT = (
     "INSERT INTO audit (time, dev_id, kind, ctx, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)"
@@ -276,6 +296,47 @@ def _hex(dev_id: bytes) -> str:
     return dev_id.hex() if isinstance(dev_id, bytes | bytearray) else repr(dev_id)
 
 
+#: one attestation to verify: (dev_id, nonce, evidence as an Evidence or its 44 wire bytes)
+Attempt = tuple[bytes, bytes, Evidence | bytes]
+
+
+def _key(value: object) -> bytes | None:
+    """``value`` as a lookup key of a BLOB column, or None if it cannot be one."""
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+
+
+def _chunks(keys: set[bytes]) -> Iterator[list[bytes]]:
+    items = list(keys)
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start:start + _IN_CHUNK]
+
+
+@functools.lru_cache(maxsize=64)
+def _in(prefix: str, count: int) -> str:
+    """``prefix`` followed by an ``IN`` list of ``count`` placeholders (built once per size)."""
+    return f"{prefix}({','.join('?' * count)})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _contexts(sel: int) -> tuple[int, ...]:
+    """The contexts a selection mask names, ascending (the order D hashes them in)."""
+    return tuple(ctx for ctx in range(1, MAX_CONTEXTS + 1) if sel >> (ctx - 1) & 1)
+
+
+class _Device:
+    """One device's registry rows as a verification reads them: root key, last accepted
+    counter, and the reference, name and version of every installed task."""
+
+    __slots__ = ("last_ctr", "names", "refs", "root", "versions")
+
+    def __init__(self, root: bytes, last_ctr: int) -> None:
+        self.root = root
+        self.last_ctr = last_ctr
+        self.refs = _Refs()
+        self.names: dict[int, str] = {}
+        self.versions: dict[int, int] = {}
+
+
 # ---------------------------------------------------------------------------------------------
 # The verifier
 # ---------------------------------------------------------------------------------------------
@@ -312,12 +373,22 @@ class Verifier:
         self._clock = clock
         self._challenges = 0
         self._conn = _open(self.path)
+        # caches of pure functions of registry values: they can never be stale, only missed
+        self._att_key = functools.lru_cache(maxsize=ATT_KEY_CACHE)(protocol.derive_att_key)
+        self._digests: dict[tuple[Any, ...], bytes] = {}
+        # shared, immutable TaskVerdicts by (ctx, name), one dict per kind: they repeat from one
+        # report to the next (and hashing a Verdict would run Python code, a tuple does not)
+        self._trusted: dict[tuple[int, str], TaskVerdict] = {}
+        self._failed: dict[tuple[int, str], TaskVerdict] = {}
+        self._unknown: dict[tuple[int, str], TaskVerdict] = {}
 
     # -- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the registry; everything committed is in the file."""
         self._conn.close()
+        self._att_key.cache_clear()  # derived keys do not outlive the verifier
+        self._digests.clear()
 
     def __enter__(self) -> Verifier:
         return self
@@ -616,68 +687,173 @@ class Verifier:
 
         Any attempt consumes the nonce, whatever its outcome, so a rejected answer cannot be
         retried with a guess; a rejected attempt raises :class:`AttestationError` (or
-        :class:`UnknownDeviceError`) after its audit row is committed.
+        :class:`UnknownDeviceError`) after its audit row is committed.  This is
+        :meth:`verify_many` of one attempt, so the two cannot drift apart.
         """
+        result = self.verify_many([(dev_id, nonce, evidence)])[0]
+        if isinstance(result, VerifierError):
+            raise result
+        return result
+
+    def verify_many(self, attempts: Iterable[Attempt]) -> list[AttestationReport | VerifierError]:
+        """Verify many ``(dev_id, nonce, evidence)`` attempts in one transaction (group commit).
+
+        Each attempt gets exactly what :meth:`verify` would have done to it, in order: its nonce
+        is consumed, its audit row appended, its counter checked against the counters accepted
+        so far (earlier attempts of the same batch included).  A rejected attempt does not
+        raise: its error takes its place in the returned list, beside the reports of the others.
+        The batch is judged at one instant (one clock reading for expiry and the audit rows)
+        and commits once, which is what makes it fast: a commit writes the changed pages to the
+        WAL, and a batch writes each of them once instead of once per attempt.  Anything but a
+        :class:`VerifierError` (a bug, a full disk) rolls the whole batch back and is raised;
+        then no nonce of the batch is consumed.  The write lock is held for the whole batch, so
+        keep batches to a few hundred attempts.
+        """
+        batch = list(attempts)
+        if not batch:
+            return []
         now = self._clock()
         conn = self._conn
-        failure: VerifierError | None = None
-        report: AttestationReport | None = None
-        detail: dict[str, Any] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
-            nonce_row = conn.execute(_NONCE, (nonce,)).fetchone()
-            if nonce_row is not None and not nonce_row[3]:
-                conn.execute(_USE_NONCE, (nonce,))  # consumed whatever the outcome below
-            device_rows = conn.execute(_DEVICE_WITH_TASKS, (dev_id,)).fetchall()
+            results = self._verify_batch(batch, now)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return results
 
-            def pending() -> list[tuple[int, int, int, bytes, str]]:
+    def _verify_batch(
+        self, batch: list[Attempt], now: float
+    ) -> list[AttestationReport | VerifierError]:
+        """The body of :meth:`verify_many`, inside its transaction.
+
+        The nonces and devices of the whole batch are read with a few ``IN (...)`` queries up
+        front, the checks run against that snapshot (which the batch itself keeps current: a
+        nonce it consumes, a counter it accepts) and the writes are buffered and issued with
+        ``executemany`` at the end.  Nobody else can write meanwhile (``BEGIN IMMEDIATE``).  The
+        rare lost-ack recovery writes tasks and pending updates: it flushes the buffers first,
+        writes like :meth:`verify` always did, and reloads that device.
+        """
+        conn = self._conn
+        nonce_rows = self._load_nonces({k for _, n, _ in batch if (k := _key(n)) is not None})
+        devices = self._load_devices({k for d, _, _ in batch if (k := _key(d)) is not None})
+        used: list[tuple[bytes]] = []
+        counters: dict[bytes, int] = {}
+        audit: list[tuple[Any, ...]] = []
+
+        def write(sql: str, rows: list[Any]) -> None:
+            # executemany costs more than execute for a single row: the verify() case
+            if len(rows) == 1:
+                conn.execute(sql, rows[0])
+            elif rows:
+                conn.executemany(sql, rows)
+            rows.clear()
+
+        def flush() -> None:
+            write(_USE_NONCE, used)
+            write(_SET_COUNTER, [(c, d) for d, c in counters.items()])
+            counters.clear()
+            write(_AUDIT_INSERT, audit)
+
+        results: list[AttestationReport | VerifierError] = []
+        for dev_id, nonce, evidence in batch:
+            nkey, dkey = _key(nonce), _key(dev_id)
+            nonce_row: tuple[Any, ...] | None = None
+            state = nonce_rows.get(nkey) if nkey is not None else None
+            if state is not None:
+                nonce_row = tuple(state)  # as it was before this attempt
+                if not state[3]:
+                    state[3] = 1  # consumed whatever the outcome below
+                    used.append((nkey,))
+            device = devices.get(dkey) if dkey is not None else None
+            detail: dict[str, Any] = {}
+
+            def pending(dkey: bytes | None = dkey) -> list[tuple[int, int, int, bytes, str]]:
                 return conn.execute(
                     "SELECT ctx, old, new, reference, name FROM pending_updates "
-                    "WHERE dev_id = ?", (dev_id,)).fetchall()
+                    "WHERE dev_id = ?", (dkey,)).fetchall()
 
             try:
-                report = self._check(dev_id, nonce, evidence, nonce_row, device_rows, now, detail,
+                report = self._check(dev_id, nonce, evidence, nonce_row, device, now, detail,
                                      pending)
             except VerifierError as exc:
-                failure = exc
+                results.append(exc)
                 detail["error"] = str(exc)
                 outcome = OUTCOME_REJECTED
             else:
-                conn.execute(
-                    "UPDATE devices SET last_ctr = ? WHERE dev_id = ?", (report.ctr, dev_id)
-                )
-                for ctx, (old, new, ref, name) in detail.pop("_recovered", {}).items():
-                    conn.execute(
-                        "INSERT OR REPLACE INTO tasks (dev_id, ctx, name, version, reference) "
-                        "VALUES (?, ?, ?, ?, ?)", (dev_id, ctx, name, new, ref))
-                    conn.execute(
-                        "DELETE FROM pending_updates WHERE dev_id = ? AND ctx = ? AND new <= ?",
-                        (dev_id, ctx, new))
-                    self._log(dev_id, KIND_UPDATE_CONFIRM, ctx, OUTCOME_RECOVERED,
-                              {"old": old, "new": new, "reference": bytes(ref).hex(),
-                               "name": name, "by": "attestation"}, now)
+                assert device is not None and dkey is not None
+                results.append(report)
+                counters[dkey] = report.ctr
+                recovered = detail.pop("_recovered", None)
+                if recovered:
+                    flush()  # keeps the audit rows in the order of the attempts
+                    for ctx, (old, new, ref, name) in recovered.items():
+                        conn.execute(
+                            "INSERT OR REPLACE INTO tasks (dev_id, ctx, name, version, reference) "
+                            "VALUES (?, ?, ?, ?, ?)", (dkey, ctx, name, new, ref))
+                        conn.execute(
+                            "DELETE FROM pending_updates WHERE dev_id = ? AND ctx = ? AND new <= ?",
+                            (dkey, ctx, new))
+                        self._log(dkey, KIND_UPDATE_CONFIRM, ctx, OUTCOME_RECOVERED,
+                                  {"old": old, "new": new, "reference": bytes(ref).hex(),
+                                   "name": name, "by": "attestation"}, now)
+                    device = self._load_devices({dkey})[dkey]
+                    devices[dkey] = device
+                device.last_ctr = report.ctr
                 failed = report.failed
                 outcome = OUTCOME_FAILED if failed else OUTCOME_TRUSTED
                 detail["failed"] = failed
             if isinstance(nonce, bytes | bytearray):
                 detail["nonce"] = nonce.hex()
-            self._log(dev_id, KIND_ATTEST, None, outcome, detail, now)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        if failure is not None:
-            raise failure
-        assert report is not None
-        return report
+            audit.append((now, dev_id if isinstance(dev_id, bytes | bytearray) else None,
+                          KIND_ATTEST, None, outcome, _json(detail)))
+        flush()
+        return results
 
-    @staticmethod
+    def _load_nonces(self, nonces: set[bytes]) -> dict[bytes, list[Any]]:
+        """nonce -> [dev_id, sel, expires, used] for those of ``nonces`` that exist."""
+        out: dict[bytes, list[Any]] = {}
+        for chunk in _chunks(nonces):
+            sql = _in(_NONCES_IN, len(chunk))
+            for nonce, *rest in self._conn.execute(sql, chunk):
+                out[bytes(nonce)] = rest
+        return out
+
+    def _load_devices(self, dev_ids: set[bytes]) -> dict[bytes, _Device]:
+        """The registered ones of ``dev_ids`` with their installed tasks."""
+        devices: dict[bytes, _Device] = {}
+        for chunk in _chunks(dev_ids):
+            sql = _in(_DEVICES_WITH_TASKS_IN, len(chunk))
+            for dev_id, root, last_ctr, ctx, name, ref, version in self._conn.execute(sql, chunk):
+                device = devices.get(dev_id)
+                if device is None:
+                    device = devices[dev_id] = _Device(root, last_ctr)
+                if ctx is not None:  # None: a device without tasks (the LEFT JOIN's filler)
+                    device.refs[ctx] = ref
+                    device.names[ctx] = name
+                    device.versions[ctx] = version
+        return devices
+
+    def _select_digest(self, refs: Mapping[int, bytes], sel: int) -> bytes:
+        """D for ``sel`` over ``refs``, remembered: a fleet runs few distinct sets of references,
+        so most attestations find their D here instead of hashing up to a kilobyte again."""
+        key = (sel, *[refs[ctx] for ctx in _contexts(sel)])
+        digest = self._digests.get(key)
+        if digest is None:
+            digest = protocol.select_digest(refs if isinstance(refs, _Refs) else _Refs(refs), sel)
+            if len(self._digests) >= DIGEST_CACHE:
+                self._digests.clear()
+            self._digests[key] = digest
+        return digest
+
     def _check(
+        self,
         dev_id: bytes,
         nonce: bytes,
         evidence: Evidence | bytes,
         nonce_row: tuple[Any, ...] | None,
-        device_rows: list[Any],
+        device: _Device | None,
         now: float,
         detail: dict[str, Any],
         pending: Callable[[], list[tuple[int, int, int, bytes, str]]] = list,
@@ -688,7 +864,7 @@ class Verifier:
         selected contexts (protocol section 12, lost acknowledgements); a combination that
         verifies is returned in ``detail["_recovered"]`` for the caller to record.
         """
-        if not device_rows:
+        if device is None:
             raise UnknownDeviceError(f"device {_hex(dev_id)} is not registered")
         if nonce_row is None:
             if not isinstance(nonce, bytes | bytearray) or len(nonce) != NONCE_SIZE:
@@ -718,49 +894,49 @@ class Verifier:
             raise AttestationError(
                 f"evidence selects 0x{sel:x} but the challenge asked for 0x{challenge_sel:x}"
             )
-        root, last_ctr = device_rows[0][0], device_rows[0][1]
-        refs = _Refs()
-        names: dict[int, str] = {}
-        versions: dict[int, int] = {}
-        for _root, _last, ctx, name, ref, version in device_rows:
-            if ctx is not None:
-                refs[ctx] = ref
-                names[ctx] = name
-                versions[ctx] = version
-        k_att = protocol.derive_att_key(root)
+        names = device.names
+        k_att = self._att_key(device.root)
 
         def verifies(candidate: Mapping[int, bytes]) -> bool:
-            digest = protocol.select_digest(candidate, sel)
+            digest = self._select_digest(candidate, sel)
             expected = protocol.hmac_sha256(
                 k_att, protocol.att_message(dev_id, nonce, sel, ok, ctr, digest))
             return protocol.tags_equal(expected, evidence.tag)
 
-        if not verifies(refs):
-            recovered = _recover(refs, versions, sel, pending(), verifies)
+        if not verifies(device.refs):
+            recovered = _recover(device.refs, device.versions, sel, pending(), verifies)
             if recovered is None:
                 raise AttestationError(
                     "evidence tag does not verify: wrong device, forged, or references differ "
                     "from the registry"
                 )
             detail["_recovered"] = recovered
+            names = dict(names)
             for ctx, (_old, _new, _ref, name) in recovered.items():
                 names[ctx] = name
-        if ctr <= last_ctr:
+        if ctr <= device.last_ctr:
             raise AttestationError(
-                f"counter {ctr} is not above the last accepted {last_ctr}: replayed evidence"
+                f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed "
+                "evidence"
             )
         verdicts: dict[int, TaskVerdict] = {}
-        for ctx, name in sorted(names.items()):
-            bit = 1 << (ctx - 1)
+        for key in sorted(names.items()):
+            bit = 1 << (key[0] - 1)
             if not sel & bit:
-                verdict = Verdict.UNKNOWN
+                cache, verdict = self._unknown, Verdict.UNKNOWN
             elif ok & bit:
-                verdict = Verdict.TRUSTED
+                cache, verdict = self._trusted, Verdict.TRUSTED
             else:
-                verdict = Verdict.FAILED
-            verdicts[ctx] = TaskVerdict(ctx, name, verdict)
+                cache, verdict = self._failed, Verdict.FAILED
+            found = cache.get(key)
+            if found is None:
+                if len(cache) >= VERDICT_CACHE:
+                    cache.clear()
+                found = cache[key] = TaskVerdict(key[0], key[1], verdict)
+            verdicts[key[0]] = found
+        recovered = detail.get("_recovered")
         return AttestationReport(dev_id=dev_id, ctr=ctr, sel=sel, ok=ok, verdicts=verdicts,
-                                 recovered=tuple(sorted(detail.get("_recovered", {}))))
+                                 recovered=tuple(sorted(recovered)) if recovered else ())
 
     # -- task keys ----------------------------------------------------------------------------
 

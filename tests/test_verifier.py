@@ -636,3 +636,150 @@ def test_schema_is_versioned(db: Path, tmp_path: Path) -> None:
 def test_registry_file_is_owner_only(db: Path) -> None:
     Verifier(db).close()
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------------------------------
+# verify_many: many attempts, one transaction, the same per-attempt semantics as verify
+# ---------------------------------------------------------------------------------------------
+
+
+def test_verify_many_gives_each_attempt_what_verify_would(v: Verifier) -> None:
+    """Every kind of outcome in one batch, in order: errors take their attempt's place instead
+    of being raised, each nonce is consumed once, counters advance attempt by attempt."""
+    a, b = provisioned(v), provisioned(v)
+    a_id, b_id = a.record.dev_id, b.record.dev_id
+    start = v.audit()[-1].id
+    good = v.challenge(a_id)
+    good_ev = a.attest(good)
+    first, second = v.challenge(b_id), v.challenge(b_id)
+    early, late = b.attest(first), b.attest(second)  # ctr 1, ctr 2
+    forged = v.challenge(a_id)
+    forged_ev = replace(a.attest(forged), tag=bytes(32))
+    a.load(2, b"tampered")
+    failing = v.challenge(a_id)
+    failing_ev = a.attest(failing)
+    malformed = v.challenge(b_id)
+    stranger = os.urandom(16)
+    batch = [
+        (a_id, good.nonce, good_ev.pack()),  # trusted (wire bytes)
+        (a_id, good.nonce, good_ev),  # the same nonce again
+        (b_id, second.nonce, late),  # ctr 2 first ...
+        (b_id, first.nonce, early),  # ... so ctr 1 is stale
+        (a_id, forged.nonce, forged_ev),
+        (a_id, failing.nonce, failing_ev),  # verifies, task 2 failed
+        (b_id, malformed.nonce, b"\x00" * 43),
+        (stranger, os.urandom(NONCE_SIZE), good_ev),
+        (a_id, os.urandom(NONCE_SIZE), good_ev),
+        (b_id, failing.nonce, failing_ev),  # A's nonce presented for B (and already used)
+    ]
+    results = v.verify_many(batch)
+    assert len(results) == len(batch)
+    assert isinstance(results[0], AttestationReport) and results[0].all_trusted
+    expected_errors = {
+        1: (AttestationError, "nonce already used"),
+        3: (AttestationError, "counter 1 is not above the last accepted 2"),
+        4: (AttestationError, "tag does not verify"),
+        6: (AttestationError, "malformed evidence"),
+        7: (UnknownDeviceError, "not registered"),
+        8: (AttestationError, "unknown nonce"),
+        9: (AttestationError, "issued for device"),
+    }
+    for i, (kind, message) in expected_errors.items():
+        assert isinstance(results[i], kind) and message in str(results[i]), (i, results[i])
+    assert isinstance(results[2], AttestationReport) and results[2].ctr == 2
+    assert isinstance(results[5], AttestationReport) and results[5].failed == [2]
+    # one audit row per attempt, in the order of the batch
+    rows = [e for e in v.audit() if e.id > start and e.kind == "attest"]
+    assert [e.outcome for e in rows] == [
+        "trusted", "rejected", "trusted", "rejected", "rejected", "failed", "rejected",
+        "rejected", "rejected", "rejected"]
+    assert rows[7].dev_id is None or rows[7].dev_id == stranger
+    # every nonce of the batch is spent, the counters are where the batch left them
+    for dev_id, challenge in ((a_id, good), (b_id, first), (b_id, second), (a_id, forged),
+                              (a_id, failing), (b_id, malformed)):
+        with pytest.raises(AttestationError, match="nonce already used"):
+            v.verify(dev_id, challenge.nonce, good_ev)
+    assert attest(v, b).ctr == 3
+
+
+def test_verify_many_recovers_a_lost_ack_between_attempts(v: Verifier) -> None:
+    """A recovery in the middle of a batch is written before the attempts after it, which then
+    see the recovered reference like a later verify would."""
+    dev = provisioned(v)
+    dev_id = dev.record.dev_id
+    package = v.prepare_update(dev_id, 2, b"control loop v2")
+    dev.update(package)  # its ack is lost
+    dev.load(2, b"control loop v2")
+    start = v.audit()[-1].id
+    partial = v.challenge(dev_id, 0b101)
+    full1, full2 = v.challenge(dev_id), v.challenge(dev_id)
+    batch = [(dev_id, c.nonce, dev.attest(c)) for c in (partial, full1, full2)]
+    reports = v.verify_many(batch)
+    assert all(isinstance(r, AttestationReport) and not r.failed for r in reports)
+    assert [r.recovered for r in reports if isinstance(r, AttestationReport)] == [(), (2,), ()]
+    assert {t.ctx: t.version for t in v.tasks(dev_id)}[2] == package.auth.new
+    assert [(e.kind, e.outcome) for e in v.audit(dev_id) if e.id > start] == [
+        ("attest", "trusted"), ("update.confirm", "recovered"), ("attest", "trusted"),
+        ("attest", "trusted")]
+
+
+def test_verify_many_of_nothing_is_nothing(v: Verifier) -> None:
+    provisioned(v)
+    before = v.audit()
+    assert v.verify_many([]) == []
+    assert v.verify_many(iter(())) == []
+    assert v.audit() == before
+
+
+def test_verify_many_accepts_bytearrays_like_bytes(v: Verifier) -> None:
+    dev = provisioned(v)
+    challenge = v.challenge(dev.record.dev_id)
+    evidence = bytearray(dev.attest(challenge).pack())
+    (report,) = v.verify_many([(bytearray(dev.record.dev_id), bytearray(challenge.nonce),
+                                evidence)])
+    assert isinstance(report, AttestationReport) and report.all_trusted
+    with pytest.raises(AttestationError, match="nonce already used"):
+        v.verify(dev.record.dev_id, challenge.nonce, bytes(evidence))
+
+
+def test_verify_many_rolls_back_the_whole_batch_on_an_unexpected_error(
+        v: Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only verifier errors are per attempt; anything else undoes the batch: no nonce is spent
+    and no audit row written, so the same attempts verify afterwards."""
+    dev = provisioned(v)
+    dev_id = dev.record.dev_id
+    challenges = [v.challenge(dev_id) for _ in range(3)]
+    batch = [(dev_id, c.nonce, dev.attest(c)) for c in challenges]
+    before = v.audit()
+    real = Verifier._check
+    calls = []
+
+    def flaky(self: Verifier, *args: Any, **kwargs: Any) -> AttestationReport:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Verifier, "_check", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        v.verify_many(batch)
+    monkeypatch.setattr(Verifier, "_check", real)
+    assert v.audit() == before
+    assert [r.ctr for r in v.verify_many(batch) if isinstance(r, AttestationReport)] == [1, 2, 3]
+
+
+def test_verify_many_sees_other_verifiers_writes(db: Path) -> None:
+    """Nothing is cached across transactions but pure functions of the registry's values: a
+    device updated through another verifier on the same file is verified against its new
+    references at once."""
+    with Verifier(db) as one, Verifier(db) as two:
+        dev = provisioned(one)
+        dev_id = dev.record.dev_id
+        c = two.challenge(dev_id)
+        (report,) = two.verify_many([(dev_id, c.nonce, dev.attest(c))])
+        assert isinstance(report, AttestationReport) and report.all_trusted
+        install(one, dev, 3, "telemetry", b"telemetry v2")
+        c = two.challenge(dev_id)
+        (report,) = two.verify_many([(dev_id, c.nonce, dev.attest(c))])
+        assert isinstance(report, AttestationReport) and report.all_trusted
+        assert {t.ctx: t.version for t in two.tasks(dev_id)}[3] == 2
