@@ -9,6 +9,7 @@ transport, so it runs inside asyncio, an Amaranth testbench or a cocotb test ali
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ __all__ = [
 BURST_WORDS = 1024
 
 
-class Transport:
+class Transport(abc.ABC):
     """Moves 32-bit words between host and HSM, each access tagged with the caller id.
 
     Subclasses implement :meth:`read` and :meth:`write`; :meth:`write_burst` may be overridden
@@ -56,11 +57,13 @@ class Transport:
 
     name = "transport"
 
+    @abc.abstractmethod
     async def read(self, addr: int, caller: int) -> int:
-        raise NotImplementedError
+        """A 32-bit read at byte offset ``addr`` as ``caller``."""
 
+    @abc.abstractmethod
     async def write(self, addr: int, value: int, caller: int) -> None:
-        raise NotImplementedError
+        """A 32-bit write at byte offset ``addr`` as ``caller``."""
 
     async def write_burst(self, addr: int, values: Sequence[int], caller: int) -> None:
         """Write ``values`` to the same address one after the other (the DATA port)."""

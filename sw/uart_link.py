@@ -21,6 +21,7 @@ next write: only a CMD write changes the window.
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -285,12 +286,12 @@ class FramedTransport(Transport):
         self._result: dict[tuple[int, int], int] = {}  # (caller, word addr) -> cached word
         self._result_words: dict[int, int] = {}  # caller -> words of its finished result
 
+    @abc.abstractmethod
     async def exchange(self, frame: bytes, reply_words: int) -> LinkReply | CorruptReply | None:
         """Send ``frame`` and return its reply, a :class:`CorruptReply`, or None if none came.
 
         ``reply_words`` is the data a good reply carries, to size the wait.
         """
-        raise NotImplementedError
 
     async def transact(self, request: Request) -> LinkReply:
         """Run ``request`` with the retry rules of the module docstring; only OK comes back."""
