@@ -111,7 +111,7 @@ MONITOR = [
 ]
 
 
-@pytest.mark.parametrize("backend", RTL)
+@pytest.mark.parametrize("backend", [*RTL, "uart-sim"])
 def test_hardware_monitor_same_as_model(backend: str) -> None:
     model = on("model", MONITOR)
     flags = [int.from_bytes(model[i][1][:4], "big") for i in (66, -2, -1)]
