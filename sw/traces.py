@@ -84,6 +84,16 @@ HEAVY_PERIODS = 0.02
 USUAL_PEERS = {"sensor": ("control",), "control": ("logger", "comms"), "comms": (), "logger": ()}
 
 
+class _NoBus(Transport):
+    """NullHsm answers every command itself; nothing ever reaches a bus."""
+
+    async def read(self, addr: int, caller: int) -> int:
+        raise AssertionError("NullHsm has no bus")
+
+    async def write(self, addr: int, value: int, caller: int) -> None:
+        raise AssertionError("NullHsm has no bus")
+
+
 class NullHsm(HsmDriver):
     """An HSM stand-in that answers at once and computes nothing.
 
@@ -94,7 +104,7 @@ class NullHsm(HsmDriver):
     """
 
     def __init__(self) -> None:
-        super().__init__(Transport())
+        super().__init__(_NoBus())
         self.anomalous: set[int] = set()
         self._hmac_owner: int | None = None
 
