@@ -88,7 +88,8 @@ def _digest_files(backend: str, files: tuple[str, ...], key: bytes | None) -> li
         if name != "-" and not Path(name).is_file():
             raise click.BadParameter(f"{name}: no such file", param_hint="FILE")
     stdin = sys.stdin.buffer.read() if "-" in files else None
-    names = [name if name == "-" else str(Path(name)) for name in files]
+    # absolute paths: a simulator backend runs the job in its own working directory
+    names = [name if name == "-" else str(Path(name).resolve()) for name in files]
     run = run_on_backend(backend, digest_files, job_args={"names": names, "key": key,
                                                           "stdin": stdin})
     return [line.replace(f"  {new}", f"  {old}", 1) for line, old, new in

@@ -12,7 +12,8 @@ Why this module exists
   plain Debian has no headers for, so waves default to VCD (GTKWave and Surfer read both).
 * **Builds are slow, designs change rarely.**  A build is cached under its *design hash* (the
   Verilog text, toplevel, waves, Verilator/cocotb/compiler versions and every build argument) in
-  ``$MCHSM_CACHE/verilator/<hash>/`` (default ``<repo or cwd>/.cache/mchsm``).  An unchanged design
+  ``$MCHSM_CACHE/verilator/<hash>/`` (default ``.cache/mchsm`` in the
+  source checkout, or ``~/.cache/mchsm`` for an installed wheel).  An unchanged design
   costs a stat and a JSON read.  Amaranth's ``(* src = "file:line" *)`` attributes are stripped
   before hashing, so editing a comment in the Python RTL does not force a rebuild.
 * **The Verilator runtime is the slow part of a cold build.**  ``verilated.cpp``,
@@ -275,14 +276,21 @@ def make_variables() -> list[str]:
 
 
 def cache_root() -> Path:
-    """``$MCHSM_CACHE``, else ``.cache/mchsm`` in the enclosing git checkout, else in the cwd."""
+    """Where Verilator builds live: ``$MCHSM_CACHE``, else the checkout's ``.cache/mchsm``.
+
+    An editable install (``make demo``) keeps its builds beside its sources, whatever directory
+    the user runs ``mchsm`` from, so each design is compiled once.  An installed wheel has no
+    checkout; it uses the user's cache directory (``$XDG_CACHE_HOME/mchsm`` or
+    ``~/.cache/mchsm``) rather than litter the working directory.
+    """
     if os.environ.get(_ENV_CACHE):
         return Path(os.environ[_ENV_CACHE]).expanduser().resolve()
-    cwd = Path.cwd().resolve()
-    for d in (cwd, *cwd.parents):
+    here = Path(__file__).resolve().parent
+    for d in (here, *here.parents):
         if (d / ".git").exists():
             return d / ".cache" / "mchsm"
-    return cwd / ".cache" / "mchsm"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache").expanduser().resolve() / "mchsm"
 
 
 _SRC_ATTR = re.compile(r'[ \t]*\(\* src = "[^"\n]*" \*\)[ \t]*\n?')

@@ -55,12 +55,18 @@ def test_hash_prints_sha256sum_lines(files: list[Path]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="no sha256sum on this machine")
-def test_hash_on_verilator_prints_what_sha256sum_prints(files: list[Path]) -> None:
-    """0, 55, 56, 64, 1000 bytes and 1 MiB, hashed by the RTL under cocotb + Verilator."""
-    names = list(map(str, files))
+def test_hash_on_verilator_prints_what_sha256sum_prints(
+        files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0, 55, 56, 64, 1000 bytes and 1 MiB, hashed by the RTL under cocotb + Verilator.
+
+    The names are relative, as a user types them: the simulation runs in its own directory.
+    """
+    monkeypatch.chdir(tmp_path)
+    names = [p.name for p in files]
     result = CliRunner().invoke(main, ["hash", "--backend", "verilator", *names])
     assert result.exit_code == 0, result.output
-    sha256sum = subprocess.run(["sha256sum", *names], capture_output=True, text=True, check=True)
+    sha256sum = subprocess.run(["sha256sum", *names], capture_output=True, text=True, check=True,
+                               cwd=tmp_path)
     assert result.stdout == sha256sum.stdout
 
 
