@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.run                 # everything (~3 min with warm caches, ~16 cold)
+    .venv/bin/python -m bench.run                 # everything (~3 min with warm caches, 6-16 cold)
     .venv/bin/python -m bench.run --quick         # fewer sizes and repeats, no cold build
     .venv/bin/python -m bench.run --report-only   # redraw table and plot from results.json
 
