@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bitstreams prove clean
+.PHONY: all install demo test lint bench bitstreams waves prove clean
 
 all: test
 
@@ -42,6 +42,11 @@ bitstreams: install
 	$(BIN)/python -m pip install -q -e ".[boards]"
 	$(BIN)/mchsm build --board icebreaker --out build/icebreaker
 	$(BIN)/mchsm build --board ulx3s --out build/ulx3s
+
+# docs/img/attest_waves.png: the demo's first ATTEST, drawn from its waveform (about 40 s)
+waves: install
+	$(BIN)/mchsm demo --waves build/demo.vcd > /dev/null
+	$(BIN)/mchsm waves build/demo.vcd --command ATTEST --out docs/img/attest_waves.png
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache

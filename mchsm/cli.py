@@ -204,6 +204,51 @@ def rtl_regdoc() -> None:
     click.echo(register_markdown(), nl=False)
 
 
+@main.command("waves")
+@click.argument("vcd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--list", "list_only", is_flag=True,
+              help="List the commands in the run: cycles, caller, status.")
+@click.option("--command", "which", default=None,
+              help="Draw this command: its index from --list, or a name (ATTEST, ATTEST#2).")
+@click.option("--start", type=click.IntRange(0), default=None, help="First cycle to draw.")
+@click.option("--end", type=click.IntRange(0), default=None, help="Last cycle to draw.")
+@click.option("-s", "--signal", "signals", multiple=True,
+              help="A signal to draw (dotted suffix of its path, e.g. sha.rnd); repeatable. "
+                   "Default: bus handshake, caller, engine state, SHA rounds, done.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write [default: the VCD's name with .png].")
+def waves(vcd: Path, list_only: bool, which: str | None, start: int | None, end: int | None,
+          signals: tuple[str, ...], out: Path | None) -> None:
+    """Commands in a waveform from --waves, and a timing diagram (PNG) of one of them."""
+    from mchsm.sim import waveplot
+
+    try:
+        spans = waveplot.commands(vcd)
+        if list_only or (which is None and start is None):
+            click.echo(f"{'#':>3}  {'command':<12}{'caller':>6}  {'start':>8}  {'cycles':>7}"
+                       "  status")
+            for s in spans:
+                cycles = "-" if s.cycles is None else str(s.cycles)
+                click.echo(f"{s.index:>3}  {s.cmd:<12}{s.caller!s:>6}  {s.start:>8}  "
+                           f"{cycles:>7}  {s.status or 'running'}")
+            return
+        title = None
+        if which is not None:
+            span = waveplot.find_command(spans, which)
+            last = span.end if span.end is not None else span.start + 200
+            start = span.start - 4 if start is None else start
+            end = last + 4 if end is None else end
+            title = (f"{span.cmd} from caller {span.caller}: {span.cycles} cycles, "
+                     f"{span.status}  ({vcd.name}, cycles {span.start}..{span.end})")
+        assert start is not None  # --list, --command or --start: one of them was given
+        target = waveplot.plot(vcd, out or vcd.with_suffix(".png"), start=start,
+                               end=start + 200 if end is None else end,
+                               signals=signals or waveplot.DEFAULT_SIGNALS, title=title)
+    except waveplot.WaveError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {target}")
+
+
 # ---------------------------------------------------------------------------------------------
 # FPGA boards: `mchsm build` and `mchsm demo --port` (see docs/boards.md)
 # ---------------------------------------------------------------------------------------------

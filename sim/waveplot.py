@@ -1,0 +1,320 @@
+"""Waveform pictures: read a VCD of the HSM, find its commands, draw a timing diagram as PNG.
+
+A VCD is what a simulator leaves behind, but opening it needs GTKWave or Surfer and knowing
+which of ~750 signals matter.  This module answers the two questions people ask of a run
+without either: *which commands ran, when, and how long did each take* (:func:`commands`,
+``mchsm waves --list``), and *what did the bus and the engine do during one of them*
+(:func:`plot`, ``mchsm waves --command ATTEST --out attest.png``).
+
+It reads the VCDs of both RTL simulators (Amaranth's, with string-valued FSM states, and
+Verilator's, with ``[7:0]`` ranges and signals of several scopes sharing one identifier).
+Signals are named by a dotted *suffix* of their full path (``busy``, ``sha.rnd``), and sampled
+once per cycle, just before each rising clock edge: the value a synchronous design acts on.
+Command boundaries come from the core's own registers (``start_cmd``, ``r_cmd``, ``r_done``,
+``r_status``, ``r_owner``), decoded with the constants module's ``Cmd`` and ``Status``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mchsm.constants import Cmd, Status
+
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "CommandSpan",
+    "Trace",
+    "Vcd",
+    "WaveError",
+    "commands",
+    "plot",
+    "read_vcd",
+]
+
+#: what a picture of one command shows by default: the Wishbone handshake, who is calling,
+#: the engine's state and micro-PC, the SHA-256 core's rounds, and done / the interrupt
+DEFAULT_SIGNALS: tuple[str, ...] = (
+    "bus__cyc", "bus__stb", "bus__we", "bus__ack", "bus__adr", "bus__dat_w", "caller",
+    "engine_state", "pc", "sha.busy", "sha.rnd", "r_done", "irq",
+)
+#: the core's registers a command list is read from
+_COMMAND_SIGNALS = ("start_cmd", "r_cmd", "r_done", "r_status", "r_owner")
+
+Value = int | str | None  # None: x or z
+
+
+class WaveError(ValueError):
+    """A VCD that cannot be read, or a signal or command that is not in it."""
+
+
+@dataclass
+class Trace:
+    """One signal's value changes: ``times`` ascending, ``values[k]`` from ``times[k]`` on."""
+
+    name: str  #: full dotted path, e.g. ``bench.top.sha.rnd``
+    width: int
+    times: list[int] = field(default_factory=list)
+    values: list[Value] = field(default_factory=list)
+
+    def before(self, t: int) -> Value:
+        """The value just before time ``t``: what a flip-flop clocked at ``t`` samples."""
+        k = bisect.bisect_left(self.times, t) - 1
+        return self.values[k] if k >= 0 else None
+
+
+@dataclass
+class Vcd:
+    """The signals of a VCD that were asked for, and every name it declares."""
+
+    names: list[str]  #: every declared signal, full dotted paths, in declaration order
+    traces: dict[str, Trace]  #: by the name they were asked for
+
+    def resolve(self, wanted: str) -> str:
+        """The full path ``wanted`` (a dotted suffix) names; ambiguity goes to the shallowest
+        match declared first, so ``clk`` is the top-level clock."""
+        return _resolve(self.names, wanted)
+
+
+def _resolve(names: Sequence[str], wanted: str) -> str:
+    if wanted in names:
+        return wanted
+    hits = [n for n in names if n.endswith("." + wanted)]
+    if not hits:
+        leaves: dict[str, str] = {}
+        for n in names:
+            leaves.setdefault(n.rsplit(".", 1)[-1], n)
+        near = [leaves[m] for m in difflib.get_close_matches(wanted.rsplit(".", 1)[-1],
+                                                            list(leaves), n=6, cutoff=0.6)]
+        hint = f"; similar: {', '.join(near)}" if near else ""
+        raise WaveError(f"no signal {wanted!r} in this VCD{hint}")
+    return min(hits, key=lambda n: n.count("."))
+
+
+def _parse_value(text: str) -> Value:
+    if text[0] in "bB":
+        bits = text[1:]
+        if any(c in bits for c in "xXzZ"):
+            return None
+        return int(bits, 2)
+    if text[0] in "sS":
+        return text[1:]
+    if text[0] in "rR":
+        return int(float(text[1:]))
+    return None if text[0] in "xXzZ" else int(text[0])
+
+
+def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
+    """Read the signals ``wanted`` (dotted suffixes of full paths) from the VCD at ``path``.
+
+    Only the wanted signals' changes are kept, so a long run's file costs time, not memory.
+    Raises :class:`WaveError` for a missing signal (with similar names as a hint).
+    """
+    names: list[str] = []
+    ids: dict[str, str] = {}  # full name -> identifier code
+    widths: dict[str, int] = {}
+    scope: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header: list[str] = []
+        for line in f:
+            header.extend(line.split())
+            if "$enddefinitions" in line:
+                break
+        else:
+            raise WaveError(f"{path}: not a VCD (no $enddefinitions)")
+        k = 0
+        while k < len(header):
+            word = header[k]
+            if word == "$scope":
+                scope.append(header[k + 2])
+                k += 3
+            elif word == "$upscope":
+                scope.pop()
+                k += 1
+            elif word == "$var":
+                end = header.index("$end", k)
+                _kind, width, code, name = header[k + 1:k + 5]
+                full = ".".join([*scope, name])
+                names.append(full)
+                ids[full] = code
+                widths[full] = int(width)
+                k = end + 1
+            else:
+                k += 1
+        asked = {w: _resolve(names, w) for w in wanted}
+        by_code: dict[str, list[Trace]] = {}
+        traces: dict[str, Trace] = {}
+        for w, full in asked.items():
+            trace = Trace(full, widths[full])
+            traces[w] = trace
+            by_code.setdefault(ids[full], []).append(trace)
+        now = 0
+        for line in f:
+            if not line or line[0] == "$":
+                continue
+            head = line[0]
+            if head == "#":
+                now = int(line[1:])
+                continue
+            if head in "bBrRsS":
+                value_text, _, code = line.rstrip("\n").partition(" ")
+            else:
+                value_text, code = line[0], line[1:].rstrip("\n")
+            targets = by_code.get(code)
+            if targets:
+                value = _parse_value(value_text)
+                for trace in targets:
+                    if trace.times and trace.times[-1] == now:
+                        trace.values[-1] = value  # several changes at one time: the last wins
+                    else:
+                        trace.times.append(now)
+                        trace.values.append(value)
+    return Vcd(names, traces)
+
+
+def _rising_edges(clock: Trace) -> list[int]:
+    return [t for t, prev, v in zip(clock.times[1:], clock.values, clock.values[1:], strict=False)
+            if v == 1 and prev == 0]
+
+
+@dataclass(frozen=True)
+class CommandSpan:
+    """One command the HSM ran: issued in cycle ``start``, ``done`` set in cycle ``end``."""
+
+    index: int
+    start: int
+    end: int | None  #: None: still running when the VCD ends
+    cmd: str
+    caller: int | None
+    status: str | None
+
+    @property
+    def cycles(self) -> int | None:
+        """From the CMD write to done: what the HSM's CYCLES register reports."""
+        return None if self.end is None else self.end - self.start
+
+
+def _name(enum: type[Cmd] | type[Status], value: Value) -> str:
+    try:
+        return enum(value).name  # type: ignore[arg-type]
+    except ValueError:
+        return f"0x{value:02x}" if isinstance(value, int) else "?"
+
+
+def _edges_and_samples(vcd: Vcd, clock: str, signals: Sequence[str]) -> tuple[list[int],
+                                                                           dict[str, list[Value]]]:
+    edges = _rising_edges(vcd.traces[clock])
+    if not edges:
+        raise WaveError(f"the clock {vcd.traces[clock].name} never rises")
+    return edges, {s: [vcd.traces[s].before(t) for t in edges] for s in signals}
+
+
+def commands(path: str | Path, *, clock: str = "clk") -> list[CommandSpan]:
+    """Every command in the VCD of an HSM run, in order, with its cycles, caller and status."""
+    vcd = read_vcd(path, (clock, *_COMMAND_SIGNALS))
+    _, s = _edges_and_samples(vcd, clock, _COMMAND_SIGNALS)
+    out: list[CommandSpan] = []
+    starts = [c for c, v in enumerate(s["start_cmd"]) if v == 1]
+    for index, start in enumerate(starts):
+        end = next((c for c in range(start + 1, len(s["r_done"]))
+                    if s["r_done"][c] == 1 and s["r_done"][c - 1] != 1), None)
+        after = start + 1 if start + 1 < len(s["r_cmd"]) else start
+        out.append(CommandSpan(
+            index=index, start=start, end=end,
+            cmd=_name(Cmd, s["r_cmd"][after]),
+            caller=s["r_owner"][after] if isinstance(s["r_owner"][after], int) else None,
+            status=None if end is None else _name(Status, s["r_status"][end])))
+    return out
+
+
+def find_command(spans: Sequence[CommandSpan], which: str) -> CommandSpan:
+    """``which`` is an index from :func:`commands` or a command name (its first occurrence,
+    ``NAME#k`` for the k-th, counting from 1)."""
+    if which.isdigit():
+        k = int(which)
+        if k >= len(spans):
+            raise WaveError(f"command {k}: the VCD has {len(spans)} commands (0..{len(spans) - 1})")
+        return spans[k]
+    name, _, nth = which.upper().partition("#")
+    matching = [s for s in spans if s.cmd == name]
+    n = int(nth) if nth.isdigit() else 1
+    if len(matching) < n or n < 1:
+        ran = ", ".join(sorted({s.cmd for s in spans})) or "none"
+        raise WaveError(f"no {which!r} among the commands of this VCD (it ran: {ran})")
+    return matching[n - 1]
+
+
+def _label(value: Value, width: int) -> str:
+    if value is None:
+        return "x"
+    if isinstance(value, str):
+        return value.split("/", 1)[0]  # Amaranth's FSM states read "RUN/3"
+    return f"{value:x}" if width > 4 else str(value)
+
+
+def plot(path: str | Path, out: str | Path, *, start: int, end: int,
+         signals: Sequence[str] = DEFAULT_SIGNALS, clock: str = "clk",
+         title: str | None = None) -> Path:
+    """Draw cycles ``start``..``end`` of ``signals`` as a timing diagram, written as PNG.
+
+    Needs matplotlib (the ``bench`` and ``dev`` extras).  Multi-bit values are labelled in hex
+    where their run is wide enough to read; x/z is drawn in red.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        raise WaveError("drawing needs matplotlib: pip install 'mchsm[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vcd = read_vcd(path, (clock, *signals))
+    edges, samples = _edges_and_samples(vcd, clock, signals)
+    start, end = max(0, start), min(end, len(edges) - 1)
+    if end <= start:
+        raise WaveError(f"empty window: cycles {start}..{end} of {len(edges)}")
+    n = end - start
+    width_in = min(max(8.0, n * 0.09), 22.0)
+    fig, ax = plt.subplots(figsize=(width_in, 0.42 * len(signals) + 1.2))
+    px_per_cycle = width_in * fig.dpi * 0.85 / n
+    for row, name in enumerate(signals):
+        y = len(signals) - 1 - row
+        values = samples[name][start:end]
+        width = vcd.traces[name].width
+        runs: list[tuple[int, int, Value]] = []
+        for c, v in enumerate(values):
+            if runs and runs[-1][2] == v:
+                runs[-1] = (runs[-1][0], c + 1, v)
+            else:
+                runs.append((c, c + 1, v))
+        for a, b, v in runs:
+            x0, x1 = start + a, start + b
+            if v is None:
+                ax.fill_between([x0, x1], y + 0.15, y + 0.85, color="#e57373", step="pre")
+            elif width == 1 and not isinstance(v, str):
+                level = y + (0.8 if v else 0.2)
+                ax.plot([x0, x1], [level, level], color="#1565c0", lw=1.2)
+                if a > 0:
+                    ax.plot([x0, x0], [y + 0.2, y + 0.8], color="#1565c0", lw=1.2)
+            else:
+                ax.fill_between([x0, x1], y + 0.2, y + 0.8, color="#e3f2fd", edgecolor="#1565c0",
+                                lw=0.8)
+                text = _label(v, width)
+                if (b - a) * px_per_cycle > 7 * len(text) + 4:
+                    ax.text((x0 + x1) / 2, y + 0.5, text, ha="center", va="center", fontsize=7)
+    ax.set_yticks([len(signals) - 1 - r + 0.5 for r in range(len(signals))])
+    ax.set_yticklabels(signals, fontsize=8, family="monospace")
+    ax.set_ylim(0, len(signals))
+    ax.set_xlim(start, end)
+    ax.set_xlabel("clock cycle")
+    ax.grid(axis="x", color="#dddddd", lw=0.5)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=fig.dpi)
+    plt.close(fig)
+    return target
