@@ -43,10 +43,16 @@ bitstreams: install
 	$(BIN)/mchsm build --board icebreaker --out build/icebreaker
 	$(BIN)/mchsm build --board ulx3s --out build/ulx3s
 
-# docs/img/attest_waves.png: the demo's first ATTEST, drawn from its waveform (about 40 s)
+# the pictures in docs/: the demo's first ATTEST and an HMAC of 64 bytes, drawn from
+# waveforms of the Amaranth simulator (about a minute)
+HMAC_KEY_HEX := 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 waves: install
 	$(BIN)/mchsm demo --waves build/demo.vcd > /dev/null
 	$(BIN)/mchsm waves build/demo.vcd --command ATTEST --out docs/img/attest_waves.png
+	$(BIN)/python -c "open('build/m64', 'wb').write(bytes(range(64)))"
+	$(BIN)/mchsm hmac --backend amaranth --key-hex $(HMAC_KEY_HEX) --waves build/hmac.vcd build/m64
+	$(BIN)/mchsm waves build/hmac.vcd --command HMAC --out docs/img/hmac_waves.png \
+	    -s bus__we -s bus__adr -s w_en -s pc -s k -s sha.busy -s sha.rnd -s r_done
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache

@@ -29,6 +29,16 @@ waves_option = click.option(
     "--waves", type=click.Path(path_type=Path), default=None,
     help="RTL backends: write a waveform (VCD) to this file or directory.",
 )
+
+
+def _check_waves(backend: str, waves: Path | None) -> None:
+    """The model has no signals: refuse --waves there rather than silently write nothing."""
+    if waves is not None and backend == "model":
+        raise click.BadParameter("the model has no waveform; use an RTL backend "
+                                 "(--backend amaranth, verilator or uart-sim)",
+                                 param_hint="--waves")
+
+
 contexts_option = click.option(
     "--contexts", type=click.IntRange(1, MAX_CONTEXTS), default=DEFAULT_CONTEXTS,
     show_default=True, help="Number of task contexts N of the HSM.",
@@ -65,6 +75,7 @@ def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | 
 
     if contexts < 4:
         raise click.BadParameter("the demo needs at least 4 contexts", param_hint="--contexts")
+    _check_waves(backend, waves)
     if backend != "model":
         click.echo(f"running the demo on the RTL ({backend})...", err=True)
     with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
@@ -80,42 +91,51 @@ def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | 
     sys.exit(0 if report.passed else 1)
 
 
-def _digest_files(backend: str, files: tuple[str, ...], key: bytes | None) -> list[str]:
-    """Compute HASH or HMAC of every file on the HSM; lines in sha256sum format."""
+def _digest_files(backend: str, files: tuple[str, ...], key: bytes | None,
+                  waves: Path | None = None) -> list[str]:
+    """Compute HASH or HMAC of every file on the HSM; lines in sha256sum format.
+
+    A waveform's path goes to stderr, so stdout stays what ``sha256sum`` prints.
+    """
     from mchsm.sw.jobs import digest_files
 
+    _check_waves(backend, waves)
     for name in files:
         if name != "-" and not Path(name).is_file():
             raise click.BadParameter(f"{name}: no such file", param_hint="FILE")
     stdin = sys.stdin.buffer.read() if "-" in files else None
     # absolute paths: a simulator backend runs the job in its own working directory
     names = [name if name == "-" else str(Path(name).resolve()) for name in files]
-    run = run_on_backend(backend, digest_files, job_args={"names": names, "key": key,
-                                                          "stdin": stdin})
+    run = run_on_backend(backend, digest_files, waves=waves,
+                         job_args={"names": names, "key": key, "stdin": stdin})
+    if run.waves is not None:
+        click.echo(f"waveform: {run.waves}", err=True)
     return [line.replace(f"  {new}", f"  {old}", 1) for line, old, new in
             zip(run.value, files, names, strict=True)]
 
 
 @main.command("hash")
 @backend_option(DIGEST_BACKEND)
+@waves_option
 @click.argument("files", nargs=-1, required=True)
-def hash_files(backend: str, files: tuple[str, ...]) -> None:
+def hash_files(backend: str, waves: Path | None, files: tuple[str, ...]) -> None:
     """SHA-256 of FILES computed by the HSM, printed like sha256sum."""
-    for line in _digest_files(backend, files, None):
+    for line in _digest_files(backend, files, None, waves):
         click.echo(line)
 
 
 @main.command("hmac")
 @backend_option(DIGEST_BACKEND)
 @click.option("--key-hex", required=True, help="The HMAC key in hex (imported write-only).")
+@waves_option
 @click.argument("files", nargs=-1, required=True)
-def hmac_files(backend: str, key_hex: str, files: tuple[str, ...]) -> None:
+def hmac_files(backend: str, key_hex: str, waves: Path | None, files: tuple[str, ...]) -> None:
     """HMAC-SHA256 of FILES under a key imported into the HSM."""
     try:
         key = bytes.fromhex(key_hex)
     except ValueError:
         raise click.BadParameter("the key must be hexadecimal", param_hint="--key-hex") from None
-    for line in _digest_files(backend, files, key):
+    for line in _digest_files(backend, files, key, waves):
         click.echo(line)
 
 

@@ -3,6 +3,8 @@ and `mchsm waves` writing a PNG."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from pathlib import Path
 
@@ -164,3 +166,28 @@ def test_cli_lists_and_draws(run_vcd: tuple[Path, list[tuple[int, ...]]],
                           (["--start", "0", "-s", "nosuch"], "no signal 'nosuch'")):
         bad = CliRunner().invoke(main, ["waves", str(vcd), *args, "--out", str(png)])
         assert bad.exit_code != 0 and message in bad.output, bad.output
+
+
+def test_hmac_waves_leave_stdout_to_the_digest(tmp_path: Path) -> None:
+    """--waves on hash/hmac: the VCD path goes to stderr, stdout stays sha256sum-like, and
+    the waveform holds the key import and the MAC."""
+    message = tmp_path / "m64"
+    message.write_bytes(bytes(range(64)))
+    key, vcd = bytes(range(32)), tmp_path / "hmac.vcd"
+    result = CliRunner().invoke(main, ["hmac", "--backend", "amaranth", "--key-hex", key.hex(),
+                                       "--waves", str(vcd), str(message)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{hmac.new(key, bytes(range(64)), hashlib.sha256).hexdigest()}" \
+                            f"  {message}\n"
+    assert f"waveform: {vcd}" in result.stderr
+    assert [(s.cmd, s.status) for s in waveplot.commands(vcd)] == [("HMAC_KEY", "OK"),
+                                                                   ("HMAC", "OK")]
+
+
+def test_waves_refused_on_the_model(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    for args in (["hash", "--waves", str(tmp_path / "w.vcd"), str(tmp_path / "f")],
+                 ["demo", "--backend", "model", "--waves", str(tmp_path / "w.vcd")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0 and "the model has no waveform" in result.output
+        assert not (tmp_path / "w.vcd").exists()
