@@ -43,6 +43,11 @@ bitstreams: install
 	$(BIN)/mchsm build --board icebreaker --out build/icebreaker
 	$(BIN)/mchsm build --board ulx3s --out build/ulx3s
 
+# ProVerif on every protocol model against proverif/expected.json (needs `proverif` on PATH:
+# opam install proverif; see docs/proofs.md)
+prove: install
+	$(BIN)/mchsm prove
+
 # the pictures in docs/: the demo's first ATTEST and an HMAC of 64 bytes, drawn from
 # waveforms of the Amaranth simulator (about a minute)
 HMAC_KEY_HEX := 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
