@@ -31,6 +31,7 @@ __all__ = [
     "Vcd",
     "WaveError",
     "commands",
+    "find_command",
     "plot",
     "read_vcd",
 ]
@@ -68,18 +69,14 @@ class Trace:
 
 @dataclass
 class Vcd:
-    """The signals of a VCD that were asked for, and every name it declares."""
+    """The signals of a VCD that were asked for, by the name they were asked for."""
 
-    names: list[str]  #: every declared signal, full dotted paths, in declaration order
-    traces: dict[str, Trace]  #: by the name they were asked for
-
-    def resolve(self, wanted: str) -> str:
-        """The full path ``wanted`` (a dotted suffix) names; ambiguity goes to the shallowest
-        match declared first, so ``clk`` is the top-level clock."""
-        return _resolve(self.names, wanted)
+    traces: dict[str, Trace]
 
 
 def _resolve(names: Sequence[str], wanted: str) -> str:
+    """The full path ``wanted`` (a dotted suffix) names; ambiguity goes to the shallowest
+    match declared first, so ``clk`` is the top-level clock."""
     if wanted in names:
         return wanted
     hits = [n for n in names if n.endswith("." + wanted)]
@@ -172,7 +169,7 @@ def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
                     else:
                         trace.times.append(now)
                         trace.values.append(value)
-    return Vcd(names, traces)
+    return Vcd(traces)
 
 
 def _rising_edges(clock: Trace) -> list[int]:

@@ -209,6 +209,17 @@ def test_readout_rotation_keeps_h():
     run(tb)
 
 
+async def _hmac_passes(drv, ipad, opad, msg: bytes) -> None:
+    """HMAC's two passes on the engine: resume from the ipad midstate over ``msg``, then from
+    the opad midstate over the inner digest; the tag is then read with ``drv.rotate()``."""
+    await drv.rotate(ipad, resume_with_last=True)
+    await drv.stream(words_of(msg))
+    await drv.wait_done()
+    inner = await drv.rotate(opad, resume_with_last=True)
+    await drv.stream([(w, i == 7, 4) for i, w in enumerate(inner)])
+    await drv.wait_done()
+
+
 def _hmac_via_engine(drv, key: bytes, msg: bytes):
     """Full HMAC-SHA256 through the engine with ipad/opad midstates, as the HSM would do it."""
     if len(key) > 64:
@@ -219,12 +230,7 @@ def _hmac_via_engine(drv, key: bytes, msg: bytes):
 
     async def go():
         t0 = drv.cycle
-        await drv.rotate(ipad, resume_with_last=True)
-        await drv.stream(words_of(msg))
-        await drv.wait_done()
-        inner = await drv.rotate(opad, resume_with_last=True)
-        await drv.stream([(w, i == 7, 4) for i, w in enumerate(inner)])
-        await drv.wait_done()
+        await _hmac_passes(drv, ipad, opad, msg)
         cycles = drv.cycle - t0 + 1  # + the cycle in which `done` is seen
         return struct.pack(">8I", *await drv.rotate()), cycles
 
@@ -317,12 +323,7 @@ def test_cut_gives_midstates():
             kb = key.ljust(64, b"\0")
             _, _, ipad = await cut_after(bytes(x ^ 0x36 for x in kb))
             _, _, opad = await cut_after(bytes(x ^ 0x5C for x in kb))
-            await drv.rotate(ipad, resume_with_last=True)
-            await drv.stream(words_of(msg))
-            await drv.wait_done()
-            inner = await drv.rotate(opad, resume_with_last=True)
-            await drv.stream([(w, i == 7, 4) for i, w in enumerate(inner)])
-            await drv.wait_done()
+            await _hmac_passes(drv, ipad, opad, msg)
             tag = struct.pack(">8I", *await drv.rotate())
             assert tag == hmac.new(key, msg, hashlib.sha256).digest()
 
