@@ -356,8 +356,24 @@ def test_build_cache_hit(design: str, standin: vl.BuildInfo) -> None:
     assert time.perf_counter() - t0 < 3 and again.seconds < 3
     assert again.executable == standin.executable and again.executable.is_file()
     assert again.cold_seconds == pytest.approx(standin.cold_seconds)
-    # a build with waves serves a run without them
-    assert vl.build(design, TOP).hash == standin.hash
+
+
+def test_waves_build_serves_a_run_without_waves(design: str, standin: vl.BuildInfo,
+                                                tmp_path: Path) -> None:
+    """A cache that holds only the waves build answers a no-waves request with it.
+
+    The test owns its cache root, seeded with that one entry: in the shared cache another test
+    (or an earlier run) may already have built the design without waves, and then that build
+    is the right answer - which made this check depend on the order tests ran in.
+    """
+    entry = tmp_path / "verilator" / standin.hash
+    (entry / "sim_build").mkdir(parents=True)
+    shutil.copy2(standin.directory / "build.json", entry / "build.json")
+    shutil.copy2(standin.executable, entry / "sim_build" / standin.executable.name)
+    served = vl.build(design, TOP, cache_dir=tmp_path)
+    assert served.cached and served.hash == standin.hash and served.waves == "vcd"
+    assert served.directory == entry
+    assert list((tmp_path / "verilator").iterdir()) == [entry]  # nothing was built
 
 
 def test_design_hash() -> None:
