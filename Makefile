@@ -23,10 +23,12 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n $(JOBS) -q
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # HSM cycles (RTL), bytes on the wire, a TPM 2.0 beside it (if swtpm + tpm2-tools are installed),
 # verifier throughput and simulator speed -> bench/results.{json,md}, bench/attest.png

@@ -70,8 +70,9 @@ def _meta(devices: int) -> dict[str, object]:
     return {**RECIPE, "devices": devices, "schema": verifier_module.SCHEMA_VERSION}
 
 
-def open_fleet(cache: Path, devices: int,
-               progress: Callable[[str], None] = print) -> tuple[Path, bool, float]:
+def open_fleet(
+    cache: Path, devices: int, progress: Callable[[str], None] = print
+) -> tuple[Path, bool, float]:
     """The registry of a fleet of ``devices`` devices: (path, reused, seconds spent building).
 
     A cached file is reused when its side-car JSON names the same recipe and schema; otherwise
@@ -112,20 +113,31 @@ def _fill(path: Path, devices: int, progress: Callable[[str], None]) -> None:
         now = time.time()
         ids = sorted(dev_id(i) for i in range(devices))  # appending in key order is fastest
         for start in range(0, devices, _CHUNK):
-            chunk = ids[start:start + _CHUNK]
+            chunk = ids[start : start + _CHUNK]
             conn.executemany(
                 "INSERT INTO devices (dev_id, root_key, contexts, name, last_ctr, created) "
                 "VALUES (?, ?, ?, ?, 0, ?)",
-                ((d, root_key(d), TASKS, f"bench-{d[:4].hex()}", now) for d in chunk))
+                ((d, root_key(d), TASKS, f"bench-{d[:4].hex()}", now) for d in chunk),
+            )
             conn.executemany(
-                "INSERT INTO tasks (dev_id, ctx, name, version, reference) "
-                "VALUES (?, ?, ?, 1, ?)",
-                _task_rows(chunk, refs))
+                "INSERT INTO tasks (dev_id, ctx, name, version, reference) VALUES (?, ?, ?, 1, ?)",
+                _task_rows(chunk, refs),
+            )
             conn.executemany(
                 "INSERT INTO audit (time, dev_id, kind, ctx, outcome, detail) "
                 "VALUES (?, ?, 'register', NULL, 'ok', ?)",
-                ((now, d, json.dumps({"contexts": TASKS, "name": f"bench-{d[:4].hex()}"},
-                                     separators=(",", ":"))) for d in chunk))
+                (
+                    (
+                        now,
+                        d,
+                        json.dumps(
+                            {"contexts": TASKS, "name": f"bench-{d[:4].hex()}"},
+                            separators=(",", ":"),
+                        ),
+                    )
+                    for d in chunk
+                ),
+            )
             done = min(start + _CHUNK, devices)
             if devices >= 200_000 and done % 200_000 < _CHUNK:
                 progress(f"    {done:,} / {devices:,} devices written")
@@ -135,8 +147,9 @@ def _fill(path: Path, devices: int, progress: Callable[[str], None]) -> None:
         conn.close()
 
 
-def _task_rows(ids: list[bytes],
-               refs: dict[int, tuple[str, bytes]]) -> Iterator[tuple[bytes, int, str, bytes]]:
+def _task_rows(
+    ids: list[bytes], refs: dict[int, tuple[str, bytes]]
+) -> Iterator[tuple[bytes, int, str, bytes]]:
     for d in ids:
         for ctx, (name, ref) in refs.items():
             yield d, ctx, name, ref

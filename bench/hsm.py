@@ -55,12 +55,18 @@ def find_fmax(root: Path) -> dict[str, Any]:
     """
     env = os.environ.get("MCHSM_BENCH_FMAX_MHZ")
     if env:
-        return {"mhz": float(env), "source": "MCHSM_BENCH_FMAX_MHZ (set by the user)",
-                "whole_design": None}
+        return {
+            "mhz": float(env),
+            "source": "MCHSM_BENCH_FMAX_MHZ (set by the user)",
+            "whole_design": None,
+        }
     found: list[tuple[float, str]] = []
     build = root / "build"
-    reports = sorted({*build.glob("**/report.json"), *build.glob("**/*.report.json")}) \
-        if build.is_dir() else []
+    reports = (
+        sorted({*build.glob("**/report.json"), *build.glob("**/*.report.json")})
+        if build.is_dir()
+        else []
+    )
     for report in reports:
         try:
             data = json.loads(report.read_text())
@@ -74,7 +80,7 @@ def find_fmax(root: Path) -> dict[str, Any]:
     return {
         "mhz": FALLBACK_FMAX_MHZ,
         "source": "no board build report found: the SHA-256 engine's measured standalone Fmax "
-                  "(~26 MHz on iCE40), NOT the whole design's",
+        "(~26 MHz on iCE40), NOT the whole design's",
         "whole_design": False,
     }
 
@@ -111,22 +117,26 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict[str, float]:
     intercept = my - slope * mx
     ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys, strict=True))
     ss_tot = sum((y - my) ** 2 for y in ys)
-    return {"slope": slope, "intercept": intercept,
-            "r2": 1.0 - ss_res / ss_tot if ss_tot else 1.0}
+    return {"slope": slope, "intercept": intercept, "r2": 1.0 - ss_res / ss_tot if ss_tot else 1.0}
 
 
 def _check_evidence(contexts: int, attests: list[dict[str, Any]]) -> None:
     """Every measured ATTEST must have produced the right tag, or its cycles mean nothing."""
     for a in attests:
         if a["ok"] != a["sel"]:
-            raise AssertionError(f"ATTEST over {contexts} contexts reported ok=0x{a['ok']:x}, "
-                                 f"expected every selected task OK")
+            raise AssertionError(
+                f"ATTEST over {contexts} contexts reported ok=0x{a['ok']:x}, "
+                f"expected every selected task OK"
+            )
         if a["tag"] != jobs.expected_tag(contexts, a["nonce"], a["sel"], a["ok"], a["ctr"]):
             raise AssertionError(f"ATTEST over {contexts} contexts returned a wrong tag")
 
 
-def measure_hsm(progress: Progress, contexts: tuple[int, ...] = ATTEST_CONTEXTS,
-                measure_sizes: tuple[int, ...] = MEASURE_SIZES) -> dict[str, Any]:
+def measure_hsm(
+    progress: Progress,
+    contexts: tuple[int, ...] = ATTEST_CONTEXTS,
+    measure_sizes: tuple[int, ...] = MEASURE_SIZES,
+) -> dict[str, Any]:
     """Section 1: cycles of SHA-256, HMAC, ATTEST(N), UPDATE and MEASURE on the RTL."""
     from mchsm.sim.verilator import simulate_job
 
@@ -134,9 +144,16 @@ def measure_hsm(progress: Progress, contexts: tuple[int, ...] = ATTEST_CONTEXTS,
     for n in contexts:
         full = n == 8
         began = time.perf_counter()
-        run = simulate_job(jobs.hsm_cycles_job, n, job_args={
-            "contexts": n, "repeats": 3, "full": full,
-            "measure_sizes": tuple(measure_sizes) if full else ()})
+        run = simulate_job(
+            jobs.hsm_cycles_job,
+            n,
+            job_args={
+                "contexts": n,
+                "repeats": 3,
+                "full": full,
+                "measure_sizes": tuple(measure_sizes) if full else (),
+            },
+        )
         value = run.value
         _check_evidence(n, value["attest"])
         cycles = [a["cycles"] for a in value["attest"]]
@@ -144,9 +161,12 @@ def measure_hsm(progress: Progress, contexts: tuple[int, ...] = ATTEST_CONTEXTS,
             progress(f"    note: ATTEST({n}) took {cycles} cycles on repeats (expected equal)")
         out["attest"][n] = statistics.median(cycles)
         out["builds"][n] = {
-            "cached": run.build.cached, "seconds": round(run.build.seconds, 3),
-            "cold_seconds": run.build.cold_seconds, "runtime_cached": run.build.runtime_cached,
-            "hash": run.build.hash[:12], "sim_cycles": run.cycles,
+            "cached": run.build.cached,
+            "seconds": round(run.build.seconds, 3),
+            "cold_seconds": run.build.cold_seconds,
+            "runtime_cached": run.build.runtime_cached,
+            "hash": run.build.hash[:12],
+            "sim_cycles": run.cycles,
             "sim_wall_seconds": round(run.wall_seconds, 2),
         }
         if full:
@@ -154,19 +174,27 @@ def measure_hsm(progress: Progress, contexts: tuple[int, ...] = ATTEST_CONTEXTS,
             blocks = value["sha_blocks"]
             long_ = value[f"hash_{blocks}_blocks"]
             out["sha256"] = {
-                "hash_1_block": value["hash_1_block"], f"hash_{blocks}_blocks": long_,
+                "hash_1_block": value["hash_1_block"],
+                f"hash_{blocks}_blocks": long_,
                 "blocks": blocks,
                 "cycles_per_block": (long_ - value["hash_1_block"]) / (blocks - 1),
             }
             out["hmac_64B"] = value["hmac_64B"]
             out["attest_sel1_n8"] = value["attest_sel1"]
-            out["measure"] = {size: {"cycles": c, "bytes_per_cycle": size / c}
-                              for size, c in value["measure"].items()}
-        build = ("cached build" if run.build.cached else
-                 f"cold build {run.build.cold_seconds:.1f} s "
-                 f"({'cached' if run.build.runtime_cached else 'fresh'} Verilator runtime)")
-        progress(f"    N={n:>2}: {build}; {run.cycles:,} cycles simulated in "
-                 f"{time.perf_counter() - began:.1f} s; ATTEST {out['attest'][n]} cycles")
+            out["measure"] = {
+                size: {"cycles": c, "bytes_per_cycle": size / c}
+                for size, c in value["measure"].items()
+            }
+        build = (
+            "cached build"
+            if run.build.cached
+            else f"cold build {run.build.cold_seconds:.1f} s "
+            f"({'cached' if run.build.runtime_cached else 'fresh'} Verilator runtime)"
+        )
+        progress(
+            f"    N={n:>2}: {build}; {run.cycles:,} cycles simulated in "
+            f"{time.perf_counter() - began:.1f} s; ATTEST {out['attest'][n]} cycles"
+        )
     ns = sorted(out["attest"])
     out["attest_fit"] = linear_fit([float(n) for n in ns], [float(out["attest"][n]) for n in ns])
     return out
@@ -181,9 +209,14 @@ def _children_cpu() -> float:
 SPEED_ATTESTATIONS = {"model": 200, "amaranth": 8, "verilator": 40}
 
 
-def measure_simulators(progress: Progress, *, contexts: int = 8, cold_build: bool = True,
-                       repeats: int = 3,
-                       attestations: dict[str, int] | None = None) -> dict[str, Any]:
+def measure_simulators(
+    progress: Progress,
+    *,
+    contexts: int = 8,
+    cold_build: bool = True,
+    repeats: int = 3,
+    attestations: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Section 5: simulated cycles per second and attestations per second on every backend, and
     the Verilator build time: cold in a fresh cache directory, then cached.
 
@@ -202,36 +235,46 @@ def measure_simulators(progress: Progress, *, contexts: int = 8, cold_build: boo
     def args(backend: str) -> dict[str, Any]:
         return {"contexts": contexts, "attestations": counts[backend]}
 
-    model = [run_on_backend("model", jobs.speed_job, contexts, job_args=args("model")).value
-             for _ in range(repeats)]
-    out["model"] = {"attest_per_s": statistics.median(
-        m["attestations"] / m["seconds"] for m in model)}
+    model = [
+        run_on_backend("model", jobs.speed_job, contexts, job_args=args("model")).value
+        for _ in range(repeats)
+    ]
+    out["model"] = {
+        "attest_per_s": statistics.median(m["attestations"] / m["seconds"] for m in model)
+    }
     progress(f"    model: {out['model']['attest_per_s']:,.0f} attestations/s")
 
     amaranth = []
     for _ in range(repeats):
+
         async def job(driver: Any) -> dict[str, Any]:
             return await jobs.speed_job(driver, **args("amaranth"))
+
         cpu = time.process_time()
         run = run_on_amaranth(job, contexts)
         amaranth.append((run, time.process_time() - cpu))
-    out["amaranth"] = _speed_figures([(r.cycles, r.seconds, cpu, r.result)
-                                      for r, cpu in amaranth])
-    progress(f"    Amaranth simulator: {out['amaranth']['cycles_per_s']:,.0f} cycles/s, "
-             f"{out['amaranth']['attest_per_s']:.1f} attestations/s")
+    out["amaranth"] = _speed_figures([(r.cycles, r.seconds, cpu, r.result) for r, cpu in amaranth])
+    progress(
+        f"    Amaranth simulator: {out['amaranth']['cycles_per_s']:,.0f} cycles/s, "
+        f"{out['amaranth']['attest_per_s']:.1f} attestations/s"
+    )
 
     verilator = []
     for _ in range(repeats):
         cpu = _children_cpu()
         run = simulate_job(jobs.speed_job, contexts, job_args=args("verilator"))
         verilator.append((run, _children_cpu() - cpu))
-    out["verilator"] = _speed_figures([(r.cycles, r.job_wall_seconds, cpu, r.value)
-                                       for r, cpu in verilator])
+    out["verilator"] = _speed_figures(
+        [(r.cycles, r.job_wall_seconds, cpu, r.value) for r, cpu in verilator]
+    )
     out["verilator"]["process_wall_seconds"] = statistics.median(
-        r.wall_seconds for r, _ in verilator)
-    progress(f"    cocotb + Verilator: {out['verilator']['cycles_per_s']:,.0f} cycles/s, "
-             f"{out['verilator']['attest_per_s']:.1f} attestations/s (simulator process "
-             f"{out['verilator']['process_wall_seconds']:.1f} s with start-up)")
+        r.wall_seconds for r, _ in verilator
+    )
+    progress(
+        f"    cocotb + Verilator: {out['verilator']['cycles_per_s']:,.0f} cycles/s, "
+        f"{out['verilator']['attest_per_s']:.1f} attestations/s (simulator process "
+        f"{out['verilator']['process_wall_seconds']:.1f} s with start-up)"
+    )
     # the same RTL must give the same HSM cycles per attestation on both simulators
     per = [r.result["hsm_cycles"] / r.result["attestations"] for r, _ in amaranth[:1]]
     per += [r.value["hsm_cycles"] / r.value["attestations"] for r, _ in verilator[:1]]
@@ -246,7 +289,8 @@ def measure_simulators(progress: Progress, *, contexts: int = 8, cold_build: boo
     cached = build(text, TOP_NAME)
     out["build_cached_seconds"] = cached.seconds
     out["build_cold_with_cached_runtime_seconds"] = (
-        cached.cold_seconds if cached.runtime_cached else None)
+        cached.cold_seconds if cached.runtime_cached else None
+    )
     if cold_build:
         progress("    cold Verilator build in a fresh cache directory (about a minute) ...")
         with tempfile.TemporaryDirectory(prefix="mchsm-bench-cache-") as tmp:
@@ -256,8 +300,10 @@ def measure_simulators(progress: Progress, *, contexts: int = 8, cold_build: boo
             out["build_cold_seconds"] = time.perf_counter() - began
             out["build_cold_cpu_seconds"] = _children_cpu() - cpu
             out["build_cold_runtime_cached"] = cold.runtime_cached
-        progress(f"    cold build {out['build_cold_seconds']:.1f} s wall, "
-                 f"{out['build_cold_cpu_seconds']:.1f} s CPU; cached {cached.seconds * 1e3:.0f} ms")
+        progress(
+            f"    cold build {out['build_cold_seconds']:.1f} s wall, "
+            f"{out['build_cold_cpu_seconds']:.1f} s CPU; cached {cached.seconds * 1e3:.0f} ms"
+        )
     else:
         out["build_cold_seconds"] = None
     return out

@@ -42,8 +42,9 @@ def expected_tag(contexts: int, nonce: bytes, sel: int, ok: int, ctr: int) -> by
     cycle count is only reported for a command that computed the right answer."""
     refs = {ctx: protocol.reference(image(ctx)) for ctx in range(1, contexts + 1)}
     digest = protocol.select_digest(refs, sel)
-    return protocol.hmac_sha256(protocol.derive_att_key(ROOT),
-                                protocol.att_message(DEV, nonce, sel, ok, ctr, digest))
+    return protocol.hmac_sha256(
+        protocol.derive_att_key(ROOT), protocol.att_message(DEV, nonce, sel, ok, ctr, digest)
+    )
 
 
 async def _install(driver: HsmDriver, contexts: int) -> int:
@@ -64,9 +65,14 @@ async def _install(driver: HsmDriver, contexts: int) -> int:
     return update_cycles
 
 
-async def hsm_cycles_job(driver: HsmDriver, contexts: int, repeats: int = 3, full: bool = False,
-                         sha_blocks: int = 257,
-                         measure_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
+async def hsm_cycles_job(
+    driver: HsmDriver,
+    contexts: int,
+    repeats: int = 3,
+    full: bool = False,
+    sha_blocks: int = 257,
+    measure_sizes: tuple[int, ...] = (),
+) -> dict[str, Any]:
     """Cycles of ATTEST over all ``contexts`` contexts (``repeats`` times) and of UPDATE; with
     ``full`` also SHA-256 per block, HMAC of 64 bytes and MEASURE of ``measure_sizes`` bytes.
 
@@ -82,8 +88,16 @@ async def hsm_cycles_job(driver: HsmDriver, contexts: int, repeats: int = 3, ful
         nonce = bytes([r]) + ATTEST_NONCE[1:]
         reply = await driver.run(MANAGER, Cmd.ATTEST, 0, u32(sel) + nonce)
         evidence = protocol.Evidence.unpack(reply.check())
-        attests.append({"cycles": reply.cycles, "nonce": nonce, "sel": evidence.sel,
-                        "ok": evidence.ok, "ctr": evidence.ctr, "tag": evidence.tag})
+        attests.append(
+            {
+                "cycles": reply.cycles,
+                "nonce": nonce,
+                "sel": evidence.sel,
+                "ok": evidence.ok,
+                "ctr": evidence.ctr,
+                "tag": evidence.tag,
+            }
+        )
     out["attest"] = attests
     reply = await driver.run(MANAGER, Cmd.ATTEST, 0, u32(1) + ATTEST_NONCE)
     reply.check()
@@ -130,5 +144,8 @@ async def speed_job(driver: HsmDriver, contexts: int, attestations: int) -> dict
     for r in range(attestations):
         await port.attest(r.to_bytes(4, "big") + ATTEST_NONCE[4:], sel)
     seconds = time.perf_counter() - began
-    return {"attestations": attestations, "seconds": seconds,
-            "hsm_cycles": driver.cycles - cycles_before}
+    return {
+        "attestations": attestations,
+        "seconds": seconds,
+        "hsm_cycles": driver.cycles - cycles_before,
+    }

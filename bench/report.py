@@ -24,8 +24,9 @@ def _time(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f} µs"
 
 
-def _check(name: str, value: float, target: float, kind: str, unit: str,
-           digits: int = 0) -> dict[str, Any]:
+def _check(
+    name: str, value: float, target: float, kind: str, unit: str, digits: int = 0
+) -> dict[str, Any]:
     """One target: met or missed, and by how much (absolute and relative)."""
     met = value <= target if kind == "max" else value >= target
     gap = value - target if kind == "max" else target - value
@@ -34,10 +35,17 @@ def _check(name: str, value: float, target: float, kind: str, unit: str,
         if target and unit:  # a margin on a dimensionless criterion (R², a ratio) says little
             text += f" ({abs(gap) / abs(target):.0%} margin)"
     else:
-        text = f"**MISSED** by {gap:,.{digits}f}{f' {unit}' if unit else ''} " \
-               f"({gap / abs(target):.0%})"
-    return {"name": name, "value": value, "target": target, "kind": kind, "met": met,
-            "verdict": text}
+        text = (
+            f"**MISSED** by {gap:,.{digits}f}{f' {unit}' if unit else ''} ({gap / abs(target):.0%})"
+        )
+    return {
+        "name": name,
+        "value": value,
+        "target": target,
+        "kind": kind,
+        "met": met,
+        "verdict": text,
+    }
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -47,30 +55,60 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if hsm:
         att = {int(k): v for k, v in hsm["attest"].items()}
         if "sha256" in hsm:
-            out.append(_check("SHA-256 cycles/block", hsm["sha256"]["cycles_per_block"], 65,
-                              "max", "cycles", 2))
+            out.append(
+                _check(
+                    "SHA-256 cycles/block",
+                    hsm["sha256"]["cycles_per_block"],
+                    65,
+                    "max",
+                    "cycles",
+                    2,
+                )
+            )
         if "hmac_64B" in hsm:
             out.append(_check("HMAC 64 B cycles", hsm["hmac_64B"], 200, "max", "cycles"))
         if 8 in att:
             out.append(_check("ATTEST(8) cycles", att[8], 600, "max", "cycles"))
         if 32 in att:
             out.append(_check("ATTEST(32) cycles", att[32], 1400, "max", "cycles"))
-        out.append(_check("ATTEST linear in N (R²)", hsm["attest_fit"]["r2"], 0.99, "min", "",
-                          4))
+        out.append(_check("ATTEST linear in N (R²)", hsm["attest_fit"]["r2"], 0.99, "min", "", 4))
         measure = {int(k): v for k, v in hsm.get("measure", {}).items()}
         if 65536 in measure:
-            out.append(_check("MEASURE 64 KiB bytes/cycle", measure[65536]["bytes_per_cycle"],
-                              0.95, "min", "B/cycle", 3))
+            out.append(
+                _check(
+                    "MEASURE 64 KiB bytes/cycle",
+                    measure[65536]["bytes_per_cycle"],
+                    0.95,
+                    "min",
+                    "B/cycle",
+                    3,
+                )
+            )
     ver = r.get("verifier")
     if ver:
         fleets = {int(k): v for k, v in ver["fleets"].items()}
         for n, f in sorted(fleets.items()):
-            out.append(_check(f"verify_many({ver['batch']}) /s, {n:,} devices",
-                              f["batched"]["per_cpu_s"], 25_000, "min", "verifications/s"))
+            out.append(
+                _check(
+                    f"verify_many({ver['batch']}) /s, {n:,} devices",
+                    f["batched"]["per_cpu_s"],
+                    25_000,
+                    "min",
+                    "verifications/s",
+                )
+            )
         rates = [f["batched"]["per_cpu_s"] for f in fleets.values()]
         if len(rates) > 1:
-            out.append(_check("verifier flat in fleet size (slowest/fastest)",
-                              min(rates) / max(rates), 0.8, "min", "", 2))
+            out.append(
+                _check(
+                    "verifier flat in fleet size (slowest/fastest)",
+                    min(rates) / max(rates),
+                    0.8,
+                    "min",
+                    "",
+                    2,
+                )
+            )
     return out
 
 
@@ -94,45 +132,75 @@ def markdown(r: dict[str, Any]) -> str:
         s = "HSM (RTL, Verilator)"
         if "sha256" in hsm:
             sha = hsm["sha256"]
-            row(s, f"SHA-256, sustained, per 64-byte block ({sha['blocks']}-block message)",
-                f"{sha['cycles_per_block']:.2f} cycles/block", "≤ 65", "SHA-256 cycles/block")
+            row(
+                s,
+                f"SHA-256, sustained, per 64-byte block ({sha['blocks']}-block message)",
+                f"{sha['cycles_per_block']:.2f} cycles/block",
+                "≤ 65",
+                "SHA-256 cycles/block",
+            )
         if "hmac_64B" in hsm:
-            row(s, "HMAC-SHA256 of 64 bytes (HMAC command, key imported)", cyc(hsm["hmac_64B"]),
-                "≤ 200", "HMAC 64 B cycles")
+            row(
+                s,
+                "HMAC-SHA256 of 64 bytes (HMAC command, key imported)",
+                cyc(hsm["hmac_64B"]),
+                "≤ 200",
+                "HMAC 64 B cycles",
+            )
         for n, c in sorted((int(k), v) for k, v in hsm["attest"].items()):
             target = {8: "≤ 600", 32: "≤ 1400"}.get(n, "")
-            row(s, f"ATTEST, {n} context{'s' if n > 1 else ''} selected", cyc(c), target,
-                f"ATTEST({n}) cycles")
+            row(
+                s,
+                f"ATTEST, {n} context{'s' if n > 1 else ''} selected",
+                cyc(c),
+                target,
+                f"ATTEST({n}) cycles",
+            )
         fit = hsm["attest_fit"]
-        row(s, "ATTEST(N) least-squares line",
-            f"{fit['slope']:.1f} cycles/context × N + {fit['intercept']:.1f}, "
-            f"R² = {fit['r2']:.4f}", "linear (R² ≥ 0.99)", "ATTEST linear in N (R²)")
+        row(
+            s,
+            "ATTEST(N) least-squares line",
+            f"{fit['slope']:.1f} cycles/context × N + {fit['intercept']:.1f}, R² = {fit['r2']:.4f}",
+            "linear (R² ≥ 0.99)",
+            "ATTEST linear in N (R²)",
+        )
         if "update" in hsm:
-            row(s, "UPDATE (authorisation checked, reference installed, ack)",
-                cyc(hsm["update"]))
+            row(s, "UPDATE (authorisation checked, reference installed, ack)", cyc(hsm["update"]))
         for size, m in sorted((int(k), v) for k, v in hsm.get("measure", {}).items()):
-            row(s, f"MEASURE {size // 1024} KiB image",
+            row(
+                s,
+                f"MEASURE {size // 1024} KiB image",
                 f"{m['bytes_per_cycle']:.3f} B/cycle ({m['cycles']:,} cycles = "
                 f"{_us(m['cycles'], board)} @ 12 MHz)",
                 "≥ 0.95 B/cycle" if size == 65536 else "",
-                "MEASURE 64 KiB bytes/cycle" if size == 65536 else "")
+                "MEASURE 64 KiB bytes/cycle" if size == 65536 else "",
+            )
 
     ev = r.get("evidence")
     if ev:
         s = "Bytes on the wire"
-        row(s, "mchsm attestation of 8 tasks: challenge (nonce 32 + sel 4) + evidence 44",
+        row(
+            s,
+            "mchsm attestation of 8 tasks: challenge (nonce 32 + sel 4) + evidence 44",
             f"{ev['mchsm_challenge']} + {ev['mchsm_evidence']} = "
-            f"{ev['mchsm_challenge'] + ev['mchsm_evidence']} B")
-        row(s, "mchsm update authorisation + ack",
+            f"{ev['mchsm_challenge'] + ev['mchsm_evidence']} B",
+        )
+        row(
+            s,
+            "mchsm update authorisation + ack",
             f"{ev['mchsm_update_auth']} + {ev['mchsm_update_ack']} = "
-            f"{ev['mchsm_update_auth'] + ev['mchsm_update_ack']} B")
+            f"{ev['mchsm_update_auth'] + ev['mchsm_update_ack']} B",
+        )
         t = ev["tpm"]
         for key, label in (("rsa2048", "RSA-2048"), ("ecc_p256", "ECDSA P-256")):
-            row(s, f"TPM 2.0 quote of 8 PCRs, {label}: challenge + TPM2B_ATTEST + "
-                   f"TPMT_SIGNATURE (+ 8 PCR values)",
+            row(
+                s,
+                f"TPM 2.0 quote of 8 PCRs, {label}: challenge + TPM2B_ATTEST + "
+                f"TPMT_SIGNATURE (+ 8 PCR values)",
                 f"{t['challenge']} + {t[f'quote_{key}']} = {t['challenge'] + t[f'quote_{key}']}"
                 f" B (+ {t['pcr_values']} = {t['challenge'] + t[f'quote_{key}'] + t['pcr_values']}"
-                f" B)")
+                f" B)",
+            )
         row(s, "source of the TPM sizes", ev["tpm_source"])
 
     tpm = r.get("tpm")
@@ -148,86 +216,142 @@ def markdown(r: dict[str, Any]) -> str:
             for key, label in (("rsa2048", "RSA-2048"), ("ecc_p256", "ECC P-256")):
                 ratio = ""
                 if att8:
-                    ratio = f"; {net[f'quote_{key}'] / (att8 / board * 1e-6):,.0f}× mchsm " \
-                            f"ATTEST(8) @ 12 MHz"
-                row(s, f"tpm2_quote, 8 PCRs, {label} AK (swtpm, net of tool start-up)",
+                    ratio = (
+                        f"; {net[f'quote_{key}'] / (att8 / board * 1e-6):,.0f}× mchsm "
+                        f"ATTEST(8) @ 12 MHz"
+                    )
+                row(
+                    s,
+                    f"tpm2_quote, 8 PCRs, {label} AK (swtpm, net of tool start-up)",
                     f"{_time(net[f'quote_{key}'])} (raw {_time(med[f'quote_{key}'])}; "
                     f"swtpm CPU {_time(tpm['tpm_process_cpu_seconds'][f'quote_{key}'])})"
-                    f"{ratio}")
-            row(s, "tool start-up subtracted: tpm2_getrandom 1 / tpm2_print",
-                f"{_time(med['startup_tpm_tool'])} / {_time(med['startup_offline_tool'])}")
+                    f"{ratio}",
+                )
+            row(
+                s,
+                "tool start-up subtracted: tpm2_getrandom 1 / tpm2_print",
+                f"{_time(med['startup_tpm_tool'])} / {_time(med['startup_offline_tool'])}",
+            )
             quart = tpm.get("net_quartiles_seconds", {})
             for key, label in (("rsa2048", "RSA-2048"), ("ecc_p256", "ECC P-256")):
                 name = f"checkquote_{key}"
                 lo, hi = quart.get(name, (net[name], net[name]))
-                check = _time(net[name]) if lo > 0 else \
-                    f"lost in start-up noise (median {net[name] * 1e3:+.1f} ms, quartiles " \
+                check = (
+                    _time(net[name])
+                    if lo > 0
+                    else f"lost in start-up noise (median {net[name] * 1e3:+.1f} ms, quartiles "
                     f"{lo * 1e3:+.1f}…{hi * 1e3:+.1f} ms)"
-                row(s, f"tpm2_checkquote, {label} (net of start-up) / same check in process",
-                    f"{check} / {_time(tpm['in_process_verify_cpu_seconds'][key])} CPU")
+                )
+                row(
+                    s,
+                    f"tpm2_checkquote, {label} (net of start-up) / same check in process",
+                    f"{check} / {_time(tpm['in_process_verify_cpu_seconds'][key])} CPU",
+                )
         if hsm and 8 in {int(k) for k in hsm["attest"]}:
             c = {int(k): v for k, v in hsm["attest"].items()}[8]
             model = sims.get("model", {}).get("attest_per_s")
-            row(s, "mchsm ATTEST(8): RTL at 12 MHz / at Fmax / golden model (Python) wall",
-                f"{_us(c, board)} / {_us(c, mhz)} / "
-                + (f"{_time(1 / model)}" if model else "n/a"))
+            row(
+                s,
+                "mchsm ATTEST(8): RTL at 12 MHz / at Fmax / golden model (Python) wall",
+                f"{_us(c, board)} / {_us(c, mhz)} / " + (f"{_time(1 / model)}" if model else "n/a"),
+            )
         if r.get("our_check"):
-            row(s, "mchsm evidence check, crypto only, in process (K_att, D, HMAC)",
-                f"{_time(r['our_check']['cpu_seconds'])} CPU")
+            row(
+                s,
+                "mchsm evidence check, crypto only, in process (K_att, D, HMAC)",
+                f"{_time(r['our_check']['cpu_seconds'])} CPU",
+            )
         if ver:
             f1k = min(ver["fleets"].items(), key=lambda kv: int(kv[0]))[1]
-            row(s, "mchsm Verifier.verify, whole check + SQLite (smallest fleet) / per item "
-                   f"of verify_many({ver['batch']})",
+            row(
+                s,
+                "mchsm Verifier.verify, whole check + SQLite (smallest fleet) / per item "
+                f"of verify_many({ver['batch']})",
                 f"{f1k['single']['us_cpu_each']:,.0f} µs / {f1k['batched']['us_cpu_each']:,.0f} µs"
-                " CPU")
+                " CPU",
+            )
 
     if ver:
         s = "Verifier (SQLite WAL, 1 core)"
         for n, f in sorted((int(k), v) for k, v in ver["fleets"].items()):
-            row(s, f"{n:,} devices × 8 tasks: verify (1 transaction each)",
+            row(
+                s,
+                f"{n:,} devices × 8 tasks: verify (1 transaction each)",
                 f"{f['single']['per_cpu_s']:,.0f}/s per CPU s ({f['single']['per_wall_s']:,.0f}"
-                f"/s wall)", "")
-            row(s, f"{n:,} devices × 8 tasks: verify_many, batches of {ver['batch']}",
+                f"/s wall)",
+                "",
+            )
+            row(
+                s,
+                f"{n:,} devices × 8 tasks: verify_many, batches of {ver['batch']}",
                 f"{f['batched']['per_cpu_s']:,.0f}/s per CPU s ({f['batched']['per_wall_s']:,.0f}"
-                f"/s wall)", "≥ 25,000/s", f"verify_many({ver['batch']}) /s, {n:,} devices")
+                f"/s wall)",
+                "≥ 25,000/s",
+                f"verify_many({ver['batch']}) /s, {n:,} devices",
+            )
             b = f.get("breakdown")
             if b:
-                row(s, f"{n:,} devices: CPU per attempt in verify_many, by step (a run with "
-                       f"timers around the steps, so they add up to a little more)",
+                row(
+                    s,
+                    f"{n:,} devices: CPU per attempt in verify_many, by step (a run with "
+                    f"timers around the steps, so they add up to a little more)",
                     f"read nonce, device, 8 tasks {b['read_us']:.0f} µs; check (crypto, "
                     f"verdicts) {b['check_us']:.0f} µs; loop + buffered writes "
-                    f"{b['loop_and_writes_us']:.0f} µs; commit {b['commit_us']:.0f} µs")
+                    f"{b['loop_and_writes_us']:.0f} µs; commit {b['commit_us']:.0f} µs",
+                )
         names = [t["name"] for t in targets(r) if t["name"].startswith("verifier flat")]
         if names:
             t = next(t for t in targets(r) if t["name"] == names[0])
-            row(s, "flatness: slowest / fastest fleet, batched", f"{t['value']:.2f}",
-                "≥ 0.8 (flat)", names[0])
+            row(
+                s,
+                "flatness: slowest / fastest fleet, batched",
+                f"{t['value']:.2f}",
+                "≥ 0.8 (flat)",
+                names[0],
+            )
 
     if sims:
         s = "Simulators"
-        for key, label in (("amaranth", "Amaranth simulator"),
-                           ("verilator", "cocotb + Verilator")):
+        for key, label in (("amaranth", "Amaranth simulator"), ("verilator", "cocotb + Verilator")):
             if key in sims:
                 f = sims[key]
-                row(s, f"{label}: ATTEST(8) workload",
-                    f"{f['cycles_per_s']:,.0f} cycles/s, {f['attest_per_s']:,.1f} attestations/s")
+                row(
+                    s,
+                    f"{label}: ATTEST(8) workload",
+                    f"{f['cycles_per_s']:,.0f} cycles/s, {f['attest_per_s']:,.1f} attestations/s",
+                )
         if "same_cycles_on_both_rtl_backends" in sims:
-            row(s, "HSM cycles per ATTEST identical on both RTL simulators",
-                "yes" if sims["same_cycles_on_both_rtl_backends"] else "**NO**")
+            row(
+                s,
+                "HSM cycles per ATTEST identical on both RTL simulators",
+                "yes" if sims["same_cycles_on_both_rtl_backends"] else "**NO**",
+            )
         if "model" in sims:
-            row(s, "golden model (no cycles): same workload",
-                f"{sims['model']['attest_per_s']:,.0f} attestations/s")
+            row(
+                s,
+                "golden model (no cycles): same workload",
+                f"{sims['model']['attest_per_s']:,.0f} attestations/s",
+            )
         if sims.get("build_cold_seconds"):
-            row(s, "Verilator build, cold (fresh cache: runtime + design)",
+            row(
+                s,
+                "Verilator build, cold (fresh cache: runtime + design)",
                 f"{sims['build_cold_seconds']:.1f} s wall, {sims['build_cold_cpu_seconds']:.1f}"
-                " s CPU")
+                " s CPU",
+            )
         if sims.get("build_cold_with_cached_runtime_seconds"):
-            row(s, "Verilator build, design only (runtime cached), when it was made",
-                f"{sims['build_cold_with_cached_runtime_seconds']:.1f} s")
+            row(
+                s,
+                "Verilator build, design only (runtime cached), when it was made",
+                f"{sims['build_cold_with_cached_runtime_seconds']:.1f} s",
+            )
         if "build_cached_seconds" in sims:
-            row(s, "Verilator build, cached / Verilog export of the design",
+            row(
+                s,
+                "Verilator build, cached / Verilog export of the design",
                 f"{sims['build_cached_seconds'] * 1e3:,.0f} ms / "
-                f"{sims['verilog_export_seconds']:.1f} s")
+                f"{sims['verilog_export_seconds']:.1f} s",
+            )
 
     lines = [
         f"Commit `{r.get('commit', '?')}`{' (with uncommitted changes)' if r.get('dirty') else ''}"
@@ -240,21 +364,26 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     last = None
     for section, what, result, target, verdict in rows:
-        lines.append(f"| {section if section != last else ''} | {what} | {result} | {target} | "
-                     f"{verdict} |")
+        lines.append(
+            f"| {section if section != last else ''} | {what} | {result} | {target} | {verdict} |"
+        )
         last = section
     lines.append("")
     lines.append(f"† Fmax: {fmax.get('source', '?')}.")
     lines.append("")
     cal = r.get("calibration")
     if cal:
-        lines.append(f"Machine speed, to compare machines by: a 10^7-iteration Python loop takes "
-                     f"{cal['python_loop_1e7_cpu_seconds']:.2f} s of CPU here and an HMAC-SHA256 "
-                     f"of 96 bytes {cal['hmac_sha256_96B_cpu_us']:.1f} µs (via `cryptography`); "
-                     f"the software figures (verifier, model, simulators) scale with them.")
+        lines.append(
+            f"Machine speed, to compare machines by: a 10^7-iteration Python loop takes "
+            f"{cal['python_loop_1e7_cpu_seconds']:.2f} s of CPU here and an HMAC-SHA256 "
+            f"of 96 bytes {cal['hmac_sha256_96B_cpu_us']:.1f} µs (via `cryptography`); "
+            f"the software figures (verifier, model, simulators) scale with them."
+        )
         lines.append("")
-    lines.append("Cycles are the HSM's CYCLES register: from the CMD write to done, including the "
-                 "data arriving over the Wishbone bus (2 cycles per word), not the host's polling.")
+    lines.append(
+        "Cycles are the HSM's CYCLES register: from the CMD write to done, including the "
+        "data arriving over the Wishbone bus (2 cycles per word), not the host's polling."
+    )
     for note in r.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -275,8 +404,12 @@ def attest_plot(r: dict[str, Any], path: Path) -> None:
         ns, cs = [p[0] for p in pts], [p[1] for p in pts]
         fit = hsm["attest_fit"]
         ax.plot(ns, cs, "o", label="ATTEST (RTL, Verilator)")
-        ax.plot([0, max(ns)], [fit["intercept"], fit["intercept"] + fit["slope"] * max(ns)], "-",
-                label=f"{fit['slope']:.1f}·N + {fit['intercept']:.0f} (R² {fit['r2']:.4f})")
+        ax.plot(
+            [0, max(ns)],
+            [fit["intercept"], fit["intercept"] + fit["slope"] * max(ns)],
+            "-",
+            label=f"{fit['slope']:.1f}·N + {fit['intercept']:.0f} (R² {fit['r2']:.4f})",
+        )
         ax.plot([8, 32], [600, 1400], "rv", label="targets (≤)")
         ax.set_xlabel("contexts selected N")
         ax.set_ylabel("cycles")
@@ -290,20 +423,37 @@ def attest_plot(r: dict[str, Any], path: Path) -> None:
         ns = list(range(1, 33))
         ours = ev["mchsm_challenge"] + ev["mchsm_evidence"]
         ax.plot(ns, [ours] * len(ns), "-", color="tab:blue", label="mchsm: challenge + evidence")
-        ax.plot(ns, [ev["mchsm_evidence"]] * len(ns), "--", color="tab:blue",
-                label="mchsm: evidence only")
+        ax.plot(
+            ns,
+            [ev["mchsm_evidence"]] * len(ns),
+            "--",
+            color="tab:blue",
+            label="mchsm: evidence only",
+        )
         t_ns = [n for n in ns if n <= 24]
         from bench.tpm import quote_sizes
 
-        for key, label, color in (("rsa2048", "RSA-2048", "tab:red"),
-                                  ("ecc_p256", "ECDSA P-256", "tab:purple")):
+        for key, label, color in (
+            ("rsa2048", "RSA-2048", "tab:red"),
+            ("ecc_p256", "ECDSA P-256", "tab:purple"),
+        ):
             q = [quote_sizes(n)[f"quote_{key}"] + quote_sizes(n)["challenge"] for n in t_ns]
             ax.plot(t_ns, q, "-", color=color, label=f"TPM 2.0: challenge + quote, {label}")
-            ax.plot(t_ns, [v + 32 * n for v, n in zip(q, t_ns, strict=True)], ":", color=color,
-                    label=f"TPM 2.0: the same + PCR values, {label}")
+            ax.plot(
+                t_ns,
+                [v + 32 * n for v, n in zip(q, t_ns, strict=True)],
+                ":",
+                color=color,
+                label=f"TPM 2.0: the same + PCR values, {label}",
+            )
         ax.axvline(24, color="grey", lw=0.8)
-        ax.text(24.3, ax.get_ylim()[1] * 0.9 if ax.get_ylim()[1] else 900,
-                "24 PCRs:\nPC-client TPM", fontsize=7, va="top")
+        ax.text(
+            24.3,
+            ax.get_ylim()[1] * 0.9 if ax.get_ylim()[1] else 900,
+            "24 PCRs:\nPC-client TPM",
+            fontsize=7,
+            va="top",
+        )
         ax.set_xlabel("tasks (contexts / PCRs) attested N")
         ax.set_ylabel("bytes on the wire")
         ax.set_title("one attestation: bytes")
@@ -316,27 +466,30 @@ def attest_plot(r: dict[str, Any], path: Path) -> None:
     if hsm:
         att = {int(k): v for k, v in hsm["attest"].items()}
         if 8 in att:
-            bars += [("mchsm ATTEST(8)\n@12 MHz", att[8] / 12e6),
-                     (f"mchsm ATTEST(8)\n@{mhz:g} MHz", att[8] / (mhz * 1e6))]
+            bars += [
+                ("mchsm ATTEST(8)\n@12 MHz", att[8] / 12e6),
+                (f"mchsm ATTEST(8)\n@{mhz:g} MHz", att[8] / (mhz * 1e6)),
+            ]
     model = r.get("simulators", {}).get("model", {}).get("attest_per_s")
     if model:
         bars.append(("mchsm ATTEST(8)\nmodel (Python)", 1 / model))
     if tpm and not tpm.get("skipped"):
         net = tpm["net_seconds"]
-        bars += [("TPM quote\nRSA-2048", net["quote_rsa2048"]),
-                 ("TPM quote\nECC P-256", net["quote_ecc_p256"]),
-                 ("TPM quote check\nin process, RSA", tpm["in_process_verify_cpu_seconds"]
-                  ["rsa2048"]),
-                 ("TPM quote check\nin process, ECC", tpm["in_process_verify_cpu_seconds"]
-                  ["ecc_p256"])]
+        bars += [
+            ("TPM quote\nRSA-2048", net["quote_rsa2048"]),
+            ("TPM quote\nECC P-256", net["quote_ecc_p256"]),
+            ("TPM quote check\nin process, RSA", tpm["in_process_verify_cpu_seconds"]["rsa2048"]),
+            ("TPM quote check\nin process, ECC", tpm["in_process_verify_cpu_seconds"]["ecc_p256"]),
+        ]
     if r.get("our_check"):
         bars.append(("mchsm evidence check\ncrypto only", r["our_check"]["cpu_seconds"]))
     ver = r.get("verifier")
     if ver:
         f = min(ver["fleets"].items(), key=lambda kv: int(kv[0]))[1]
-        bars += [("mchsm verify\n(1 txn)", f["single"]["us_cpu_each"] * 1e-6),
-                 (f"mchsm verify_many\n/item ({ver['batch']})",
-                  f["batched"]["us_cpu_each"] * 1e-6)]
+        bars += [
+            ("mchsm verify\n(1 txn)", f["single"]["us_cpu_each"] * 1e-6),
+            (f"mchsm verify_many\n/item ({ver['batch']})", f["batched"]["us_cpu_each"] * 1e-6),
+        ]
     if bars:
         colors = ["tab:blue" if b[0].startswith("mchsm") else "tab:red" for b in bars]
         ax.barh([b[0] for b in bars], [b[1] * 1e6 for b in bars], color=colors)

@@ -86,13 +86,17 @@ def _evidence_sizes(tpm: dict[str, Any] | None) -> dict[str, Any]:
         for key in ("rsa2048", "ecc_p256"):
             attest, sig = measured[f"tpms_attest_{key}"], measured[f"signature_{key}"]
             sizes[f"quote_{key}"] = 2 + attest + sig
-        agree = all(measured[f"tpms_attest_{k}"] == sizes["tpms_attest"]
-                    and measured[f"signature_{k}"] == sizes[f"signature_{k}"]
-                    for k in ("rsa2048", "ecc_p256"))
-        source = ("measured from tpm2_quote's output on swtpm (TPMS_ATTEST "
-                  f"{measured['tpms_attest_rsa2048']} B, signatures "
-                  f"{measured['signature_rsa2048']} / {measured['signature_ecc_p256']} B"
-                  f"{', as the structure definitions give' if agree else ''})")
+        agree = all(
+            measured[f"tpms_attest_{k}"] == sizes["tpms_attest"]
+            and measured[f"signature_{k}"] == sizes[f"signature_{k}"]
+            for k in ("rsa2048", "ecc_p256")
+        )
+        source = (
+            "measured from tpm2_quote's output on swtpm (TPMS_ATTEST "
+            f"{measured['tpms_attest_rsa2048']} B, signatures "
+            f"{measured['signature_rsa2048']} / {measured['signature_ecc_p256']} B"
+            f"{', as the structure definitions give' if agree else ''})"
+        )
     return {
         "mchsm_challenge": NONCE_SIZE + 4,
         "mchsm_evidence": EVIDENCE_SIZE,
@@ -115,13 +119,15 @@ def _our_check(repeats: int = 3000) -> dict[str, float]:
     nonce = bytes(32)
     tag = protocol.hmac_sha256(
         protocol.derive_att_key(ROOT_KEY),
-        protocol.att_message(DEV, nonce, 0xFF, 0xFF, 1, protocol.select_digest(refs, 0xFF)))
+        protocol.att_message(DEV, nonce, 0xFF, 0xFF, 1, protocol.select_digest(refs, 0xFF)),
+    )
     cpu = time.process_time()
     for _ in range(repeats):
         k_att = protocol.derive_att_key(ROOT_KEY)
         digest = protocol.select_digest(refs, 0xFF)
         expected = protocol.hmac_sha256(
-            k_att, protocol.att_message(DEV, nonce, 0xFF, 0xFF, 1, digest))
+            k_att, protocol.att_message(DEV, nonce, 0xFF, 0xFF, 1, digest)
+        )
         if not protocol.tags_equal(expected, tag):
             raise AssertionError("our own evidence does not verify")
     return {"cpu_seconds": (time.process_time() - cpu) / repeats}
@@ -142,8 +148,10 @@ def _calibrate() -> dict[str, float]:
     cpu = time.process_time()
     for _ in range(20_000):
         protocol.hmac_sha256(bytes(32), bytes(96))
-    return {"python_loop_1e7_cpu_seconds": min(loops),
-            "hmac_sha256_96B_cpu_us": (time.process_time() - cpu) / 20_000 * 1e6}
+    return {
+        "python_loop_1e7_cpu_seconds": min(loops),
+        "hmac_sha256_96B_cpu_us": (time.process_time() - cpu) / 20_000 * 1e6,
+    }
 
 
 def _write(results: dict[str, Any]) -> None:
@@ -168,17 +176,31 @@ def _json_default(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; returns the exit code (0 unless a measurement could not be made)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split(
-        "\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller fleets and fewer repeats, no cold build (a smoke run)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite results.md and attest.png from results.json")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=["hsm", "tpm", "verifier", "simulators", "cold-build"],
-                        help="leave a section out (repeatable)")
-    parser.add_argument("--fleets", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        help="comma-separated fleet sizes (default 1000,100000,1000000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller fleets and fewer repeats, no cold build (a smoke run)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite results.md and attest.png from results.json",
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["hsm", "tpm", "verifier", "simulators", "cold-build"],
+        help="leave a section out (repeatable)",
+    )
+    parser.add_argument(
+        "--fleets",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="comma-separated fleet sizes (default 1000,100000,1000000)",
+    )
     args = parser.parse_args(argv)
     if args.report_only:
         results = json.loads((OUT / "results.json").read_text())
@@ -204,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["fmax"] = hsm.find_fmax(ROOT)
     results["calibration"] = _calibrate()
-    _progress(f"== machine: {results['machine']}; a 10^7-iteration Python loop takes "
-              f"{results['calibration']['python_loop_1e7_cpu_seconds']:.2f} s CPU, an HMAC-SHA256 "
-              f"{results['calibration']['hmac_sha256_96B_cpu_us']:.1f} µs")
+    _progress(
+        f"== machine: {results['machine']}; a 10^7-iteration Python loop takes "
+        f"{results['calibration']['python_loop_1e7_cpu_seconds']:.2f} s CPU, an HMAC-SHA256 "
+        f"{results['calibration']['hmac_sha256_96B_cpu_us']:.1f} µs"
+    )
     skip = set(args.skip)
     if args.quick:
         skip.add("cold-build")
@@ -236,43 +260,53 @@ def main(argv: list[str] | None = None) -> int:
                 _progress(f"    skipped the TPM part: {exc}")
             else:
                 net = results["tpm"]["net_seconds"]
-                _progress(f"    tpm2_quote net {net['quote_rsa2048'] * 1e3:.1f} ms (RSA-2048), "
-                          f"{net['quote_ecc_p256'] * 1e3:.1f} ms (ECC P-256); tpm2_checkquote "
-                          f"net {net['checkquote_rsa2048'] * 1e3:.1f} / "
-                          f"{net['checkquote_ecc_p256'] * 1e3:.1f} ms")
+                _progress(
+                    f"    tpm2_quote net {net['quote_rsa2048'] * 1e3:.1f} ms (RSA-2048), "
+                    f"{net['quote_ecc_p256'] * 1e3:.1f} ms (ECC P-256); tpm2_checkquote "
+                    f"net {net['checkquote_rsa2048'] * 1e3:.1f} / "
+                    f"{net['checkquote_ecc_p256'] * 1e3:.1f} ms"
+                )
             results["tpm"]["seconds"] = time.perf_counter() - t
     results["our_check"] = _our_check()
 
     section("2. Bytes on the wire")
     results["evidence"] = _evidence_sizes(results.get("tpm"))
     ev = results["evidence"]
-    _progress(f"    mchsm {ev['mchsm_challenge']} + {ev['mchsm_evidence']} B per attestation; "
-              f"TPM quote {ev['tpm']['quote_rsa2048']} B (RSA) / {ev['tpm']['quote_ecc_p256']} B "
-              f"(ECC) + challenge {ev['tpm']['challenge']} B [{ev['tpm_source'][:40]}...]")
+    _progress(
+        f"    mchsm {ev['mchsm_challenge']} + {ev['mchsm_evidence']} B per attestation; "
+        f"TPM quote {ev['tpm']['quote_rsa2048']} B (RSA) / {ev['tpm']['quote_ecc_p256']} B "
+        f"(ECC) + challenge {ev['tpm']['challenge']} B [{ev['tpm_source'][:40]}...]"
+    )
 
     if "verifier" not in skip:
         t = section("4. Verifier throughput (SQLite WAL, one core)")
         fleets = args.fleets or ((1_000, 100_000) if args.quick else verifier_bench.FLEETS)
         kwargs = {"single": 500, "batched": 2048, "repeats": 2} if args.quick else {}
-        results["verifier"] = verifier_bench.measure_verifier(_progress, cache, fleets=fleets,
-                                                              **kwargs)
+        results["verifier"] = verifier_bench.measure_verifier(
+            _progress, cache, fleets=fleets, **kwargs
+        )
         results["verifier"]["seconds"] = time.perf_counter() - t
 
     if "simulators" not in skip:
         t = section("5. Simulator speed and Verilator build time")
         results["simulators"] = hsm.measure_simulators(
-            _progress, cold_build="cold-build" not in skip, repeats=1 if args.quick else 3)
+            _progress, cold_build="cold-build" not in skip, repeats=1 if args.quick else 3
+        )
         results["simulators"]["seconds"] = time.perf_counter() - t
 
     results["runtime_seconds"] = time.perf_counter() - began
     results["load_average_end"] = os.getloadavg()[0]
     _write(results)
-    _progress(f"== done in {results['runtime_seconds']:.0f} s: {OUT / 'results.md'}, "
-              f"{OUT / 'results.json'}, {OUT / 'attest.png'}")
+    _progress(
+        f"== done in {results['runtime_seconds']:.0f} s: {OUT / 'results.md'}, "
+        f"{OUT / 'results.json'}, {OUT / 'attest.png'}"
+    )
     for t in results["targets"]:
-        _progress(f"    {'met   ' if t['met'] else 'MISSED'} {t['name']}: "
-                  f"{t['value']:,.4g} (target {'≤' if t['kind'] == 'max' else '≥'} "
-                  f"{t['target']:,})")
+        _progress(
+            f"    {'met   ' if t['met'] else 'MISSED'} {t['name']}: "
+            f"{t['value']:,.4g} (target {'≤' if t['kind'] == 'max' else '≥'} "
+            f"{t['target']:,})"
+        )
     return 0
 
 

@@ -38,12 +38,25 @@ __all__ = [
 #: PCRs quoted: one per task of the 8-task attestation
 PCRS = tuple(range(8))
 #: the programs the TPM part needs
-TOOLS = ("swtpm", "tpm2_quote", "tpm2_checkquote", "tpm2_getrandom", "tpm2_print",
-         "tpm2_createprimary", "tpm2_create", "tpm2_load", "tpm2_evictcontrol",
-         "tpm2_flushcontext", "tpm2_readpublic", "tpm2_pcrextend")
+TOOLS = (
+    "swtpm",
+    "tpm2_quote",
+    "tpm2_checkquote",
+    "tpm2_getrandom",
+    "tpm2_print",
+    "tpm2_createprimary",
+    "tpm2_create",
+    "tpm2_load",
+    "tpm2_evictcontrol",
+    "tpm2_flushcontext",
+    "tpm2_readpublic",
+    "tpm2_pcrextend",
+)
 _ATTRS = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
-_KEYS = {"rsa2048": ("rsa2048:rsassa-sha256:null", "0x81010002"),
-         "ecc_p256": ("ecc256:ecdsa-sha256:null", "0x81010003")}
+_KEYS = {
+    "rsa2048": ("rsa2048:rsassa-sha256:null", "0x81010002"),
+    "ecc_p256": ("ecc256:ecdsa-sha256:null", "0x81010003"),
+}
 _PRIMARY = "0x81000001"
 
 Progress = Callable[[str], None]
@@ -79,8 +92,10 @@ def tpm_missing() -> str | None:
     """Why the TPM part cannot run here, or None when it can."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        return (f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} not installed "
-                f"(Debian: apt-get install swtpm swtpm-tools tpm2-tools)")
+        return (
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} not installed "
+            f"(Debian: apt-get install swtpm swtpm-tools tpm2-tools)"
+        )
     return None
 
 
@@ -109,11 +124,22 @@ class _Swtpm:
     def __init__(self, state: Path) -> None:
         self.port, ctrl = _free_ports()
         self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                "swtpm",
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={state}",
+                "--server",
+                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+                "--flags",
+                "not-need-init,startup-clear",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={self.port}"}
         deadline = time.monotonic() + 10
         while True:
@@ -155,8 +181,10 @@ class _Swtpm:
 
 def _pcr_values() -> dict[int, bytes]:
     """What PCR i holds after one extend of a fresh TPM with sha256(b"task i")."""
-    return {i: hashlib.sha256(bytes(32) + hashlib.sha256(f"task {i}".encode()).digest()).digest()
-            for i in PCRS}
+    return {
+        i: hashlib.sha256(bytes(32) + hashlib.sha256(f"task {i}".encode()).digest()).digest()
+        for i in PCRS
+    }
 
 
 def parse_quote(attest: bytes) -> dict[str, Any]:
@@ -165,7 +193,7 @@ def parse_quote(attest: bytes) -> dict[str, Any]:
 
     def take(n: int) -> bytes:
         nonlocal pos
-        part = attest[pos:pos + n]
+        part = attest[pos : pos + n]
         if len(part) != n:
             raise ValueError("truncated TPMS_ATTEST")
         pos += n
@@ -185,12 +213,19 @@ def parse_quote(attest: bytes) -> dict[str, Any]:
     digest = take(u(2))
     if pos != len(attest):
         raise ValueError("trailing bytes after TPMS_ATTEST")
-    return {"magic": magic, "type": kind, "signer": signer, "extra_data": extra,
-            "selections": selections, "pcr_digest": digest}
+    return {
+        "magic": magic,
+        "type": kind,
+        "signer": signer,
+        "extra_data": extra,
+        "selections": selections,
+        "pcr_digest": digest,
+    }
 
 
-def _in_process_verifier(workdir: Path, key: str, nonce: bytes,
-                         pcrs: dict[int, bytes]) -> Callable[[], bool]:
+def _in_process_verifier(
+    workdir: Path, key: str, nonce: bytes, pcrs: dict[int, bytes]
+) -> Callable[[], bool]:
     """A quote check as a verifier would do it in process: signature with the AK's public key,
     magic and type, the nonce, and the PCR digest against the expected PCR values."""
     from cryptography.hazmat.primitives import hashes, serialization
@@ -210,15 +245,22 @@ def _in_process_verifier(workdir: Path, key: str, nonce: bytes,
         alg = int.from_bytes(sig[:2], "big")
         if alg == 0x0014:  # TPM_ALG_RSASSA
             size = int.from_bytes(sig[4:6], "big")
-            public.verify(sig[6:6 + size], attest, padding.PKCS1v15(),  # type: ignore[union-attr, call-arg]
-                          hashes.SHA256())
+            public.verify(
+                sig[6 : 6 + size],
+                attest,
+                padding.PKCS1v15(),  # type: ignore[union-attr, call-arg]
+                hashes.SHA256(),
+            )
         elif alg == 0x0018:  # TPM_ALG_ECDSA
             rlen = int.from_bytes(sig[4:6], "big")
-            r = int.from_bytes(sig[6:6 + rlen], "big")
-            slen = int.from_bytes(sig[6 + rlen:8 + rlen], "big")
-            s = int.from_bytes(sig[8 + rlen:8 + rlen + slen], "big")
-            public.verify(utils.encode_dss_signature(r, s), attest,  # type: ignore[union-attr, call-arg]
-                          ec.ECDSA(hashes.SHA256()))
+            r = int.from_bytes(sig[6 : 6 + rlen], "big")
+            slen = int.from_bytes(sig[6 + rlen : 8 + rlen], "big")
+            s = int.from_bytes(sig[8 + rlen : 8 + rlen + slen], "big")
+            public.verify(
+                utils.encode_dss_signature(r, s),
+                attest,  # type: ignore[union-attr, call-arg]
+                ec.ECDSA(hashes.SHA256()),
+            )
         else:
             return False
         return True
@@ -230,8 +272,7 @@ def measure_tpm(progress: Progress, repeats: int = 25, in_process: int = 300) ->
     """Section 3: time quotes and their verification on a software TPM (see the module doc)."""
     out: dict[str, Any] = {"repeats": repeats, "pcrs": len(PCRS)}
     version = subprocess.run(["swtpm", "--version"], capture_output=True, text=True, check=False)
-    tools = subprocess.run(["tpm2_quote", "--version"], capture_output=True, text=True,
-                           check=False)
+    tools = subprocess.run(["tpm2_quote", "--version"], capture_output=True, text=True, check=False)
     out["swtpm"] = version.stdout.strip().splitlines()[0] if version.stdout else "?"
     out["tpm2_tools"] = tools.stdout.strip().splitlines()[0] if tools.stdout else "?"
     with tempfile.TemporaryDirectory(prefix="mchsm-bench-tpm-") as tmp:
@@ -241,19 +282,55 @@ def measure_tpm(progress: Progress, repeats: int = 25, in_process: int = 300) ->
         tpm = _Swtpm(state)
         try:
             run = tpm.run
-            run("tpm2_createprimary", "-Q", "-C", "o", "-g", "sha256", "-G", "ecc256",
-                "-c", "primary.ctx", cwd=work)
+            run(
+                "tpm2_createprimary",
+                "-Q",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256",
+                "-c",
+                "primary.ctx",
+                cwd=work,
+            )
             run("tpm2_evictcontrol", "-Q", "-C", "o", "-c", "primary.ctx", _PRIMARY, cwd=work)
             run("tpm2_flushcontext", "-t", cwd=work)
             for key, (alg, handle) in _KEYS.items():
-                run("tpm2_create", "-Q", "-C", _PRIMARY, "-G", alg, "-a", _ATTRS,
-                    "-u", f"{key}.pub", "-r", f"{key}.priv", cwd=work)
-                run("tpm2_load", "-Q", "-C", _PRIMARY, "-u", f"{key}.pub", "-r", f"{key}.priv",
-                    "-c", f"{key}.ctx", cwd=work)
+                run(
+                    "tpm2_create",
+                    "-Q",
+                    "-C",
+                    _PRIMARY,
+                    "-G",
+                    alg,
+                    "-a",
+                    _ATTRS,
+                    "-u",
+                    f"{key}.pub",
+                    "-r",
+                    f"{key}.priv",
+                    cwd=work,
+                )
+                run(
+                    "tpm2_load",
+                    "-Q",
+                    "-C",
+                    _PRIMARY,
+                    "-u",
+                    f"{key}.pub",
+                    "-r",
+                    f"{key}.priv",
+                    "-c",
+                    f"{key}.ctx",
+                    cwd=work,
+                )
                 run("tpm2_evictcontrol", "-Q", "-C", "o", "-c", f"{key}.ctx", handle, cwd=work)
                 run("tpm2_flushcontext", "-t", cwd=work)
-                run("tpm2_readpublic", "-Q", "-c", handle, "-f", "pem", "-o", f"{key}.pem",
-                    cwd=work)
+                run(
+                    "tpm2_readpublic", "-Q", "-c", handle, "-f", "pem", "-o", f"{key}.pem", cwd=work
+                )
             for i in PCRS:
                 digest = hashlib.sha256(f"task {i}".encode()).hexdigest()
                 run("tpm2_pcrextend", f"{i}:sha256={digest}", cwd=work)
@@ -261,28 +338,59 @@ def measure_tpm(progress: Progress, repeats: int = 25, in_process: int = 300) ->
             nonce = hashlib.sha256(b"mchsm bench tpm nonce").digest()
 
             def quote(key: str) -> float:
-                return run("tpm2_quote", "-c", _KEYS[key][1], "-l", pcr_list, "-q", nonce.hex(),
-                           "-m", f"{key}.msg", "-s", f"{key}.sig", "-o", f"{key}.pcrs",
-                           "-g", "sha256", cwd=work)
+                return run(
+                    "tpm2_quote",
+                    "-c",
+                    _KEYS[key][1],
+                    "-l",
+                    pcr_list,
+                    "-q",
+                    nonce.hex(),
+                    "-m",
+                    f"{key}.msg",
+                    "-s",
+                    f"{key}.sig",
+                    "-o",
+                    f"{key}.pcrs",
+                    "-g",
+                    "sha256",
+                    cwd=work,
+                )
 
             def check(key: str) -> float:
-                return run("tpm2_checkquote", "-u", f"{key}.pem", "-m", f"{key}.msg",
-                           "-s", f"{key}.sig", "-f", f"{key}.pcrs", "-g", "sha256",
-                           "-q", nonce.hex(), cwd=work)
+                return run(
+                    "tpm2_checkquote",
+                    "-u",
+                    f"{key}.pem",
+                    "-m",
+                    f"{key}.msg",
+                    "-s",
+                    f"{key}.sig",
+                    "-f",
+                    f"{key}.pcrs",
+                    "-g",
+                    "sha256",
+                    "-q",
+                    nonce.hex(),
+                    cwd=work,
+                )
 
             for key in _KEYS:  # warm-up, and the files the checks read
                 quote(key)
                 check(key)
-            progress(f"    swtpm on 127.0.0.1:{tpm.port}, PCRs 0-7 extended, RSA-2048 and "
-                     f"ECC P-256 AKs; {repeats} repeats each")
+            progress(
+                f"    swtpm on 127.0.0.1:{tpm.port}, PCRs 0-7 extended, RSA-2048 and "
+                f"ECC P-256 AKs; {repeats} repeats each"
+            )
             # rounds of every command in turn, so that drift in a busy machine's speed hits
             # a command and the start-up it is compared with alike; net = per-round difference
             ops: dict[str, Callable[[], float]] = {
                 "startup_tpm_tool": lambda: run("tpm2_getrandom", "1", cwd=work),
                 "quote_rsa2048": lambda: quote("rsa2048"),
                 "quote_ecc_p256": lambda: quote("ecc_p256"),
-                "startup_offline_tool": lambda: run("tpm2_print", "-t", "TPMS_ATTEST",
-                                                   "rsa2048.msg", cwd=work),
+                "startup_offline_tool": lambda: run(
+                    "tpm2_print", "-t", "TPMS_ATTEST", "rsa2048.msg", cwd=work
+                ),
                 "checkquote_rsa2048": lambda: check("rsa2048"),
                 "checkquote_ecc_p256": lambda: check("ecc_p256"),
             }

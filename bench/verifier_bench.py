@@ -53,10 +53,13 @@ def _attempts(path: Path, devices: int, count: int, rng: random.Random) -> list[
     try:
         last: dict[bytes, int] = {}
         for start in range(0, len(ids), 500):
-            chunk = list(set(ids[start:start + 500]))
+            chunk = list(set(ids[start : start + 500]))
             marks = ",".join("?" * len(chunk))
-            last.update(conn.execute(
-                f"SELECT dev_id, last_ctr FROM devices WHERE dev_id IN ({marks})", chunk))
+            last.update(
+                conn.execute(
+                    f"SELECT dev_id, last_ctr FROM devices WHERE dev_id IN ({marks})", chunk
+                )
+            )
         keys: dict[bytes, bytes] = {}
         attempts: list[Attempt] = []
         rows = []
@@ -68,13 +71,14 @@ def _attempts(path: Path, devices: int, count: int, rng: random.Random) -> list[
             if k_att is None:
                 k_att = keys[dev] = protocol.derive_att_key(fleet.root_key(dev))
             tag = protocol.hmac_sha256(
-                k_att, protocol.att_message(dev, nonce, SEL, SEL, last[dev], digest))
+                k_att, protocol.att_message(dev, nonce, SEL, SEL, last[dev], digest)
+            )
             attempts.append((dev, nonce, Evidence(SEL, SEL, last[dev], tag).pack()))
             rows.append((nonce, dev, SEL, expires))
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO nonces (nonce, dev_id, sel, expires, used) VALUES (?, ?, ?, ?, 0)",
-            rows)
+            "INSERT INTO nonces (nonce, dev_id, sel, expires, used) VALUES (?, ?, ?, ?, 0)", rows
+        )
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -104,7 +108,7 @@ def _timed(path: Path, attempts: list[Attempt], batch: int) -> tuple[float, floa
         else:
             reports = []
             for start in range(0, len(attempts), batch):
-                reports.extend(verifier.verify_many(attempts[start:start + batch]))
+                reports.extend(verifier.verify_many(attempts[start : start + batch]))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     bad = [r for r in reports if not getattr(r, "all_trusted", False)]
     if bad:
@@ -122,8 +126,10 @@ def _breakdown(path: Path, attempts: list[Attempt], batch: int) -> dict[str, flo
     """
     with Verifier(path) as verifier:
         try:
-            steps = {"read": (verifier._load_nonces, verifier._load_devices),
-                     "check": (verifier._check,)}
+            steps = {
+                "read": (verifier._load_nonces, verifier._load_devices),
+                "check": (verifier._check,),
+            }
             body, conn = verifier._verify_batch, verifier._conn
         except AttributeError:
             return None
@@ -136,6 +142,7 @@ def _breakdown(path: Path, attempts: list[Attempt], batch: int) -> dict[str, flo
                     return fn(*args)
                 finally:
                     spent[step] += time.process_time() - began
+
             return wrapper
 
         verifier._load_nonces = timed("read", steps["read"][0])  # type: ignore[method-assign]
@@ -144,7 +151,7 @@ def _breakdown(path: Path, attempts: list[Attempt], batch: int) -> dict[str, flo
         for start in range(0, len(attempts), batch):
             conn.execute("BEGIN IMMEDIATE")
             began = time.process_time()
-            body(attempts[start:start + batch], time.time())
+            body(attempts[start : start + batch], time.time())
             spent["body"] += time.process_time() - began
             began = time.process_time()
             conn.execute("COMMIT")
@@ -158,29 +165,46 @@ def _breakdown(path: Path, attempts: list[Attempt], batch: int) -> dict[str, flo
     }
 
 
-def measure_verifier(progress: Progress, cache: Path, *, fleets: tuple[int, ...] = FLEETS,
-                     single: int = 2_000, batched: int = 8_192, repeats: int = 3,
-                     batch: int = BATCH) -> dict[str, Any]:
+def measure_verifier(
+    progress: Progress,
+    cache: Path,
+    *,
+    fleets: tuple[int, ...] = FLEETS,
+    single: int = 2_000,
+    batched: int = 8_192,
+    repeats: int = 3,
+    batch: int = BATCH,
+) -> dict[str, Any]:
     """Section 4: per fleet size, verifications per second with ``verify`` (``single`` attempts)
     and with ``verify_many`` in batches of ``batch`` (``batched`` attempts), ``repeats`` times
     each, interleaved; medians."""
-    out: dict[str, Any] = {"batch": batch, "repeats": repeats, "single_attempts": single,
-                           "batched_attempts": batched, "fleets": {}}
+    out: dict[str, Any] = {
+        "batch": batch,
+        "repeats": repeats,
+        "single_attempts": single,
+        "batched_attempts": batched,
+        "fleets": {},
+    }
     rng = random.Random(2013)
     for devices in fleets:
         began = time.perf_counter()
         path, reused, build_seconds = fleet.open_fleet(cache, devices, progress)
         what = "reused" if reused else f"built in {build_seconds:.1f} s"
-        progress(f"    fleet of {devices:,} devices ({what}, "
-                 f"{path.stat().st_size / 1e6:,.0f} MB): {path}")
+        progress(
+            f"    fleet of {devices:,} devices ({what}, "
+            f"{path.stat().st_size / 1e6:,.0f} MB): {path}"
+        )
         _reset(path)
         _timed(path, _attempts(path, devices, 500, rng), batch)  # warm the page cache
         runs: dict[str, list[tuple[float, float]]] = {"single": [], "batched": []}
         for _ in range(repeats):
             runs["single"].append(_timed(path, _attempts(path, devices, single, rng), 1))
             runs["batched"].append(_timed(path, _attempts(path, devices, batched, rng), batch))
-        figures: dict[str, Any] = {"reused": reused, "build_seconds": build_seconds,
-                                   "file_mb": path.stat().st_size / 1e6}
+        figures: dict[str, Any] = {
+            "reused": reused,
+            "build_seconds": build_seconds,
+            "file_mb": path.stat().st_size / 1e6,
+        }
         for mode, n in (("single", single), ("batched", batched)):
             figures[mode] = {
                 "per_cpu_s": statistics.median(n / cpu for cpu, _ in runs[mode]),
@@ -190,8 +214,10 @@ def measure_verifier(progress: Progress, cache: Path, *, fleets: tuple[int, ...]
         figures["breakdown"] = _breakdown(path, _attempts(path, devices, 4096, rng), batch)
         _reset(path)
         out["fleets"][devices] = figures
-        progress(f"    {devices:>9,} devices: verify {figures['single']['per_cpu_s']:,.0f}/s, "
-                 f"verify_many({batch}) {figures['batched']['per_cpu_s']:,.0f}/s per CPU second "
-                 f"({figures['batched']['per_wall_s']:,.0f}/s wall) "
-                 f"[{time.perf_counter() - began:.0f} s]")
+        progress(
+            f"    {devices:>9,} devices: verify {figures['single']['per_cpu_s']:,.0f}/s, "
+            f"verify_many({batch}) {figures['batched']['per_cpu_s']:,.0f}/s per CPU second "
+            f"({figures['batched']['per_wall_s']:,.0f}/s wall) "
+            f"[{time.perf_counter() - began:.0f} s]"
+        )
     return out

@@ -74,7 +74,6 @@ class Board:
         return platform
 
 
-
 BOARDS: dict[str, Board] = {
     "icebreaker": Board(
         name="icebreaker",
@@ -83,8 +82,14 @@ BOARDS: dict[str, Board] = {
         platform_class="amaranth_boards.icebreaker:ICEBreakerPlatform",
         # main board: green = heartbeat, red = error; the snap-off LED PMOD (attached in
         # PMOD2 as shipped) shows the rest
-        leds={"heartbeat": ("led_g", 0), "error": ("led_r", 0), "activity": ("led", 2),
-              "busy": ("led", 3), "done": ("led", 4), "irq": ("led", 5)},
+        leds={
+            "heartbeat": ("led_g", 0),
+            "error": ("led_r", 0),
+            "activity": ("led", 2),
+            "busy": ("led", 3),
+            "done": ("led", 4),
+            "irq": ("led", 5),
+        },
         bitstream_suffix=".bin",
         flash_hint="iceprog mchsm_top.bin  (or: openFPGALoader -b ice40_generic mchsm_top.bin)",
         logic_resource="ICESTORM_LC",
@@ -96,8 +101,10 @@ BOARDS: dict[str, Board] = {
         title="ULX3S 85F (ECP5 LFE5U-85F-6BG381C, 25 MHz)",
         family="ecp5",
         platform_class="amaranth_boards.ulx3s:ULX3S_85F_Platform",
-        leds={role: ("led", i) for i, role in enumerate(
-            ("heartbeat", "activity", "error", "busy", "done", "irq"))},
+        leds={
+            role: ("led", i)
+            for i, role in enumerate(("heartbeat", "activity", "error", "busy", "done", "irq"))
+        },
         bitstream_suffix=".bit",
         flash_hint="openFPGALoader -b ulx3s mchsm_top.bit  (or: fujprog mchsm_top.bit)",
         logic_resource="TRELLIS_COMB",
@@ -152,14 +159,14 @@ def toolchain_env(tools: list[str]) -> dict[str, str]:
         if path is None:
             raise BuildError(
                 f"{_YOWASP.get(tool, tool)} is not installed; run "
-                f"`.venv/bin/python -m pip install -e \".[boards]\"` (or `make bitstreams`), or "
-                f"set {var} to a {tool} of your own")
+                f'`.venv/bin/python -m pip install -e ".[boards]"` (or `make bitstreams`), or '
+                f"set {var} to a {tool} of your own"
+            )
         env[var] = path
     return env
 
 
-def board_top(board: Board, contexts: int = DEFAULT_CONTEXTS,
-              baud: int = LINK_DEFAULT_BAUD) -> Any:
+def board_top(board: Board, contexts: int = DEFAULT_CONTEXTS, baud: int = LINK_DEFAULT_BAUD) -> Any:
     """The :class:`~mchsm.boards.top.BoardTop` for ``board``."""
     from mchsm.boards.top import BoardTop
 
@@ -226,41 +233,67 @@ class BuildReport:
         ]
         for clock, (achieved, wanted) in sorted(self.fmax.items()):
             ok = achieved >= wanted
-            lines.append(f"| `{clock}` | {achieved:.2f} | {wanted:.2f} | "
-                         f"{(achieved / wanted - 1) * 100:+.0f} % | {'pass' if ok else 'FAIL'} |")
+            lines.append(
+                f"| `{clock}` | {achieved:.2f} | {wanted:.2f} | "
+                f"{(achieved / wanted - 1) * 100:+.0f} % | {'pass' if ok else 'FAIL'} |"
+            )
         lines += ["", "| resource | used | available |", "| --- | ---: | ---: |"]
-        lines += [f"| {name} | {used} | {avail} |"
-                  for name, (used, avail) in sorted(self.utilisation.items()) if used]
+        lines += [
+            f"| {name} | {used} | {avail} |"
+            for name, (used, avail) in sorted(self.utilisation.items())
+            if used
+        ]
         if self.breakdown:
-            lines += ["", "Per module (Yosys `-noflatten` + `stat`, before packing; local cells, "
-                      "submodules excluded):", "", "| module | LUT4 | FF | carry | RAM |",
-                      "| --- | ---: | ---: | ---: | ---: |"]
-            for module, cells in sorted(self.breakdown.items(),
-                                        key=lambda kv: -kv[1].get("lut", 0)):
-                lines.append(f"| `{module}` | {cells.get('lut', 0)} | {cells.get('ff', 0)} | "
-                             f"{cells.get('carry', 0)} | {cells.get('ram', 0)} |")
+            lines += [
+                "",
+                "Per module (Yosys `-noflatten` + `stat`, before packing; local cells, "
+                "submodules excluded):",
+                "",
+                "| module | LUT4 | FF | carry | RAM |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for module, cells in sorted(
+                self.breakdown.items(), key=lambda kv: -kv[1].get("lut", 0)
+            ):
+                lines.append(
+                    f"| `{module}` | {cells.get('lut', 0)} | {cells.get('ff', 0)} | "
+                    f"{cells.get('carry', 0)} | {cells.get('ram', 0)} |"
+                )
         lines += ["", "| step | seconds |", "| --- | ---: |"]
         lines += [f"| {step} | {sec:.1f} |" for step, sec in self.step_seconds.items()]
-        lines += [f"| total | {self.total_seconds:.1f} |", "", "Tools: " + ", ".join(
-            f"{name} {version}" for name, version in sorted(self.tools.items())), "",
-            f"Program it: `{self.flash_hint}`", ""]
+        lines += [
+            f"| total | {self.total_seconds:.1f} |",
+            "",
+            "Tools: "
+            + ", ".join(f"{name} {version}" for name, version in sorted(self.tools.items())),
+            "",
+            f"Program it: `{self.flash_hint}`",
+            "",
+        ]
         return "\n".join(lines)
 
 
-def parse_nextpnr_report(data: dict[str, Any]) -> tuple[dict[str, tuple[int, int]],
-                                                         dict[str, tuple[float, float]]]:
+def parse_nextpnr_report(
+    data: dict[str, Any],
+) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[float, float]]]:
     """Utilisation and Fmax out of ``nextpnr --report`` JSON."""
-    util = {name: (int(v.get("used", 0)), int(v.get("available", 0)))
-            for name, v in data.get("utilization", {}).items()}
-    fmax = {clock: (float(v.get("achieved", 0.0)), float(v.get("constraint", 0.0)))
-            for clock, v in data.get("fmax", {}).items()}
+    util = {
+        name: (int(v.get("used", 0)), int(v.get("available", 0)))
+        for name, v in data.get("utilization", {}).items()
+    }
+    fmax = {
+        clock: (float(v.get("achieved", 0.0)), float(v.get("constraint", 0.0)))
+        for clock, v in data.get("fmax", {}).items()
+    }
     return util, fmax
 
 
-_CELL_CLASSES = (("lut", re.compile(r"^(SB_LUT4|LUT4|TRELLIS_COMB)$")),
-                 ("ff", re.compile(r"^(SB_DFF\w*|TRELLIS_FF)$")),
-                 ("carry", re.compile(r"^(SB_CARRY|CCU2C)$")),
-                 ("ram", re.compile(r"^(SB_RAM40_4K\w*|DP16KD|PDPW16KD)$")))
+_CELL_CLASSES = (
+    ("lut", re.compile(r"^(SB_LUT4|LUT4|TRELLIS_COMB)$")),
+    ("ff", re.compile(r"^(SB_DFF\w*|TRELLIS_FF)$")),
+    ("carry", re.compile(r"^(SB_CARRY|CCU2C)$")),
+    ("ram", re.compile(r"^(SB_RAM40_4K\w*|DP16KD|PDPW16KD)$")),
+)
 
 
 def parse_yosys_stat(text: str) -> dict[str, dict[str, int]]:
@@ -288,8 +321,15 @@ def parse_yosys_stat(text: str) -> dict[str, dict[str, int]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_step(argv: list[str], cwd: Path, log: Path, label: str, env: dict[str, str],
-              progress: Callable[[str], None], first_use: bool) -> float:
+def _run_step(
+    argv: list[str],
+    cwd: Path,
+    log: Path,
+    label: str,
+    env: dict[str, str],
+    progress: Callable[[str], None],
+    first_use: bool,
+) -> float:
     """Run one tool to a log file, saying every 30 s that it is still running."""
     note = " (first use: compiling the WebAssembly tool, this takes minutes)" if first_use else ""
     progress(f"[{label}] {Path(argv[0]).name} ...{note}")
@@ -304,8 +344,14 @@ def _run_step(argv: list[str], cwd: Path, log: Path, label: str, env: dict[str, 
     ticker.start()
     try:
         with open(log, "w") as out:
-            done = subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **env}, check=False)
+            done = subprocess.run(
+                argv,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                check=False,
+            )
     finally:
         stop.set()
     seconds = time.perf_counter() - start
@@ -322,16 +368,22 @@ def _first_use(tool: str, executable: str) -> bool:
     dist = _DISTRIBUTION.get(tool)
     if dist is None or not Path(executable).name.startswith("yowasp-"):
         return False
-    root = Path(os.environ.get("YOWASP_CACHE_DIR") or
-                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "YoWASP")
+    root = Path(
+        os.environ.get("YOWASP_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "YoWASP"
+    )
     return not any((root / dist.replace("-", "_") / f"{tool}.wasm").glob("*"))
 
 
-def build_bitstream(board: Board | str, *, contexts: int = DEFAULT_CONTEXTS,
-                    baud: int = LINK_DEFAULT_BAUD, out_dir: Path | str = "build",
-                    breakdown: bool = False,
-                    progress: Callable[[str], None] = lambda msg: print(msg, flush=True),
-                    ) -> BuildReport:
+def build_bitstream(
+    board: Board | str,
+    *,
+    contexts: int = DEFAULT_CONTEXTS,
+    baud: int = LINK_DEFAULT_BAUD,
+    out_dir: Path | str = "build",
+    breakdown: bool = False,
+    progress: Callable[[str], None] = lambda msg: print(msg, flush=True),
+) -> BuildReport:
     """Synthesise, place and route the HSM for ``board`` and write the bitstream and report.
 
     ``breakdown`` also runs Yosys once more with ``-noflatten`` to count the cells of each
@@ -353,7 +405,8 @@ def build_bitstream(board: Board | str, *, contexts: int = DEFAULT_CONTEXTS,
     platform = board.platform()
     report_file = f"{DESIGN}.report.json"
     plan = platform.prepare(
-        board_top(board, contexts, baud), name=DESIGN,
+        board_top(board, contexts, baud),
+        name=DESIGN,
         # the report feeds BuildReport; timing is judged here, so a slow design still gets one
         nextpnr_opts=f"--report {report_file} --timing-allow-fail",
     )
@@ -363,8 +416,10 @@ def build_bitstream(board: Board | str, *, contexts: int = DEFAULT_CONTEXTS,
     commands = json.loads((out / f"build_{DESIGN}.json").read_text())["commands"]
     tools = [argv[0] for argv in commands]
     env = toolchain_env(tools)
-    versions = {"amaranth": importlib.metadata.version("amaranth"),
-                "amaranth-boards": importlib.metadata.version("amaranth-boards")}
+    versions = {
+        "amaranth": importlib.metadata.version("amaranth"),
+        "amaranth-boards": importlib.metadata.version("amaranth-boards"),
+    }
     for tool in tools:
         dist = _DISTRIBUTION.get(tool)
         if dist and Path(env[_env_var(tool)]).name.startswith("yowasp"):
@@ -375,17 +430,26 @@ def build_bitstream(board: Board | str, *, contexts: int = DEFAULT_CONTEXTS,
         tool = argv[0]
         exe = env[_env_var(tool)]
         label = f"{i}/{len(commands)} {tool}"
-        steps[tool] = _run_step([exe, *argv[1:]], out, out / f"{tool}.log", label, env,
-                                progress, _first_use(tool, exe))
+        steps[tool] = _run_step(
+            [exe, *argv[1:]], out, out / f"{tool}.log", label, env, progress, _first_use(tool, exe)
+        )
 
     cells: dict[str, dict[str, int]] = {}
     if breakdown:
         synth = "synth_ice40" if board.family == "ice40" else "synth_ecp5"
-        script = (f"read_rtlil {DESIGN}.il; {synth} -noflatten -top {DESIGN}; "
-                  f"tee -q -o breakdown.txt stat")
-        steps["breakdown"] = _run_step([env["YOSYS"], "-q", "-p", script], out,
-                                       out / "breakdown.log", "breakdown yosys -noflatten",
-                                       env, progress, False)
+        script = (
+            f"read_rtlil {DESIGN}.il; {synth} -noflatten -top {DESIGN}; "
+            f"tee -q -o breakdown.txt stat"
+        )
+        steps["breakdown"] = _run_step(
+            [env["YOSYS"], "-q", "-p", script],
+            out,
+            out / "breakdown.log",
+            "breakdown yosys -noflatten",
+            env,
+            progress,
+            False,
+        )
         cells = parse_yosys_stat((out / "breakdown.txt").read_text())
 
     util, fmax = parse_nextpnr_report(json.loads((out / report_file).read_text()))
@@ -393,16 +457,24 @@ def build_bitstream(board: Board | str, *, contexts: int = DEFAULT_CONTEXTS,
     ram = util.get(board.ram_resource, (0, 0))
     bitstream = out / f"{DESIGN}{board.bitstream_suffix}"
     report = BuildReport(
-        board=board.name, title=board.title,
-        device=f"{platform.device}-{platform.package}", contexts=contexts, baud=baud,
+        board=board.name,
+        title=board.title,
+        device=f"{platform.device}-{platform.package}",
+        contexts=contexts,
+        baud=baud,
         bitstream=str(bitstream) if bitstream.is_file() else None,
-        logic_cells=logic[0], logic_available=logic[1],
-        block_rams=ram[0], block_rams_available=ram[1],
-        utilisation=util, fmax=fmax,
+        logic_cells=logic[0],
+        logic_available=logic[1],
+        block_rams=ram[0],
+        block_rams_available=ram[1],
+        utilisation=util,
+        fmax=fmax,
         timing_met=bool(fmax) and all(a >= c for a, c in fmax.values()),
-        tools=versions, step_seconds={k: round(v, 1) for k, v in steps.items()},
+        tools=versions,
+        step_seconds={k: round(v, 1) for k, v in steps.items()},
         total_seconds=round(time.perf_counter() - began, 1),
-        flash_hint=board.flash_hint, breakdown=cells,
+        flash_hint=board.flash_hint,
+        breakdown=cells,
     )
     (out / "report.json").write_text(report.to_json())
     (out / "report.md").write_text(report.to_markdown())

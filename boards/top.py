@@ -77,19 +77,27 @@ class UartHsm(wiring.Component):
     leds : Out(LedSignature())
     """
 
-    def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, divisor: int = SIM_DIVISOR,
-                 timeout_log2: int = SIM_TIMEOUT_LOG2, blink_log2: int = 6) -> None:
+    def __init__(
+        self,
+        contexts: int = DEFAULT_CONTEXTS,
+        *,
+        divisor: int = SIM_DIVISOR,
+        timeout_log2: int = SIM_TIMEOUT_LOG2,
+        blink_log2: int = 6,
+    ) -> None:
         if not isinstance(blink_log2, int) or not 4 <= blink_log2 <= 30:
             raise ValueError(f"blink_log2 must be an integer in 4..30, not {blink_log2!r}")
         self.contexts = contexts
         self.divisor = divisor
         self.timeout_log2 = timeout_log2
         self.blink_log2 = blink_log2
-        super().__init__({
-            "rx": In(1, init=1),
-            "tx": Out(1, init=1),
-            "leds": Out(LedSignature()),
-        })
+        super().__init__(
+            {
+                "rx": In(1, init=1),
+                "tx": Out(1, init=1),
+                "leds": Out(LedSignature()),
+            }
+        )
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -126,8 +134,10 @@ class UartHsm(wiring.Component):
         busy, done = Signal(), Signal()
         bus = bridge.bus
         with m.If(bus.cyc & bus.stb & bus.ack & ~bus.we & (bus.adr == Reg.STATUS >> 2)):
-            m.d.sync += [busy.eq((bus.dat_r & STATUS_BUSY) != 0),
-                         done.eq((bus.dat_r & STATUS_DONE) != 0)]
+            m.d.sync += [
+                busy.eq((bus.dat_r & STATUS_BUSY) != 0),
+                done.eq((bus.dat_r & STATUS_DONE) != 0),
+            ]
         m.d.comb += [
             leds.heartbeat.eq(blink[-1]),
             leds.activity.eq(activity),
@@ -153,8 +163,13 @@ class BoardTop(Elaboratable):
         it; roles left out are not shown.  :mod:`mchsm.boards.platforms` has one per board.
     """
 
-    def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, baud: int = LINK_DEFAULT_BAUD,
-                 leds: dict[str, tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        contexts: int = DEFAULT_CONTEXTS,
+        *,
+        baud: int = LINK_DEFAULT_BAUD,
+        leds: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
         unknown = set(leds or {}) - set(LED_ROLES)
         if unknown:
             raise ValueError(f"LED roles must be among {LED_ROLES}, not {sorted(unknown)!r}")
@@ -173,13 +188,15 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform: object) -> Module:
         if platform is None or getattr(platform, "default_clk_frequency", None) is None:
-            raise TypeError("BoardTop needs an amaranth-boards platform with a default clock; "
-                            "simulate UartHsm instead")
+            raise TypeError(
+                "BoardTop needs an amaranth-boards platform with a default clock; "
+                "simulate UartHsm instead"
+            )
         m = Module()
-        divisor, timeout_log2, blink_log2 = self.timing(
-            platform.default_clk_frequency, self.baud)  # type: ignore[attr-defined]
-        m.submodules.hsm = hsm = UartHsm(self.contexts, divisor=divisor,
-                                         timeout_log2=timeout_log2, blink_log2=blink_log2)
+        divisor, timeout_log2, blink_log2 = self.timing(platform.default_clk_frequency, self.baud)  # type: ignore[attr-defined]
+        m.submodules.hsm = hsm = UartHsm(
+            self.contexts, divisor=divisor, timeout_log2=timeout_log2, blink_log2=blink_log2
+        )
         uart = platform.request("uart", 0, dir="-")  # type: ignore[attr-defined]
         m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_buf = tx = io.Buffer("o", uart.tx)

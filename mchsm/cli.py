@@ -17,16 +17,22 @@ DEMO_BACKEND = "amaranth"
 #: hash/hmac default to the model, which streams gigabytes; the RTL backends are a flag away
 DIGEST_BACKEND = "model"
 
+
 def backend_option(default: str):  # type: ignore[no-untyped-def]
     return click.option(
-        "--backend", type=click.Choice(list(BACKENDS)), default=default, show_default=True,
+        "--backend",
+        type=click.Choice(list(BACKENDS)),
+        default=default,
+        show_default=True,
         help="Where the HSM runs: the golden model, or the RTL in Amaranth's simulator or "
-             "Verilator.",
+        "Verilator.",
     )
 
 
 waves_option = click.option(
-    "--waves", type=click.Path(path_type=Path), default=None,
+    "--waves",
+    type=click.Path(path_type=Path),
+    default=None,
     help="RTL backends: write a waveform (VCD) to this file or directory.",
 )
 
@@ -34,14 +40,19 @@ waves_option = click.option(
 def _check_waves(backend: str, waves: Path | None) -> None:
     """The model has no signals: refuse --waves there rather than silently write nothing."""
     if waves is not None and backend == "model":
-        raise click.BadParameter("the model has no waveform; use an RTL backend "
-                                 "(--backend amaranth, verilator or uart-sim)",
-                                 param_hint="--waves")
+        raise click.BadParameter(
+            "the model has no waveform; use an RTL backend "
+            "(--backend amaranth, verilator or uart-sim)",
+            param_hint="--waves",
+        )
 
 
 contexts_option = click.option(
-    "--contexts", type=click.IntRange(1, MAX_CONTEXTS), default=DEFAULT_CONTEXTS,
-    show_default=True, help="Number of task contexts N of the HSM.",
+    "--contexts",
+    type=click.IntRange(1, MAX_CONTEXTS),
+    default=DEFAULT_CONTEXTS,
+    show_default=True,
+    help="Number of task contexts N of the HSM.",
 )
 
 
@@ -54,16 +65,34 @@ def main() -> None:
 @main.command()
 @backend_option(DEMO_BACKEND)
 @contexts_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Verifier registry file (default: a fresh temporary file).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Verifier registry file (default: a fresh temporary file).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of task behaviour.")
 @waves_option
-@click.option("--port", default=None,
-              help="Run on a board: its serial port (e.g. /dev/ttyUSB1); see docs/boards.md.")
-@click.option("--baud", type=click.IntRange(1), default=None,
-              help="With --port: the UART rate the bitstream was built for [default: 115200].")
-def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | None,
-         port: str | None, baud: int | None) -> None:
+@click.option(
+    "--port",
+    default=None,
+    help="Run on a board: its serial port (e.g. /dev/ttyUSB1); see docs/boards.md.",
+)
+@click.option(
+    "--baud",
+    type=click.IntRange(1),
+    default=None,
+    help="With --port: the UART rate the bitstream was built for [default: 115200].",
+)
+def demo(
+    backend: str,
+    contexts: int,
+    db: Path | None,
+    seed: int,
+    waves: Path | None,
+    port: str | None,
+    baud: int | None,
+) -> None:
     """Boot a device, attest, tamper, update, and show every attack fail."""
     from mchsm.sw.demo import run_story
 
@@ -80,8 +109,13 @@ def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | 
         click.echo(f"running the demo on the RTL ({backend})...", err=True)
     with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
         path = db if db is not None else Path(tmp) / "verifier.sqlite"
-        run = run_on_backend(backend, run_story, contexts, waves=waves, job_args={
-            "db_path": path, "backend": backend, "contexts": contexts, "seed": seed})
+        run = run_on_backend(
+            backend,
+            run_story,
+            contexts,
+            waves=waves,
+            job_args={"db_path": path, "backend": backend, "contexts": contexts, "seed": seed},
+        )
     report = run.value
     click.echo(report.render())
     sim = f", {run.sim_cycles} simulated clock cycles" if run.sim_cycles else ""
@@ -91,8 +125,9 @@ def demo(backend: str, contexts: int, db: Path | None, seed: int, waves: Path | 
     sys.exit(0 if report.passed else 1)
 
 
-def _digest_files(backend: str, files: tuple[str, ...], key: bytes | None,
-                  waves: Path | None = None) -> list[str]:
+def _digest_files(
+    backend: str, files: tuple[str, ...], key: bytes | None, waves: Path | None = None
+) -> list[str]:
     """Compute HASH or HMAC of every file on the HSM; lines in sha256sum format.
 
     A waveform's path goes to stderr, so stdout stays what ``sha256sum`` prints.
@@ -106,12 +141,15 @@ def _digest_files(backend: str, files: tuple[str, ...], key: bytes | None,
     stdin = sys.stdin.buffer.read() if "-" in files else None
     # absolute paths: a simulator backend runs the job in its own working directory
     names = [name if name == "-" else str(Path(name).resolve()) for name in files]
-    run = run_on_backend(backend, digest_files, waves=waves,
-                         job_args={"names": names, "key": key, "stdin": stdin})
+    run = run_on_backend(
+        backend, digest_files, waves=waves, job_args={"names": names, "key": key, "stdin": stdin}
+    )
     if run.waves is not None:
         click.echo(f"waveform: {run.waves}", err=True)
-    return [line.replace(f"  {new}", f"  {old}", 1) for line, old, new in
-            zip(run.value, files, names, strict=True)]
+    return [
+        line.replace(f"  {new}", f"  {old}", 1)
+        for line, old, new in zip(run.value, files, names, strict=True)
+    ]
 
 
 @main.command("hash")
@@ -140,10 +178,15 @@ def hmac_files(backend: str, key_hex: str, waves: Path | None, files: tuple[str,
 
 
 @main.command()
-@click.option("--proverif", default="proverif", show_default=True,
-              help="The ProVerif executable (install it with: opam install proverif).")
-@click.option("--timeout", type=float, default=600, show_default=True,
-              help="Seconds allowed per model.")
+@click.option(
+    "--proverif",
+    default="proverif",
+    show_default=True,
+    help="The ProVerif executable (install it with: opam install proverif).",
+)
+@click.option(
+    "--timeout", type=float, default=600, show_default=True, help="Seconds allowed per model."
+)
 def prove(proverif: str, timeout: float) -> None:
     """Run ProVerif on every protocol model and check each query against expectations."""
     from mchsm.sw.prove import ProverifError, render_table, run_proofs, surprises
@@ -160,18 +203,38 @@ def prove(proverif: str, timeout: float) -> None:
 
 
 @main.command("anomaly-eval")
-@click.option("--normal-runs", type=click.IntRange(1), default=200, show_default=True,
-              help="Normal runs (their periods give the false-positive rate).")
-@click.option("--attack-runs", type=click.IntRange(1), default=100, show_default=True,
-              help="Runs per attack kind, and of slow drift.")
-@click.option("--periods", type=click.IntRange(40), default=60, show_default=True,
-              help="Scheduling periods per run.")
-@click.option("--warmup", type=click.IntRange(2), default=None,
-              help="Training periods of the detector (default: the detector's own, 20).")
+@click.option(
+    "--normal-runs",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Normal runs (their periods give the false-positive rate).",
+)
+@click.option(
+    "--attack-runs",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Runs per attack kind, and of slow drift.",
+)
+@click.option(
+    "--periods",
+    type=click.IntRange(40),
+    default=60,
+    show_default=True,
+    help="Scheduling periods per run.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(2),
+    default=None,
+    help="Training periods of the detector (default: the detector's own, 20).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of every trace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def anomaly_eval(normal_runs: int, attack_runs: int, periods: int, warmup: int | None,
-                 seed: int, as_json: bool) -> None:
+def anomaly_eval(
+    normal_runs: int, attack_runs: int, periods: int, warmup: int | None, seed: int, as_json: bool
+) -> None:
     """Measure the anomaly detector on labelled traces; exit 1 if a target is missed.
 
     Targets: every attack kind detected within 5 periods in >= 99 % of its runs, and at most
@@ -182,10 +245,13 @@ def anomaly_eval(normal_runs: int, attack_runs: int, periods: int, warmup: int |
 
     config = DetectorConfig() if warmup is None else DetectorConfig(warmup=warmup)
     if periods < config.warmup + 11:
-        raise click.BadParameter(f"runs need at least {config.warmup + 11} periods with "
-                                 f"{config.warmup} of training", param_hint="--periods")
-    report = evaluate(normal_runs=normal_runs, attack_runs=attack_runs, periods=periods,
-                      seed=seed, config=config)
+        raise click.BadParameter(
+            f"runs need at least {config.warmup + 11} periods with {config.warmup} of training",
+            param_hint="--periods",
+        )
+    report = evaluate(
+        normal_runs=normal_runs, attack_runs=attack_runs, periods=periods, seed=seed, config=config
+    )
     click.echo(report.to_json() if as_json else report.render())
     sys.exit(1 if report.failures() else 0)
 
@@ -197,10 +263,19 @@ def rtl() -> None:
 
 @rtl.command("export")
 @contexts_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              required=True, help="Directory for mchsm_core.v and mchsm_regs.h.")
-@click.option("--lint/--no-lint", default=True, show_default=True,
-              help="Check the Verilog with verilator --lint-only -Wall.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for mchsm_core.v and mchsm_regs.h.",
+)
+@click.option(
+    "--lint/--no-lint",
+    default=True,
+    show_default=True,
+    help="Check the Verilog with verilator --lint-only -Wall.",
+)
 def rtl_export(contexts: int, out_dir: Path, lint: bool) -> None:
     """Write the core as Verilog (top module mchsm_core) and a C header of its registers."""
     from mchsm.rtl import export
@@ -226,31 +301,58 @@ def rtl_regdoc() -> None:
 
 @main.command("waves")
 @click.argument("vcd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--list", "list_only", is_flag=True,
-              help="List the commands in the run: cycles, caller, status.")
-@click.option("--command", "which", default=None,
-              help="Draw this command: its index from --list, or a name (ATTEST, ATTEST#2).")
+@click.option(
+    "--list",
+    "list_only",
+    is_flag=True,
+    help="List the commands in the run: cycles, caller, status.",
+)
+@click.option(
+    "--command",
+    "which",
+    default=None,
+    help="Draw this command: its index from --list, or a name (ATTEST, ATTEST#2).",
+)
 @click.option("--start", type=click.IntRange(0), default=None, help="First cycle to draw.")
 @click.option("--end", type=click.IntRange(0), default=None, help="Last cycle to draw.")
-@click.option("-s", "--signal", "signals", multiple=True,
-              help="A signal to draw (dotted suffix of its path, e.g. sha.rnd); repeatable. "
-                   "Default: bus handshake, caller, engine state, SHA rounds, done.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG to write [default: the VCD's name with .png].")
-def waves(vcd: Path, list_only: bool, which: str | None, start: int | None, end: int | None,
-          signals: tuple[str, ...], out: Path | None) -> None:
+@click.option(
+    "-s",
+    "--signal",
+    "signals",
+    multiple=True,
+    help="A signal to draw (dotted suffix of its path, e.g. sha.rnd); repeatable. "
+    "Default: bus handshake, caller, engine state, SHA rounds, done.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG to write [default: the VCD's name with .png].",
+)
+def waves(
+    vcd: Path,
+    list_only: bool,
+    which: str | None,
+    start: int | None,
+    end: int | None,
+    signals: tuple[str, ...],
+    out: Path | None,
+) -> None:
     """Commands in a waveform from --waves, and a timing diagram (PNG) of one of them."""
     from mchsm.sim import waveplot
 
     try:
         spans = waveplot.commands(vcd)
         if list_only or (which is None and start is None):
-            click.echo(f"{'#':>3}  {'command':<12}{'caller':>6}  {'start':>8}  {'cycles':>7}"
-                       "  status")
+            click.echo(
+                f"{'#':>3}  {'command':<12}{'caller':>6}  {'start':>8}  {'cycles':>7}  status"
+            )
             for s in spans:
                 cycles = "-" if s.cycles is None else str(s.cycles)
-                click.echo(f"{s.index:>3}  {s.cmd:<12}{s.caller!s:>6}  {s.start:>8}  "
-                           f"{cycles:>7}  {s.status or 'running'}")
+                click.echo(
+                    f"{s.index:>3}  {s.cmd:<12}{s.caller!s:>6}  {s.start:>8}  "
+                    f"{cycles:>7}  {s.status or 'running'}"
+                )
             return
         title = None
         if which is not None:
@@ -258,12 +360,19 @@ def waves(vcd: Path, list_only: bool, which: str | None, start: int | None, end:
             last = span.end if span.end is not None else span.start + 200
             start = span.start - 4 if start is None else start
             end = last + 4 if end is None else end
-            title = (f"{span.cmd} from caller {span.caller}: {span.cycles} cycles, "
-                     f"{span.status}  ({vcd.name}, cycles {span.start}..{span.end})")
+            title = (
+                f"{span.cmd} from caller {span.caller}: {span.cycles} cycles, "
+                f"{span.status}  ({vcd.name}, cycles {span.start}..{span.end})"
+            )
         assert start is not None  # --list, --command or --start: one of them was given
-        target = waveplot.plot(vcd, out or vcd.with_suffix(".png"), start=start,
-                               end=start + 200 if end is None else end,
-                               signals=signals or waveplot.DEFAULT_SIGNALS, title=title)
+        target = waveplot.plot(
+            vcd,
+            out or vcd.with_suffix(".png"),
+            start=start,
+            end=start + 200 if end is None else end,
+            signals=signals or waveplot.DEFAULT_SIGNALS,
+            title=title,
+        )
     except waveplot.WaveError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {target}")
@@ -299,35 +408,60 @@ def _demo_on_board(port: str, baud: int | None, db: Path | None, seed: int) -> N
                 raise click.ClickException(
                     f"the HSM on {port} is already provisioned (its root key is write-once and "
                     f"survives a logic reset); reload the bitstream for a fresh device, e.g. "
-                    f"press CRESET on an iCEBreaker or run iceprog/openFPGALoader again")
+                    f"press CRESET on an iCEBreaker or run iceprog/openFPGALoader again"
+                )
             if info.contexts < 4:
-                raise click.ClickException(f"the demo needs at least 4 contexts; the board's "
-                                           f"HSM has {info.contexts}")
-            click.echo(f"running the demo on the board at {port} ({info.contexts} contexts)...",
-                       err=True)
+                raise click.ClickException(
+                    f"the demo needs at least 4 contexts; the board's HSM has {info.contexts}"
+                )
+            click.echo(
+                f"running the demo on the board at {port} ({info.contexts} contexts)...", err=True
+            )
             with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
                 path = db if db is not None else Path(tmp) / "verifier.sqlite"
-                report = asyncio.run(run_story(driver, path, backend=f"board ({port})",
-                                               contexts=info.contexts, seed=seed))
+                report = asyncio.run(
+                    run_story(
+                        driver, path, backend=f"board ({port})", contexts=info.contexts, seed=seed
+                    )
+                )
             stats = transport.stats
     except MchsmError as e:
         raise click.ClickException(f"{port}: {e}") from None
     click.echo(report.render())
-    click.echo(f"(board: {time.perf_counter() - began:.1f} s wall, {stats.frames} frames, "
-               f"{stats.bytes_out} bytes out, {stats.bytes_in} in, {stats.retries} retries)")
+    click.echo(
+        f"(board: {time.perf_counter() - began:.1f} s wall, {stats.frames} frames, "
+        f"{stats.bytes_out} bytes out, {stats.bytes_in} in, {stats.retries} retries)"
+    )
     sys.exit(0 if report.passed else 1)
 
 
 @main.command("build")
-@click.option("--board", type=click.Choice(BOARD_NAMES), required=True,
-              help="Target board: iCEBreaker (iCE40UP5K) or ULX3S 85F (ECP5).")
+@click.option(
+    "--board",
+    type=click.Choice(BOARD_NAMES),
+    required=True,
+    help="Target board: iCEBreaker (iCE40UP5K) or ULX3S 85F (ECP5).",
+)
 @contexts_option
-@click.option("--baud", type=click.IntRange(1), default=115_200, show_default=True,
-              help="UART rate (must divide the board clock to within 2 %).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Build directory [default: build/BOARD].")
-@click.option("--breakdown", is_flag=True,
-              help="Also count cells per module (Yosys -noflatten; a few minutes more).")
+@click.option(
+    "--baud",
+    type=click.IntRange(1),
+    default=115_200,
+    show_default=True,
+    help="UART rate (must divide the board clock to within 2 %).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Build directory [default: build/BOARD].",
+)
+@click.option(
+    "--breakdown",
+    is_flag=True,
+    help="Also count cells per module (Yosys -noflatten; a few minutes more).",
+)
 def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown: bool) -> None:
     """Bitstream for a board with Yosys and nextpnr from PyPI (YoWASP), plus a report.
 
@@ -339,9 +473,14 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
 
     out = out_dir if out_dir is not None else Path("build") / board
     try:
-        report = build_bitstream(board, contexts=contexts, baud=baud, out_dir=out,
-                                 breakdown=breakdown,
-                                 progress=lambda msg: click.echo(msg, err=True))
+        report = build_bitstream(
+            board,
+            contexts=contexts,
+            baud=baud,
+            out_dir=out,
+            breakdown=breakdown,
+            progress=lambda msg: click.echo(msg, err=True),
+        )
     except (BuildError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(report.to_markdown())

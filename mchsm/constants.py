@@ -350,23 +350,37 @@ class Reg(enum.IntEnum):
 
 #: access and meaning of every register: the source of docs/registers.md and the C header
 REG_DOC: dict[Reg, tuple[str, str]] = {
-    Reg.ID: ("R", "`MAGIC` (0x4D434853, \"MCHS\"): there is an mchsm HSM here"),
+    Reg.ID: ("R", '`MAGIC` (0x4D434853, "MCHS"): there is an mchsm HSM here'),
     Reg.INFO: ("R", "[7:0] protocol version, [15:8] number of contexts N"),
     Reg.LEN: ("RW", "data length in bytes of the next command (ignored while busy)"),
-    Reg.CMD: ("W", "[7:0] command code, [15:8] context argument; writing starts the command "
-                   "and makes the writer its owner (ignored while busy)"),
-    Reg.DATA: ("W", "data-in port: one big-endian word per write, first byte in [31:24]; "
-                    "only the owner's words count, and only as many as LEN asks for; the bus "
-                    "waits (no ack) while the input FIFO is full"),
+    Reg.CMD: (
+        "W",
+        "[7:0] command code, [15:8] context argument; writing starts the command "
+        "and makes the writer its owner (ignored while busy)",
+    ),
+    Reg.DATA: (
+        "W",
+        "data-in port: one big-endian word per write, first byte in [31:24]; "
+        "only the owner's words count, and only as many as LEN asks for; the bus "
+        "waits (no ack) while the input FIFO is full",
+    ),
     Reg.STATUS: ("R", "[7:0] status code, [8] busy, [9] done, [23:16] result length in bytes"),
-    Reg.CTRL: ("W", "[0] abort the running command (owner or manager; only while it still "
-                    "expects data), [1] clear done and so acknowledge the interrupt"),
+    Reg.CTRL: (
+        "W",
+        "[0] abort the running command (owner or manager; only while it still "
+        "expects data), [1] clear done and so acknowledge the interrupt",
+    ),
     Reg.IRQ_EN: ("RW", "[0] drive the irq line while done"),
-    Reg.CYCLES: ("R", "clock cycles from the CMD write to done of the last command (0 in the "
-                      "model)"),
+    Reg.CYCLES: (
+        "R",
+        "clock cycles from the CMD write to done of the last command (0 in the model)",
+    ),
     Reg.OWNER: ("R", "caller id that issued the current or last command"),
-    Reg.RESULT: ("R", "result window, RESULT_WORDS words, big-endian like DATA; reads as 0 "
-                      "for anyone but the owner and while busy"),
+    Reg.RESULT: (
+        "R",
+        "result window, RESULT_WORDS words, big-endian like DATA; reads as 0 "
+        "for anyone but the owner and while busy",
+    ),
 }
 
 STATUS_BUSY = 1 << 8

@@ -37,7 +37,6 @@ Why it is built like this:
   included (see ``docs/boards.md``).
 """
 
-
 from amaranth.hdl import Array, C, Cat, ClockDomain, ClockSignal, Const, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -72,8 +71,13 @@ def crc_update_matrix(poly: int) -> list[tuple[int, int]]:
             crc = ((crc << 1) & 0xFFFF) ^ (poly if feedback else 0)
         return crc
 
-    return [(sum(1 << i for i in range(16) if step(1 << i, 0) >> bit & 1),
-             sum(1 << j for j in range(8) if step(0, 1 << j) >> bit & 1)) for bit in range(16)]
+    return [
+        (
+            sum(1 << i for i in range(16) if step(1 << i, 0) >> bit & 1),
+            sum(1 << j for j in range(8) if step(0, 1 << j) >> bit & 1),
+        )
+        for bit in range(16)
+    ]
 
 
 class Crc16(wiring.Component):
@@ -104,7 +108,8 @@ class Crc16(wiring.Component):
         # table is linear: each bit an XOR of bits of that index
         index = self.crc[8:] ^ self.data
         nxt = Cat(C(0, 8), self.crc[:8]) ^ Cat(
-            (index & data_mask).xor() for _, data_mask in crc_update_matrix(LINK_CRC_POLY))
+            (index & data_mask).xor() for _, data_mask in crc_update_matrix(LINK_CRC_POLY)
+        )
         with m.If(self.clear):
             m.d.sync += self.crc.eq(LINK_CRC_INIT)
         with m.Elif(self.start):
@@ -206,14 +211,16 @@ class UartBridge(wiring.Component):
         take = Signal()  # a receiving state consumes the byte on rx
         replying = Signal()
         sent = Signal()
-        tx_byte = Array([
-            Const(LINK_REPLY_SYNC, 8),
-            status,
-            Mux(has_data, count_m1 + 1, 0),
-            Array([rd.data[24:], rd.data[16:24], rd.data[8:16], rd.data[:8]])[ptr[:2]],
-            crc.crc[8:],
-            crc.crc[8:],  # folding the CRC's high byte into it shifts the low byte up
-        ])[phase]
+        tx_byte = Array(
+            [
+                Const(LINK_REPLY_SYNC, 8),
+                status,
+                Mux(has_data, count_m1 + 1, 0),
+                Array([rd.data[24:], rd.data[16:24], rd.data[8:16], rd.data[:8]])[ptr[:2]],
+                crc.crc[8:],
+                crc.crc[8:],  # folding the CRC's high byte into it shifts the low byte up
+            ]
+        )[phase]
         m.d.comb += [
             self.tx.payload.eq(tx_byte),
             self.tx.valid.eq(replying),
@@ -251,7 +258,7 @@ class UartBridge(wiring.Component):
             receive()
             with m.If(got):
                 m.d.sync += target.eq(byte)
-                with m.If(byte[len(target):] != 0):
+                with m.If(byte[len(target) :] != 0):
                     reject(LinkStatus.ERR_FIELD)
                 with m.Else():
                     m.next = nxt

@@ -130,17 +130,24 @@ class MchsmCore(wiring.Component):
         High while a command is done and the interrupt is enabled.
     """
 
-    def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, budget: int = MONITOR_BUDGET,
-                 fail_limit: int = MONITOR_FAIL_LIMIT) -> None:
+    def __init__(
+        self,
+        contexts: int = DEFAULT_CONTEXTS,
+        *,
+        budget: int = MONITOR_BUDGET,
+        fail_limit: int = MONITOR_FAIL_LIMIT,
+    ) -> None:
         check_build(contexts, budget, fail_limit)
         self.contexts = contexts
         self.budget = budget
         self.fail_limit = fail_limit
-        super().__init__({
-            "bus": In(wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32)),
-            "caller": In(CALLER_BITS),
-            "irq": Out(1),
-        })
+        super().__init__(
+            {
+                "bus": In(wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32)),
+                "caller": In(CALLER_BITS),
+                "irq": Out(1),
+            }
+        )
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -274,8 +281,7 @@ class MchsmCore(wiring.Component):
                 with m.Case(reg_idx[Reg.CTRL]):
                     m.d.sync += bus.ack.eq(1)
                     with m.If(is_owner | (self.caller == MANAGER)):
-                        with m.If(bus.dat_w[CTRL_ABORT.bit_length() - 1] & busy
-                                  & (r_inbytes != 0)):
+                        with m.If(bus.dat_w[CTRL_ABORT.bit_length() - 1] & busy & (r_inbytes != 0)):
                             m.d.sync += r_abort.eq(1)
                         with m.If(bus.dat_w[CTRL_CLEAR.bit_length() - 1]):
                             m.d.sync += r_done.eq(0)
@@ -311,10 +317,12 @@ class MchsmCore(wiring.Component):
                     )
 
         # ---- the monitor: per task, commands this period and failures since RESET -----------
-        commands = Array([Signal(range(self.budget + 2), name=f"commands{i + 1}")
-                          for i in range(n)])
-        failures = Array([Signal(range(self.fail_limit + 1), name=f"failures{i + 1}")
-                          for i in range(n)])
+        commands = Array(
+            [Signal(range(self.budget + 2), name=f"commands{i + 1}") for i in range(n)]
+        )
+        failures = Array(
+            [Signal(range(self.fail_limit + 1), name=f"failures{i + 1}") for i in range(n)]
+        )
         caller_task = (self.caller >= 1) & (self.caller <= n)
         with m.If(start_cmd & caller_task):
             count = commands[(self.caller - 1)[:iw]]
@@ -330,8 +338,14 @@ class MchsmCore(wiring.Component):
         with m.If(busy):
             m.d.sync += r_cycles.eq(r_cycles + 1)
         with m.If(start_cmd):
-            m.d.sync += [r_cycles.eq(1), r_reslen.eq(0), r_abort.eq(0), k.eq(0),
-                         primed.eq(0), r_left.eq(r_len)]
+            m.d.sync += [
+                r_cycles.eq(1),
+                r_reslen.eq(0),
+                r_abort.eq(0),
+                k.eq(0),
+                primed.eq(0),
+                r_left.eq(r_len),
+            ]
 
         # ---- datapath ------------------------------------------------------------------------
         # Every wide value (the engine's input word, a result word, memory write data) is chosen
@@ -352,30 +366,55 @@ class MchsmCore(wiring.Component):
         m.d.comb += counter_next.eq(counter + 1)
         visible = Mux(r_owner == MANAGER, Const((1 << n) - 1, n), (Const(1, n) << cidx)[:n])
         info = Cat(provisioned, Const(0, 7), Const(n, 8), Const(PROTOCOL_VERSION, 8))
-        flag_bits = {CtxFlag.LOADED: loaded, CtxFlag.ANOMALY: anomaly, CtxFlag.MATCH: match,
-                     CtxFlag.OK: okmask}
+        flag_bits = {
+            CtxFlag.LOADED: loaded,
+            CtxFlag.ANOMALY: anomaly,
+            CtxFlag.MATCH: match,
+            CtxFlag.OK: okmask,
+        }
         flags = Cat(*(flag_bits[f].bit_select(idx, 1) for f in sorted(CtxFlag)))
         kdf = [w for label in (KDF_ATT, KDF_UPD, KDF_TASK) for w in _words(label)]
         values: dict[str, Value | int] = {
-            "zero": 0, "att": _words(ATT_LABEL)[0], "upd": _words(UPD_LABEL)[0],
+            "zero": 0,
+            "att": _words(ATT_LABEL)[0],
+            "upd": _words(UPD_LABEL)[0],
             "ack": _words(ACK_LABEL)[0],
-            **{f"kdf_{lab}{i}": kdf[3 * j + i] for j, lab in enumerate(("att", "upd", "tsk"))
-               for i in range(3)},
-            "sel": r_sel, "ok": r_ok, "ctr1": counter_next, "ctx": r_ctx, "vold": r_vold,
-            "vnew": r_vnew, "owner": r_owner, "info": info, "ctr": counter,
-            "okv": okmask & visible, "loadedv": loaded & visible,
-            "anomalyv": anomaly & visible, "flags": flags,
+            **{
+                f"kdf_{lab}{i}": kdf[3 * j + i]
+                for j, lab in enumerate(("att", "upd", "tsk"))
+                for i in range(3)
+            },
+            "sel": r_sel,
+            "ok": r_ok,
+            "ctr1": counter_next,
+            "ctx": r_ctx,
+            "vold": r_vold,
+            "vnew": r_vnew,
+            "owner": r_owner,
+            "info": info,
+            "ctr": counter,
+            "okv": okmask & visible,
+            "loadedv": loaded & visible,
+            "anomalyv": anomaly & visible,
+            "flags": flags,
         }
         assert set(values) == set(uc.WORD_NAMES)
         word = Signal(32)
-        m.d.comb += word.eq(Array([v if isinstance(v, Value) else Const(v, 32)
-                                   for v in (values[name] for name in uc.WORD_NAMES)])[widx])
+        m.d.comb += word.eq(
+            Array(
+                [
+                    v if isinstance(v, Value) else Const(v, 32)
+                    for v in (values[name] for name in uc.WORD_NAMES)
+                ]
+            )[widx]
+        )
 
         masks = []
         for j in range(4):  # byte j of key word k is key byte 4k+j: zero beyond r_klen
             masks.append(Mux(Cat(Const(j, 2), k[:4]) < r_klen, 0xFF, 0) << (24 - 8 * j))
-        key_word = (scr_rd.data & (masks[0] | masks[1] | masks[2] | masks[3])) \
-            ^ Mux(opad, OPAD, IPAD)
+        key_word = (scr_rd.data & (masks[0] | masks[1] | masks[2] | masks[3])) ^ Mux(
+            opad, OPAD, IPAD
+        )
 
         with m.Switch(dsrc):
             with m.Case(src_fifo):
@@ -392,8 +431,9 @@ class MchsmCore(wiring.Component):
         m.d.comb += [
             fire.eq(sha.valid & sha.ready),
             dfifo.r_en.eq(((dsrc == src_fifo) & fire) | pop),
-            res_wr.data.eq(Array([sha.digest, word, ctx_rd.data,
-                                  Mux(provisioned, scr_rd.data, 0)])[rsrc]),
+            res_wr.data.eq(
+                Array([sha.digest, word, ctx_rd.data, Mux(provisioned, scr_rd.data, 0)])[rsrc]
+            ),
             ctx_wr.data.eq(Array([Const(0, 32), sha.digest, scr_rd.data, word])[cwsrc]),
             scr_wr.data.eq(Mux(swsrc, sha.digest, dfifo.r_data)),
             key_wr.data.eq(sha.digest),
@@ -419,8 +459,9 @@ class MchsmCore(wiring.Component):
                         checks.append((~provisioned, Status.ERR_NOT_PROVISIONED))
                     elif spec.provisioned is False:
                         checks.append((provisioned, Status.ERR_PROVISIONED))
-                    checks.append((~ctx_in_range if spec.context else r_ctx != 0,
-                                   Status.ERR_CONTEXT))
+                    checks.append(
+                        (~ctx_in_range if spec.context else r_ctx != 0, Status.ERR_CONTEXT)
+                    )
                     if spec.length is not None:
                         checks.append((r_len != spec.length, Status.ERR_LENGTH))
                     if cmd is Cmd.TASK_MAC:
@@ -438,7 +479,8 @@ class MchsmCore(wiring.Component):
         # ---- the microcoded engine -----------------------------------------------------------
         program = uc.assemble()
         m.submodules.ucode = ucode = memory.Memory(
-            shape=uc.WORD_WIDTH, depth=len(program.code), init=program.words())
+            shape=uc.WORD_WIDTH, depth=len(program.code), init=program.words()
+        )
         u_rd = ucode.read_port()
         f: dict[str, Value] = {}
         shift = 0
@@ -494,8 +536,11 @@ class MchsmCore(wiring.Component):
             elif src is uc.Feed.WORD:
                 m.d.comb += [dsrc.eq(src_word), widx.eq(f["wbase"] + k)]
                 with m.If(f["tee"]):
-                    m.d.comb += [rsrc.eq(rsrc_word), res_wr.addr.eq(f["rbase"] + k),
-                                 res_wr.en.eq(fire)]
+                    m.d.comb += [
+                        rsrc.eq(rsrc_word),
+                        res_wr.addr.eq(f["rbase"] + k),
+                        res_wr.en.eq(fire),
+                    ]
                 with m.If(fire):
                     step(u_cnt)
             elif src is uc.Feed.REFS:  # R of every selected context, in ascending order
@@ -505,8 +550,9 @@ class MchsmCore(wiring.Component):
                 more = higher != 0
                 m.d.comb += [
                     dsrc.eq(src_ctx),
-                    ctx_rd.addr.eq(Mux(fire & wrap, active_r(next_ci, Const(0, 3)),
-                                       active_r(r_ci, kk))),
+                    ctx_rd.addr.eq(
+                        Mux(fire & wrap, active_r(next_ci, Const(0, 3)), active_r(r_ci, kk))
+                    ),
                     sha.last.eq(wrap & ~more),
                 ]
                 with m.If(~primed):
@@ -531,21 +577,31 @@ class MchsmCore(wiring.Component):
                 elif src is uc.Feed.SCR_U:
                     m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_U, kk, 3))]
                 else:  # the key block XOR ipad or opad
-                    m.d.comb += [dsrc.eq(src_key), opad.eq(src is uc.Feed.KEY_OPAD),
-                                 scr_rd.addr.eq(at(S_K, kk, 4))]
+                    m.d.comb += [
+                        dsrc.eq(src_key),
+                        opad.eq(src is uc.Feed.KEY_OPAD),
+                        scr_rd.addr.eq(at(S_K, kk, 4)),
+                    ]
                 primed_step(fire)
 
         def stream() -> None:
             """The whole command data (``LEN`` bytes, any length) as the end of a message."""
             with m.If(r_left == 0):  # empty message: one empty last word
-                m.d.comb += [dsrc.eq(src_word), widx.eq(uc.WORD_NAMES.index("zero")),
-                             sha.last.eq(1), sha.nbytes.eq(0)]
+                m.d.comb += [
+                    dsrc.eq(src_word),
+                    widx.eq(uc.WORD_NAMES.index("zero")),
+                    sha.last.eq(1),
+                    sha.nbytes.eq(0),
+                ]
                 with m.If(fire):
                     m.d.comb += advance.eq(1)
             with m.Else():
                 tail = r_left <= 4
-                m.d.comb += [dsrc.eq(src_fifo), sha.last.eq(tail),
-                             sha.nbytes.eq(Mux(tail, r_left[:3], 4))]
+                m.d.comb += [
+                    dsrc.eq(src_fifo),
+                    sha.last.eq(tail),
+                    sha.nbytes.eq(Mux(tail, r_left[:3], 4)),
+                ]
                 with m.If(fire):
                     m.d.sync += r_left.eq(Mux(tail, 0, r_left - 4))
                     m.d.comb += advance.eq(tail)
@@ -565,17 +621,24 @@ class MchsmCore(wiring.Component):
                 m.d.sync += primed.eq(1)
             dst = f["dst"]
             m.d.comb += [
-                sha.shift.eq(active), sha.load.eq(loading), sha.shift_in.eq(key_rd.data),
+                sha.shift.eq(active),
+                sha.load.eq(loading),
+                sha.shift_in.eq(key_rd.data),
                 sha.resume.eq(f["resume"] & active & (k == 7)),
-                rsrc.eq(rsrc_digest), res_wr.addr.eq(f["rbase"] + k),
+                rsrc.eq(rsrc_digest),
+                res_wr.addr.eq(f["rbase"] + k),
                 res_wr.en.eq(active & dst[uc.Dst.RES.bit_length() - 1]),
-                cwsrc.eq(cw_digest), ctx_wr.addr.eq(m_at(idx, k)),
+                cwsrc.eq(cw_digest),
+                ctx_wr.addr.eq(m_at(idx, k)),
                 ctx_wr.en.eq(active & dst[uc.Dst.CTX_M.bit_length() - 1]),
                 swsrc.eq(1),
-                scr_wr.addr.eq(Mux(dst[uc.Dst.SCR_K.bit_length() - 1], at(S_K, k, 3),
-                                   at(S_T, k, 3))),
-                scr_wr.en.eq(active & (dst[uc.Dst.SCR_T.bit_length() - 1]
-                                       | dst[uc.Dst.SCR_K.bit_length() - 1])),
+                scr_wr.addr.eq(
+                    Mux(dst[uc.Dst.SCR_K.bit_length() - 1], at(S_K, k, 3), at(S_T, k, 3))
+                ),
+                scr_wr.en.eq(
+                    active
+                    & (dst[uc.Dst.SCR_T.bit_length() - 1] | dst[uc.Dst.SCR_K.bit_length() - 1])
+                ),
                 key_wr.addr.eq(Cat(k[:3], u_src[0], r_slot[4:])),
                 key_wr.en.eq(active & dst[uc.Dst.KEY.bit_length() - 1]),
             ]
@@ -583,8 +646,9 @@ class MchsmCore(wiring.Component):
                 step(7)
 
         def read_ctx_addr(i: Value) -> Value:
-            return Mux(i == 0, v_at(idx, bank_i),
-                       Mux(i <= 8, m_at(idx, i - 1), r_at(idx, i - 9, bank_i)))
+            return Mux(
+                i == 0, v_at(idx, bank_i), Mux(i <= 8, m_at(idx, i - 1), r_at(idx, i - 9, bank_i))
+            )
 
         def copy() -> None:
             """``cnt + 1`` words into the result window (memories answer a cycle late)."""
@@ -603,9 +667,12 @@ class MchsmCore(wiring.Component):
             """Command data into scratch, as it arrives."""
             by_len = u_src == uc.Pop.KEY_BY_LEN
             words = Mux(by_len, ((r_len + 3) >> 2)[:5], u_cnt + 1)
-            m.d.comb += [pop.eq(1), swsrc.eq(0), scr_wr.en.eq(dfifo.r_rdy),
-                         scr_wr.addr.eq(Mux(u_src == uc.Pop.DEV, at(S_DEV, k, 4),
-                                            at(S_K, k, 4)))]
+            m.d.comb += [
+                pop.eq(1),
+                swsrc.eq(0),
+                scr_wr.en.eq(dfifo.r_rdy),
+                scr_wr.addr.eq(Mux(u_src == uc.Pop.DEV, at(S_DEV, k, 4), at(S_K, k, 4))),
+            ]
             with m.If(by_len):
                 m.d.sync += r_klen.eq(r_len[:7])
             with m.If(words == 0):
@@ -617,25 +684,30 @@ class MchsmCore(wiring.Component):
             sp = uc.Special
             with m.Switch(u_target):
                 with m.Case(sp.MATCH):  # port 1 reads M[k], port 2 R[k] (k < 8), then v
-                    m.d.comb += [ctx_rd.addr.eq(m_at(idx, k)),
-                                 ctx_rd2.addr.eq(Mux(k == 8, v_at(idx, bank_i),
-                                                     r_at(idx, k, bank_i)))]
+                    m.d.comb += [
+                        ctx_rd.addr.eq(m_at(idx, k)),
+                        ctx_rd2.addr.eq(Mux(k == 8, v_at(idx, bank_i), r_at(idx, k, bank_i))),
+                    ]
                     with m.If(k == 0):
                         m.d.sync += neq.eq(0)
                     with m.Elif(k <= 8):
                         m.d.sync += neq.eq(neq | (ctx_rd.data != ctx_rd2.data))
                     with m.If(k == 9):
-                        m.d.sync += [match.bit_select(idx, 1).eq(~neq & (ctx_rd2.data != 0)),
-                                     k.eq(0)]
+                        m.d.sync += [
+                            match.bit_select(idx, 1).eq(~neq & (ctx_rd2.data != 0)),
+                            k.eq(0),
+                        ]
                         m.d.comb += advance.eq(1)
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
                 with m.Case(sp.ZERO_M):
-                    m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero),
-                                 ctx_wr.en.eq(1)]
+                    m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero), ctx_wr.en.eq(1)]
                     with m.If(k == 7):
-                        m.d.sync += [loaded.bit_select(idx, 1).eq(0),
-                                     anomaly.bit_select(idx, 1).eq(0), failures[idx].eq(0)]
+                        m.d.sync += [
+                            loaded.bit_select(idx, 1).eq(0),
+                            anomaly.bit_select(idx, 1).eq(0),
+                            failures[idx].eq(0),
+                        ]
                     step(7)
                 with m.Case(sp.SET_ANOMALY):
                     m.d.sync += anomaly.bit_select(idx, 1).eq(1)
@@ -673,8 +745,11 @@ class MchsmCore(wiring.Component):
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.UPD_COMPARE):  # constant time: all 8 words, whatever they hold
                     ready = dfifo.r_rdy & ~sha.busy
-                    m.d.comb += [pop.eq(ready), sha.shift.eq(ready),
-                                 ctx_rd.addr.eq(v_at(idx, bank_i))]
+                    m.d.comb += [
+                        pop.eq(ready),
+                        sha.shift.eq(ready),
+                        ctx_rd.addr.eq(v_at(idx, bank_i)),
+                    ]
                     with m.If(ready):
                         m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != dfifo.r_data))
                         step(7)
@@ -690,8 +765,10 @@ class MchsmCore(wiring.Component):
                         m.d.comb += advance.eq(1)
                 with m.Case(sp.UPD_WRITE_R):  # R' into the other bank, comparing it with M
                     m.d.comb += [
-                        scr_rd.addr.eq(at(S_U, k, 3)), ctx_rd.addr.eq(m_at(idx, k)),
-                        ctx_wr.addr.eq(r_at(idx, k - 1, ~bank_i)), cwsrc.eq(cw_scr),
+                        scr_rd.addr.eq(at(S_U, k, 3)),
+                        ctx_rd.addr.eq(m_at(idx, k)),
+                        ctx_wr.addr.eq(r_at(idx, k - 1, ~bank_i)),
+                        cwsrc.eq(cw_scr),
                         ctx_wr.en.eq((k != 0) & (k <= 8)),
                     ]
                     with m.If(k == 0):
@@ -704,9 +781,13 @@ class MchsmCore(wiring.Component):
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
                 with m.Case(sp.UPD_WRITE_V):
-                    m.d.comb += [ctx_wr.addr.eq(v_at(idx, ~bank_i)), cwsrc.eq(cw_word),
-                                 widx.eq(uc.WORD_NAMES.index("vnew")), ctx_wr.en.eq(1),
-                                 advance.eq(1)]
+                    m.d.comb += [
+                        ctx_wr.addr.eq(v_at(idx, ~bank_i)),
+                        cwsrc.eq(cw_word),
+                        widx.eq(uc.WORD_NAMES.index("vnew")),
+                        ctx_wr.en.eq(1),
+                        advance.eq(1),
+                    ]
                 with m.Case(sp.UPD_FLIP):  # the one clock edge at which the update takes effect
                     m.d.sync += [
                         bank.bit_select(idx, 1).eq(~bank_i),
@@ -771,8 +852,12 @@ class MchsmCore(wiring.Component):
                     with m.Case(op.COPY):
                         copy()
                     with m.Case(op.WRES):
-                        m.d.comb += [widx.eq(f["wbase"] + k), rsrc.eq(rsrc_word),
-                                     res_wr.addr.eq(f["rbase"] + k), res_wr.en.eq(1)]
+                        m.d.comb += [
+                            widx.eq(f["wbase"] + k),
+                            rsrc.eq(rsrc_word),
+                            res_wr.addr.eq(f["rbase"] + k),
+                            res_wr.en.eq(1),
+                        ]
                         step(u_cnt)
                     with m.Case(op.POP):
                         pop_words()
@@ -786,8 +871,14 @@ class MchsmCore(wiring.Component):
 
             with m.State("FINISH"):
                 m.d.comb += [fifo_rst.eq(1), sha_rst.eq(1)]
-                m.d.sync += [r_status.eq(r_fin), r_done.eq(1), r_inbytes.eq(0), r_abort.eq(0),
-                             k.eq(0), primed.eq(0)]
+                m.d.sync += [
+                    r_status.eq(r_fin),
+                    r_done.eq(1),
+                    r_inbytes.eq(0),
+                    r_abort.eq(0),
+                    k.eq(0),
+                    primed.eq(0),
+                ]
                 with m.If(r_fin != Status.OK):
                     m.d.sync += r_reslen.eq(0)
                 owner_task = (r_owner >= 1) & (r_owner <= n)

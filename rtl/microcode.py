@@ -208,13 +208,20 @@ def _w(name: str) -> int:
     return WORD_NAMES.index(name)
 
 
-def feed(src: Feed, count: int, *, last: bool = False, wbase: int = 0, tee: bool = False,
-         rbase: int = 0) -> U:
+def feed(
+    src: Feed, count: int, *, last: bool = False, wbase: int = 0, tee: bool = False, rbase: int = 0
+) -> U:
     return U(Op.FEED, cnt=count - 1, src=src, last=last, wbase=wbase, tee=tee, rbase=rbase)
 
 
-def ring(*, load: Load = Load.NONE, dst: int = 0, rbase: int = 0, resume: bool = False,
-         opad: bool = False) -> U:
+def ring(
+    *,
+    load: Load = Load.NONE,
+    dst: int = 0,
+    rbase: int = 0,
+    resume: bool = False,
+    opad: bool = False,
+) -> U:
     # for Dst.KEY, ``src`` says which half of the slot in r_slot receives the digest
     return U(Op.RING, load=load, dst=dst, rbase=rbase, resume=resume, src=int(opad))
 
@@ -239,84 +246,170 @@ def assemble() -> Assembler:
     """The whole program: subroutines, then one program per command."""
     a = Assembler()
     # MID: the key block (scratch K, r_klen bytes) -> ipad/opad midstates at slot r_slot
-    a("MID",
-      U(Op.START), feed(Feed.KEY_IPAD, 16), U(Op.CUT), ring(dst=Dst.KEY),
-      U(Op.START), feed(Feed.KEY_OPAD, 16), U(Op.CUT), ring(dst=Dst.KEY, opad=True),
-      U(Op.RET))
+    a(
+        "MID",
+        U(Op.START),
+        feed(Feed.KEY_IPAD, 16),
+        U(Op.CUT),
+        ring(dst=Dst.KEY),
+        U(Op.START),
+        feed(Feed.KEY_OPAD, 16),
+        U(Op.CUT),
+        ring(dst=Dst.KEY, opad=True),
+        U(Op.RET),
+    )
     # TAIL: outer hash of an HMAC with the opad midstate of slot r_slot; the digest is the MAC
-    a("TAIL",
-      ring(load=Load.SLOT_OPAD, dst=Dst.SCR_T, resume=True),
-      feed(Feed.SCR_T, 8, last=True), U(Op.RET))
+    a(
+        "TAIL",
+        ring(load=Load.SLOT_OPAD, dst=Dst.SCR_T, resume=True),
+        feed(Feed.SCR_T, 8, last=True),
+        U(Op.RET),
+    )
     # DERIVE: scratch K := HMAC(K_root, label [|| u32 i || R[i]])
-    a("DER_ATT",
-      ring(load=Load.ROOT, resume=True), feed(Feed.WORD, 3, wbase=_w("kdf_att0"), last=True),
-      U(Op.JUMP, target="DER_END"))
-    a("DER_UPD",
-      ring(load=Load.ROOT, resume=True), feed(Feed.WORD, 3, wbase=_w("kdf_upd0"), last=True),
-      U(Op.JUMP, target="DER_END"))
-    a("DER_TSK",
-      ring(load=Load.ROOT, resume=True), feed(Feed.WORD, 3, wbase=_w("kdf_tsk0")),
-      feed(Feed.WORD, 1, wbase=_w("owner")), feed(Feed.CTX_R_CALLER, 8, last=True))
-    a("DER_END",
-      call("TAIL", Load.ROOT), ring(dst=Dst.SCR_K), special(Special.KLEN32),
-      U(Op.RET))
+    a(
+        "DER_ATT",
+        ring(load=Load.ROOT, resume=True),
+        feed(Feed.WORD, 3, wbase=_w("kdf_att0"), last=True),
+        U(Op.JUMP, target="DER_END"),
+    )
+    a(
+        "DER_UPD",
+        ring(load=Load.ROOT, resume=True),
+        feed(Feed.WORD, 3, wbase=_w("kdf_upd0"), last=True),
+        U(Op.JUMP, target="DER_END"),
+    )
+    a(
+        "DER_TSK",
+        ring(load=Load.ROOT, resume=True),
+        feed(Feed.WORD, 3, wbase=_w("kdf_tsk0")),
+        feed(Feed.WORD, 1, wbase=_w("owner")),
+        feed(Feed.CTX_R_CALLER, 8, last=True),
+    )
+    a("DER_END", call("TAIL", Load.ROOT), ring(dst=Dst.SCR_K), special(Special.KLEN32), U(Op.RET))
 
-    a(ENTRY[Cmd.PROVISION],
-      U(Op.POP, src=Pop.DEV, cnt=3), U(Op.POP, src=Pop.KEY, cnt=7), special(Special.KLEN32),
-      call("MID", Load.ROOT),
-      call("DER_ATT"), call("MID", Load.ATT),
-      call("DER_UPD"), call("MID", Load.UPD),
-      special(Special.PROVISIONED), done(Cmd.PROVISION))
-    a(ENTRY[Cmd.STATUS],
-      U(Op.WRES, wbase=_w("info"), cnt=4, rbase=0),
-      U(Op.COPY, src=Copy.SCR_DEV, cnt=3, rbase=5), done(Cmd.STATUS))
-    a(ENTRY[Cmd.READ_CTX],
-      U(Op.COPY, src=Copy.CTX_READ, cnt=16, rbase=1),
-      U(Op.WRES, wbase=_w("flags"), cnt=0, rbase=0), done(Cmd.READ_CTX))
-    a(ENTRY[Cmd.RESET],
-      special(Special.ZERO_M), special(Special.MATCH), done(Cmd.RESET))
+    a(
+        ENTRY[Cmd.PROVISION],
+        U(Op.POP, src=Pop.DEV, cnt=3),
+        U(Op.POP, src=Pop.KEY, cnt=7),
+        special(Special.KLEN32),
+        call("MID", Load.ROOT),
+        call("DER_ATT"),
+        call("MID", Load.ATT),
+        call("DER_UPD"),
+        call("MID", Load.UPD),
+        special(Special.PROVISIONED),
+        done(Cmd.PROVISION),
+    )
+    a(
+        ENTRY[Cmd.STATUS],
+        U(Op.WRES, wbase=_w("info"), cnt=4, rbase=0),
+        U(Op.COPY, src=Copy.SCR_DEV, cnt=3, rbase=5),
+        done(Cmd.STATUS),
+    )
+    a(
+        ENTRY[Cmd.READ_CTX],
+        U(Op.COPY, src=Copy.CTX_READ, cnt=16, rbase=1),
+        U(Op.WRES, wbase=_w("flags"), cnt=0, rbase=0),
+        done(Cmd.READ_CTX),
+    )
+    a(ENTRY[Cmd.RESET], special(Special.ZERO_M), special(Special.MATCH), done(Cmd.RESET))
     a(ENTRY[Cmd.SET_ANOMALY], special(Special.SET_ANOMALY), done(Cmd.SET_ANOMALY))
     a(ENTRY[Cmd.NEW_PERIOD], special(Special.NEW_PERIOD), done(Cmd.NEW_PERIOD))
-    a(ENTRY[Cmd.EXTEND],
-      U(Op.START), feed(Feed.CTX_M, 8), feed(Feed.FIFO, 8, last=True),
-      ring(dst=Dst.CTX_M | Dst.RES), special(Special.MATCH), done(Cmd.EXTEND))
-    a(ENTRY[Cmd.MEASURE],
-      U(Op.START), U(Op.STREAM), ring(dst=Dst.RES | Dst.SCR_T),
-      U(Op.START), feed(Feed.CTX_M, 8), feed(Feed.SCR_T, 8, last=True),
-      ring(dst=Dst.CTX_M), special(Special.SET_LOADED), special(Special.MATCH),
-      done(Cmd.MEASURE))
-    a(ENTRY[Cmd.ATTEST],
-      special(Special.ATT_SEL), special(Special.ATT_CHECK), feed(Feed.REFS, 8, last=True),
-      ring(load=Load.ATT, dst=Dst.SCR_T, resume=True),
-      feed(Feed.WORD, 1, wbase=_w("att")), feed(Feed.SCR_DEV, 4), feed(Feed.FIFO, 8),
-      feed(Feed.WORD, 3, wbase=_w("sel"), tee=True, rbase=0),  # sel, ok, ctr+1
-      feed(Feed.SCR_T, 8, last=True), call("TAIL", Load.ATT),
-      ring(dst=Dst.RES, rbase=3), special(Special.ATT_COUNT), done(Cmd.ATTEST))
-    a(ENTRY[Cmd.UPDATE],
-      ring(load=Load.UPD, resume=True), feed(Feed.WORD, 1, wbase=_w("upd")),
-      feed(Feed.SCR_DEV, 4), feed(Feed.WORD, 1, wbase=_w("ctx")),
-      feed(Feed.FIFO_CAPTURE, 10, last=True), call("TAIL", Load.UPD),
-      special(Special.UPD_COMPARE), special(Special.UPD_CHECK),
-      ring(load=Load.UPD, resume=True), feed(Feed.WORD, 1, wbase=_w("ack")),
-      feed(Feed.SCR_DEV, 4), feed(Feed.WORD, 3, wbase=_w("ctx")),  # ctx, v, v'
-      feed(Feed.SCR_U, 8, last=True), call("TAIL", Load.UPD),
-      ring(dst=Dst.RES, rbase=1), U(Op.WRES, wbase=_w("vnew"), cnt=0, rbase=0),
-      special(Special.UPD_WRITE_R), special(Special.UPD_WRITE_V), special(Special.UPD_FLIP),
-      done(Cmd.UPDATE))
-    a(ENTRY[Cmd.TASK_MAC],
-      call("DER_TSK"), call("MID", Load.TASK), ring(load=Load.TASK, resume=True),
-      U(Op.STREAM), call("TAIL", Load.TASK), ring(dst=Dst.RES),
-      done(Cmd.TASK_MAC))
-    a(ENTRY[Cmd.HASH],
-      U(Op.START), U(Op.STREAM), ring(dst=Dst.RES), done(Cmd.HASH))
-    a(ENTRY[Cmd.HMAC_KEY],
-      U(Op.JUMP_IF_LONG, target="KEY_LONG"), U(Op.POP, src=Pop.KEY_BY_LEN),
-      "KEY_MID", call("MID", Load.HMAC), special(Special.KEY_DONE), done(Cmd.HMAC_KEY),
-      "KEY_LONG", U(Op.START), U(Op.STREAM), ring(dst=Dst.SCR_K),
-      special(Special.KLEN32), U(Op.JUMP, target="KEY_MID"))
-    a(ENTRY[Cmd.HMAC],
-      ring(load=Load.HMAC, resume=True), U(Op.STREAM), call("TAIL", Load.HMAC),
-      ring(dst=Dst.RES), done(Cmd.HMAC))
+    a(
+        ENTRY[Cmd.EXTEND],
+        U(Op.START),
+        feed(Feed.CTX_M, 8),
+        feed(Feed.FIFO, 8, last=True),
+        ring(dst=Dst.CTX_M | Dst.RES),
+        special(Special.MATCH),
+        done(Cmd.EXTEND),
+    )
+    a(
+        ENTRY[Cmd.MEASURE],
+        U(Op.START),
+        U(Op.STREAM),
+        ring(dst=Dst.RES | Dst.SCR_T),
+        U(Op.START),
+        feed(Feed.CTX_M, 8),
+        feed(Feed.SCR_T, 8, last=True),
+        ring(dst=Dst.CTX_M),
+        special(Special.SET_LOADED),
+        special(Special.MATCH),
+        done(Cmd.MEASURE),
+    )
+    a(
+        ENTRY[Cmd.ATTEST],
+        special(Special.ATT_SEL),
+        special(Special.ATT_CHECK),
+        feed(Feed.REFS, 8, last=True),
+        ring(load=Load.ATT, dst=Dst.SCR_T, resume=True),
+        feed(Feed.WORD, 1, wbase=_w("att")),
+        feed(Feed.SCR_DEV, 4),
+        feed(Feed.FIFO, 8),
+        feed(Feed.WORD, 3, wbase=_w("sel"), tee=True, rbase=0),  # sel, ok, ctr+1
+        feed(Feed.SCR_T, 8, last=True),
+        call("TAIL", Load.ATT),
+        ring(dst=Dst.RES, rbase=3),
+        special(Special.ATT_COUNT),
+        done(Cmd.ATTEST),
+    )
+    a(
+        ENTRY[Cmd.UPDATE],
+        ring(load=Load.UPD, resume=True),
+        feed(Feed.WORD, 1, wbase=_w("upd")),
+        feed(Feed.SCR_DEV, 4),
+        feed(Feed.WORD, 1, wbase=_w("ctx")),
+        feed(Feed.FIFO_CAPTURE, 10, last=True),
+        call("TAIL", Load.UPD),
+        special(Special.UPD_COMPARE),
+        special(Special.UPD_CHECK),
+        ring(load=Load.UPD, resume=True),
+        feed(Feed.WORD, 1, wbase=_w("ack")),
+        feed(Feed.SCR_DEV, 4),
+        feed(Feed.WORD, 3, wbase=_w("ctx")),  # ctx, v, v'
+        feed(Feed.SCR_U, 8, last=True),
+        call("TAIL", Load.UPD),
+        ring(dst=Dst.RES, rbase=1),
+        U(Op.WRES, wbase=_w("vnew"), cnt=0, rbase=0),
+        special(Special.UPD_WRITE_R),
+        special(Special.UPD_WRITE_V),
+        special(Special.UPD_FLIP),
+        done(Cmd.UPDATE),
+    )
+    a(
+        ENTRY[Cmd.TASK_MAC],
+        call("DER_TSK"),
+        call("MID", Load.TASK),
+        ring(load=Load.TASK, resume=True),
+        U(Op.STREAM),
+        call("TAIL", Load.TASK),
+        ring(dst=Dst.RES),
+        done(Cmd.TASK_MAC),
+    )
+    a(ENTRY[Cmd.HASH], U(Op.START), U(Op.STREAM), ring(dst=Dst.RES), done(Cmd.HASH))
+    a(
+        ENTRY[Cmd.HMAC_KEY],
+        U(Op.JUMP_IF_LONG, target="KEY_LONG"),
+        U(Op.POP, src=Pop.KEY_BY_LEN),
+        "KEY_MID",
+        call("MID", Load.HMAC),
+        special(Special.KEY_DONE),
+        done(Cmd.HMAC_KEY),
+        "KEY_LONG",
+        U(Op.START),
+        U(Op.STREAM),
+        ring(dst=Dst.SCR_K),
+        special(Special.KLEN32),
+        U(Op.JUMP, target="KEY_MID"),
+    )
+    a(
+        ENTRY[Cmd.HMAC],
+        ring(load=Load.HMAC, resume=True),
+        U(Op.STREAM),
+        call("TAIL", Load.HMAC),
+        ring(dst=Dst.RES),
+        done(Cmd.HMAC),
+    )
     missing = [cmd for cmd in Cmd if ENTRY[cmd] not in a.labels]
     assert not missing, missing
     return a

@@ -11,7 +11,6 @@ The divisor (clock cycles per bit) is a parameter, not a register: a board has o
 one baud rate, and a constant costs no logic.  Simulations use 4-8 cycles per bit.
 """
 
-
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
@@ -25,8 +24,10 @@ MIN_DIVISOR = 4
 
 def _check_divisor(divisor: object) -> int:
     if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < MIN_DIVISOR:
-        raise ValueError(f"divisor must be an integer of at least {MIN_DIVISOR} clock cycles "
-                         f"per bit, not {divisor!r}")
+        raise ValueError(
+            f"divisor must be an integer of at least {MIN_DIVISOR} clock cycles "
+            f"per bit, not {divisor!r}"
+        )
     return divisor
 
 
@@ -41,12 +42,16 @@ def divisor_for(clk_hz: float, baud: int, *, tolerance: float = 0.02) -> int:
         raise ValueError(f"baud must be a positive integer, not {baud!r}")
     divisor = round(clk_hz / baud)
     if divisor < MIN_DIVISOR:
-        raise ValueError(f"baud {baud} is too fast for a {clk_hz / 1e6:g} MHz clock "
-                         f"(needs at least {MIN_DIVISOR} cycles per bit)")
+        raise ValueError(
+            f"baud {baud} is too fast for a {clk_hz / 1e6:g} MHz clock "
+            f"(needs at least {MIN_DIVISOR} cycles per bit)"
+        )
     error = abs(clk_hz / divisor - baud) / baud
     if error > tolerance:
-        raise ValueError(f"baud {baud} at {clk_hz / 1e6:g} MHz is off by {error:.1%} with "
-                         f"divisor {divisor}; the limit is {tolerance:.0%}")
+        raise ValueError(
+            f"baud {baud} at {clk_hz / 1e6:g} MHz is off by {error:.1%} with "
+            f"divisor {divisor}; the limit is {tolerance:.0%}"
+        )
     return divisor
 
 
@@ -138,8 +143,13 @@ class UARTTx(wiring.Component):
 
         with m.If(~busy):
             with m.If(self.sink.valid):
-                m.d.sync += [busy.eq(1), shreg.eq(self.sink.payload), self.tx.eq(0),
-                             count.eq(self.divisor - 1), index.eq(0)]
+                m.d.sync += [
+                    busy.eq(1),
+                    shreg.eq(self.sink.payload),
+                    self.tx.eq(0),
+                    count.eq(self.divisor - 1),
+                    index.eq(0),
+                ]
         with m.Elif(count != 0):
             m.d.sync += count.eq(count - 1)
         with m.Else():

@@ -42,16 +42,18 @@ class Signature(wiring.Signature):
         self._addr_width = addr_width
         self._data_width = data_width
         self._granularity = granularity
-        super().__init__({
-            "adr": Out(addr_width),
-            "dat_w": Out(data_width),
-            "dat_r": In(data_width),
-            "sel": Out(data_width // granularity),
-            "cyc": Out(1),
-            "stb": Out(1),
-            "we": Out(1),
-            "ack": In(1),
-        })
+        super().__init__(
+            {
+                "adr": Out(addr_width),
+                "dat_w": Out(data_width),
+                "dat_r": In(data_width),
+                "sel": Out(data_width // granularity),
+                "cyc": Out(1),
+                "stb": Out(1),
+                "we": Out(1),
+                "ack": In(1),
+            }
+        )
 
     @property
     def addr_width(self) -> int:

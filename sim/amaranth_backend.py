@@ -80,8 +80,12 @@ class AmaranthRun:
     seconds: float
 
 
-def run_on_amaranth(job: Callable[[HsmDriver], Awaitable[T]],
-                    contexts: int = DEFAULT_CONTEXTS, *, vcd: Path | None = None) -> AmaranthRun:
+def run_on_amaranth(
+    job: Callable[[HsmDriver], Awaitable[T]],
+    contexts: int = DEFAULT_CONTEXTS,
+    *,
+    vcd: Path | None = None,
+) -> AmaranthRun:
     """Run ``job`` against a fresh :class:`MchsmCore` in Amaranth's simulator.
 
     ``vcd`` writes a waveform (VCD) of the whole run, to open in GTKWave or Surfer.

@@ -142,12 +142,15 @@ async def record_job(setup: Setup) -> None:
             exc_bytes: bytes | None = pickle.dumps(e)
         except Exception:
             exc_bytes = None
-        _write(result, {
-            "ok": False,
-            "error": f"{type(e).__qualname__}: {e}",
-            "traceback": traceback.format_exc(),
-            "exception": exc_bytes,
-        })
+        _write(
+            result,
+            {
+                "ok": False,
+                "error": f"{type(e).__qualname__}: {e}",
+                "traceback": traceback.format_exc(),
+                "exception": exc_bytes,
+            },
+        )
         raise
     sim_ns = get_sim_time("ns") - t_sim
     outcome = {
@@ -163,12 +166,15 @@ async def record_job(setup: Setup) -> None:
     try:
         _write(result, outcome)
     except Exception as e:
-        _write(result, {
-            "ok": False,
-            "error": f"the job's value cannot be pickled: {type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(),
-            "exception": None,
-        })
+        _write(
+            result,
+            {
+                "ok": False,
+                "error": f"the job's value cannot be pickled: {type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+                "exception": None,
+            },
+        )
         raise
 
 
@@ -179,7 +185,9 @@ async def run_job(dut: Any) -> None:
     async def setup(period: float) -> tuple[CocotbTransport, Callable[[], dict[str, Any]]]:
         await reset_and_clock(dut, period_ns=period)
         transport = CocotbTransport.for_dut(dut, prefix=os.environ.get("MCHSM_BUS_PREFIX", "bus"))
-        return transport, lambda: {"bus_reads": transport.bfm.reads,
-                                   "bus_writes": transport.bfm.writes}
+        return transport, lambda: {
+            "bus_reads": transport.bfm.reads,
+            "bus_writes": transport.bfm.writes,
+        }
 
     await record_job(setup)

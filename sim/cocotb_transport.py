@@ -41,8 +41,9 @@ class CocotbTransport(Transport):
         await self.bfm.write_burst(addr, values, caller)
 
 
-async def reset_and_clock(dut: Any, period_ns: float = 10, *, reset_cycles: int = 2,
-                          clock: Any = None, reset: Any = None) -> Clock:
+async def reset_and_clock(
+    dut: Any, period_ns: float = 10, *, reset_cycles: int = 2, clock: Any = None, reset: Any = None
+) -> Clock:
     """Start a clock on ``dut.clk`` and pulse Amaranth's synchronous, active-high ``dut.rst``.
 
     Returns just after the rising edge that samples ``rst`` low for the first time, so the DUT is

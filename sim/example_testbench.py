@@ -20,8 +20,7 @@ async def hash_and_status(dut):
     await reset_and_clock(dut, period_ns=10)
     # in your SoC, point prefix/name_scheme at the HSM's bus signals; stb_pattern shakes the
     # handshake with idle cycles (optional)
-    transport = CocotbTransport.for_dut(dut, prefix="bus",
-                                        stb_pattern=itertools.cycle([1, 1, 0]))
+    transport = CocotbTransport.for_dut(dut, prefix="bus", stb_pattern=itertools.cycle([1, 1, 0]))
     driver = HsmDriver(transport)
     info = await driver.probe()
     manager = driver.port(MANAGER)

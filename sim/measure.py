@@ -17,8 +17,9 @@ DEV = bytes(range(16))
 ROOT = bytes(range(32, 64))
 
 
-async def measure_commands(driver: HsmDriver, contexts: int,
-                           measure_sizes: tuple[int, ...] = (4096,)) -> dict[str, int]:
+async def measure_commands(
+    driver: HsmDriver, contexts: int, measure_sizes: tuple[int, ...] = (4096,)
+) -> dict[str, int]:
     """Cycles of the commands the project reports, on a fresh HSM with ``contexts`` contexts."""
     out: dict[str, int] = {}
     port = driver.port(MANAGER)

@@ -38,8 +38,7 @@ class Command:
     length: int | None = None  #: declared length when it differs from len(data)
 
 
-async def run_commands(driver: HsmDriver, commands: Sequence[Command]
-                       ) -> list[tuple[int, bytes]]:
+async def run_commands(driver: HsmDriver, commands: Sequence[Command]) -> list[tuple[int, bytes]]:
     """Issue ``commands`` one after the other; return (status, result) of each."""
     out = []
     for c in commands:
@@ -92,8 +91,9 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             tag = hmac_sha256(k_upd, upd_message(dev_id, i, old, max(new, 0), ref))
             if rng.random() < 0.1:
                 tag = bytes(32)
-            commands.append(Command(MANAGER, Cmd.UPDATE, i, u32(old) + u32(max(new, 0)) + ref
-                                    + tag))
+            commands.append(
+                Command(MANAGER, Cmd.UPDATE, i, u32(old) + u32(max(new, 0)) + ref + tag)
+            )
             if new > old and old == versions[i]:
                 versions[i] = new
         elif kind in (1, 2):  # load a task: RESET then MEASURE its image
@@ -102,13 +102,19 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             image = images[i] if rng.random() < 0.8 else rng.randbytes(rng.randrange(0, 100))
             commands.append(Command(MANAGER, Cmd.MEASURE, i, image))
         elif kind == 3:
-            sel = rng.choice([rng.randrange(1, 1 << contexts), (1 << contexts) - 1, 0,
-                              1 << contexts])
-            commands.append(Command(caller(), Cmd.ATTEST, 0, u32(sel)
-                                    + rng.randbytes(NONCE_SIZE)))
+            sel = rng.choice(
+                [rng.randrange(1, 1 << contexts), (1 << contexts) - 1, 0, 1 << contexts]
+            )
+            commands.append(Command(caller(), Cmd.ATTEST, 0, u32(sel) + rng.randbytes(NONCE_SIZE)))
         elif kind == 4:
-            commands.append(Command(rng.randrange(0, contexts + 2), Cmd.TASK_MAC, 0,
-                                    rng.randbytes(rng.randrange(0, 150))))
+            commands.append(
+                Command(
+                    rng.randrange(0, contexts + 2),
+                    Cmd.TASK_MAC,
+                    0,
+                    rng.randbytes(rng.randrange(0, 150)),
+                )
+            )
         elif kind == 5:
             commands.append(Command(caller(), Cmd.READ_CTX, ctx(), b""))
         elif kind == 6:
@@ -116,15 +122,17 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
         elif kind == 7:
             commands.append(Command(caller(), Cmd.EXTEND, ctx(), rng.randbytes(32)))
         elif kind == 8:
-            commands.append(Command(caller(), rng.choice([Cmd.SET_ANOMALY, Cmd.RESET]), ctx(),
-                                    b""))
+            commands.append(Command(caller(), rng.choice([Cmd.SET_ANOMALY, Cmd.RESET]), ctx(), b""))
             if rng.random() < 0.3:
                 commands.append(Command(caller(), Cmd.NEW_PERIOD, 0, b""))
         elif kind == 9:
             who = caller()
             commands.append(Command(who, Cmd.HMAC_KEY, 0, rng.randbytes(rng.randrange(0, 100))))
-            commands.append(Command(rng.choice([who, caller()]), Cmd.HMAC, 0,
-                                    rng.randbytes(rng.randrange(0, 130))))
+            commands.append(
+                Command(
+                    rng.choice([who, caller()]), Cmd.HMAC, 0, rng.randbytes(rng.randrange(0, 130))
+                )
+            )
         elif kind == 10:
             commands.append(Command(caller(), Cmd.HASH, 0, rng.randbytes(rng.randrange(0, 200))))
         else:  # malformed: unknown codes, wrong lengths, wrong contexts

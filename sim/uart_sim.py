@@ -137,8 +137,9 @@ class UartSimTransport(FramedTransport):
 
     name = "uart-sim"
 
-    def __init__(self, port: SerialPortModel, *, clock_ns: int, timeout_log2: int,
-                 retries: int = 3) -> None:
+    def __init__(
+        self, port: SerialPortModel, *, clock_ns: int, timeout_log2: int, retries: int = 3
+    ) -> None:
         super().__init__(retries=retries)
         self.port = port
         self.clock_ns = clock_ns
@@ -150,8 +151,11 @@ class UartSimTransport(FramedTransport):
         # the reply's bytes, an idle timeout (error replies come after one) and the bus time
         # of a full burst into a busy DATA port (the FIFO drains at a SHA-256 block per ~70
         # cycles, i.e. about 5 cycles per word)
-        budget = ((reply_size(reply_words) + 2) * 10 * self.port.bit_ns + 2 * self.idle_ns
-                  + LINK_MAX_BURST * 16 * self.clock_ns)
+        budget = (
+            (reply_size(reply_words) + 2) * 10 * self.port.bit_ns
+            + 2 * self.idle_ns
+            + LINK_MAX_BURST * 16 * self.clock_ns
+        )
         deadline = get_sim_time("ns") + budget
         while (left := deadline - get_sim_time("ns")) > 0:
             chunk = await self.port.read(int(left))
@@ -159,8 +163,7 @@ class UartSimTransport(FramedTransport):
             if replies:
                 return replies[0]
         # nothing usable: wait for the bridge to drain and answer, then drop what came
-        await Timer(self.idle_ns + reply_size(LINK_MAX_BURST) * 10 * self.port.bit_ns,
-                    unit="ns")
+        await Timer(self.idle_ns + reply_size(LINK_MAX_BURST) * 10 * self.port.bit_ns, unit="ns")
         while not self.port.received.empty():
             self.port.received.get_nowait()
         return None
@@ -180,11 +183,13 @@ async def run_uart_job(dut: Any) -> None:
         dut.rst.value = 0
         await FallingEdge(dut.clk)  # line edges between clock edges: no race with sampling
         port = SerialPortModel(dut.rx, dut.tx, round(SIM_DIVISOR * period))
-        transport = UartSimTransport(port, clock_ns=round(period),
-                                     timeout_log2=SIM_TIMEOUT_LOG2)
-        return transport, lambda: {"frames": transport.stats.frames,
-                                   "retries": transport.stats.retries,
-                                   "bytes_out": port.bytes_out, "bytes_in": port.bytes_in}
+        transport = UartSimTransport(port, clock_ns=round(period), timeout_log2=SIM_TIMEOUT_LOG2)
+        return transport, lambda: {
+            "frames": transport.stats.frames,
+            "retries": transport.stats.retries,
+            "bytes_out": port.bytes_out,
+            "bytes_in": port.bytes_in,
+        }
 
     await record_job(setup)
 
@@ -207,10 +212,15 @@ class UartJobRun(Generic[T]):
     waves: Path | None
 
 
-def simulate_uart_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTEXTS, *,
-                      job_args: Mapping[str, Any] | None = None, waves: bool = False,
-                      timeout: float | None = None,
-                      run_dir: Path | str | None = None) -> UartJobRun[T]:
+def simulate_uart_job(
+    job: Callable[..., Awaitable[T]],
+    contexts: int = DEFAULT_CONTEXTS,
+    *,
+    job_args: Mapping[str, Any] | None = None,
+    waves: bool = False,
+    timeout: float | None = None,
+    run_dir: Path | str | None = None,
+) -> UartJobRun[T]:
     """Run ``job(driver, **job_args)`` against the simulated board over the UART link.
 
     The job's arguments travel pickled and its value comes back pickled, as with
@@ -223,8 +233,15 @@ def simulate_uart_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_
 
     spec = job_spec(job)
     info = build(uart_verilog(contexts), TOPLEVEL, waves=waves)
-    outcome, sim = launch_job(info, "mchsm.sim.uart_sim", spec, dict(job_args or {}),
-                              {"MCHSM_CLOCK_NS": str(CLOCK_NS)}, waves=waves, timeout=timeout,
-                              run_dir=run_dir)
+    outcome, sim = launch_job(
+        info,
+        "mchsm.sim.uart_sim",
+        spec,
+        dict(job_args or {}),
+        {"MCHSM_CLOCK_NS": str(CLOCK_NS)},
+        waves=waves,
+        timeout=timeout,
+        run_dir=run_dir,
+    )
     del outcome["ok"]
     return UartJobRun(wall_seconds=sim.wall_seconds, waves=sim.waves, **outcome)

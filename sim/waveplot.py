@@ -39,8 +39,19 @@ __all__ = [
 #: what a picture of one command shows by default: the Wishbone handshake, who is calling,
 #: the engine's state and micro-PC, the SHA-256 core's rounds, and done / the interrupt
 DEFAULT_SIGNALS: tuple[str, ...] = (
-    "bus__cyc", "bus__stb", "bus__we", "bus__ack", "bus__adr", "bus__dat_w", "caller",
-    "engine_state", "pc", "sha.busy", "sha.rnd", "r_done", "irq",
+    "bus__cyc",
+    "bus__stb",
+    "bus__we",
+    "bus__ack",
+    "bus__adr",
+    "bus__dat_w",
+    "caller",
+    "engine_state",
+    "pc",
+    "sha.busy",
+    "sha.rnd",
+    "r_done",
+    "irq",
 )
 #: the core's registers a command list is read from
 _COMMAND_SIGNALS = ("start_cmd", "r_cmd", "r_done", "r_status", "r_owner")
@@ -84,8 +95,12 @@ def _resolve(names: Sequence[str], wanted: str) -> str:
         leaves: dict[str, str] = {}
         for n in names:
             leaves.setdefault(n.rsplit(".", 1)[-1], n)
-        near = [leaves[m] for m in difflib.get_close_matches(wanted.rsplit(".", 1)[-1],
-                                                            list(leaves), n=6, cutoff=0.6)]
+        near = [
+            leaves[m]
+            for m in difflib.get_close_matches(
+                wanted.rsplit(".", 1)[-1], list(leaves), n=6, cutoff=0.6
+            )
+        ]
         hint = f"; similar: {', '.join(near)}" if near else ""
         raise WaveError(f"no signal {wanted!r} in this VCD{hint}")
     return min(hits, key=lambda n: n.count("."))
@@ -133,7 +148,7 @@ def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
                 k += 1
             elif word == "$var":
                 end = header.index("$end", k)
-                _kind, width, code, name = header[k + 1:k + 5]
+                _kind, width, code, name = header[k + 1 : k + 5]
                 full = ".".join([*scope, name])
                 names.append(full)
                 ids[full] = code
@@ -173,8 +188,11 @@ def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
 
 
 def _rising_edges(clock: Trace) -> list[int]:
-    return [t for t, prev, v in zip(clock.times[1:], clock.values, clock.values[1:], strict=False)
-            if v == 1 and prev == 0]
+    return [
+        t
+        for t, prev, v in zip(clock.times[1:], clock.values, clock.values[1:], strict=False)
+        if v == 1 and prev == 0
+    ]
 
 
 @dataclass(frozen=True)
@@ -201,8 +219,9 @@ def _name(enum: type[Cmd] | type[Status], value: Value) -> str:
         return f"0x{value:02x}" if isinstance(value, int) else "?"
 
 
-def _edges_and_samples(vcd: Vcd, clock: str, signals: Sequence[str]) -> tuple[list[int],
-                                                                           dict[str, list[Value]]]:
+def _edges_and_samples(
+    vcd: Vcd, clock: str, signals: Sequence[str]
+) -> tuple[list[int], dict[str, list[Value]]]:
     edges = _rising_edges(vcd.traces[clock])
     if not edges:
         raise WaveError(f"the clock {vcd.traces[clock].name} never rises")
@@ -216,14 +235,25 @@ def commands(path: str | Path, *, clock: str = "clk") -> list[CommandSpan]:
     out: list[CommandSpan] = []
     starts = [c for c, v in enumerate(s["start_cmd"]) if v == 1]
     for index, start in enumerate(starts):
-        end = next((c for c in range(start + 1, len(s["r_done"]))
-                    if s["r_done"][c] == 1 and s["r_done"][c - 1] != 1), None)
+        end = next(
+            (
+                c
+                for c in range(start + 1, len(s["r_done"]))
+                if s["r_done"][c] == 1 and s["r_done"][c - 1] != 1
+            ),
+            None,
+        )
         after = start + 1 if start + 1 < len(s["r_cmd"]) else start
-        out.append(CommandSpan(
-            index=index, start=start, end=end,
-            cmd=_name(Cmd, s["r_cmd"][after]),
-            caller=s["r_owner"][after] if isinstance(s["r_owner"][after], int) else None,
-            status=None if end is None else _name(Status, s["r_status"][end])))
+        out.append(
+            CommandSpan(
+                index=index,
+                start=start,
+                end=end,
+                cmd=_name(Cmd, s["r_cmd"][after]),
+                caller=s["r_owner"][after] if isinstance(s["r_owner"][after], int) else None,
+                status=None if end is None else _name(Status, s["r_status"][end]),
+            )
+        )
     return out
 
 
@@ -252,9 +282,16 @@ def _label(value: Value, width: int) -> str:
     return f"{value:x}" if width > 4 else str(value)
 
 
-def plot(path: str | Path, out: str | Path, *, start: int, end: int,
-         signals: Sequence[str] = DEFAULT_SIGNALS, clock: str = "clk",
-         title: str | None = None) -> Path:
+def plot(
+    path: str | Path,
+    out: str | Path,
+    *,
+    start: int,
+    end: int,
+    signals: Sequence[str] = DEFAULT_SIGNALS,
+    clock: str = "clk",
+    title: str | None = None,
+) -> Path:
     """Draw cycles ``start``..``end`` of ``signals`` as a timing diagram, written as PNG.
 
     Needs matplotlib (the ``bench`` and ``dev`` extras).  Multi-bit values are labelled in hex
@@ -296,8 +333,9 @@ def plot(path: str | Path, out: str | Path, *, start: int, end: int,
                 if a > 0:
                     ax.plot([x0, x0], [y + 0.2, y + 0.8], color="#1565c0", lw=1.2)
             else:
-                ax.fill_between([x0, x1], y + 0.2, y + 0.8, color="#e3f2fd", edgecolor="#1565c0",
-                                lw=0.8)
+                ax.fill_between(
+                    [x0, x1], y + 0.2, y + 0.8, color="#e3f2fd", edgecolor="#1565c0", lw=0.8
+                )
                 text = _label(v, width)
                 if (b - a) * px_per_cycle > 7 * len(text) + 4:
                     ax.text((x0 + x1) / 2, y + 0.5, text, ha="center", va="center", fontsize=7)

@@ -61,11 +61,17 @@ class WishboneMaster:
         Cycles to wait for ``ack`` before :class:`WishboneTimeoutError`.
     """
 
-    def __init__(self, dut: Any, prefix: str = "bus", clock: LogicObject | None = None,
-                 caller_signal: Any = None, *,
-                 name_scheme: str = "{prefix}__{name}",
-                 stb_pattern: Iterable[int | bool] | None = None,
-                 timeout_cycles: int = 1000) -> None:
+    def __init__(
+        self,
+        dut: Any,
+        prefix: str = "bus",
+        clock: LogicObject | None = None,
+        caller_signal: Any = None,
+        *,
+        name_scheme: str = "{prefix}__{name}",
+        stb_pattern: Iterable[int | bool] | None = None,
+        timeout_cycles: int = 1000,
+    ) -> None:
         self.dut = dut
         self.prefix = prefix
         self.name_scheme = name_scheme
@@ -134,12 +140,16 @@ class WishboneMaster:
 
     def _word(self, addr_byte: int) -> int:
         if addr_byte < 0 or addr_byte % (1 << self.byte_shift):
-            raise ValueError(f"Wishbone address 0x{addr_byte:x} is not aligned to "
-                             f"{self.data_width // 8}-byte words")
+            raise ValueError(
+                f"Wishbone address 0x{addr_byte:x} is not aligned to "
+                f"{self.data_width // 8}-byte words"
+            )
         word = addr_byte >> self.byte_shift
         if word >> self.addr_width:
-            raise ValueError(f"Wishbone address 0x{addr_byte:x} is beyond the "
-                             f"{self.addr_width}-bit word address of {self.prefix}")
+            raise ValueError(
+                f"Wishbone address 0x{addr_byte:x} is beyond the "
+                f"{self.addr_width}-bit word address of {self.prefix}"
+            )
         return word
 
     async def read(self, addr_byte: int, caller: int = 0) -> int:

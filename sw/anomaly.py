@@ -176,8 +176,9 @@ class _Stat:
 
     __slots__ = ("is_input", "mean", "poisson", "relative", "sd", "sd_floor", "var")
 
-    def __init__(self, name: str, config: DetectorConfig, mean: float = 0.0,
-                 var: float = 0.0) -> None:
+    def __init__(
+        self, name: str, config: DetectorConfig, mean: float = 0.0, var: float = 0.0
+    ) -> None:
         self.is_input = name.startswith(INPUT_PREFIX)
         self.poisson = False
         if name == "cpu":
@@ -312,7 +313,7 @@ class AnomalyDetector:
         k = self.config.reference
         for name, value in z.items():
             if name.startswith(INPUT_PREFIX) and value >= k:
-                peer = name[len(INPUT_PREFIX):]
+                peer = name[len(INPUT_PREFIX) :]
                 if peer.isdigit() and int(peer) in flagged:
                     return True
                 if z.get(f"sent:{peer}", 0.0) < k and z.get(f"bytes:{peer}", 0.0) < k:
@@ -357,10 +358,12 @@ class AnomalyDetector:
             model.cusum = max(0.0, model.cusum + score - k)
             if model.cusum >= cfg.threshold:
                 model.flagged = True
-                own = sorted((n for n in z if not n.startswith(INPUT_PREFIX)),
-                             key=lambda n: -abs(z[n]))
+                own = sorted(
+                    (n for n in z if not n.startswith(INPUT_PREFIX)), key=lambda n: -abs(z[n])
+                )
                 deviations = tuple(
-                    Deviation(n, values.get(n, 0.0), model.stats[n].mean, z[n]) for n in own[:3])
+                    Deviation(n, values.get(n, 0.0), model.stats[n].mean, z[n]) for n in own[:3]
+                )
                 detections.append(Detection(tid, period, score, model.cusum, deviations))
             elif score < cfg.learn_limit:
                 self._learn(model, values)

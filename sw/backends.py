@@ -37,16 +37,18 @@ class BackendRun(Generic[T]):
     waves: Path | None = None
 
 
-def _run_model(job: Job[T], contexts: int, job_args: dict[str, Any],
-               waves: Path | None) -> BackendRun[T]:
+def _run_model(
+    job: Job[T], contexts: int, job_args: dict[str, Any], waves: Path | None
+) -> BackendRun[T]:
     began = time.perf_counter()
     driver = HsmDriver(ModelTransport(ModelMailbox(HsmModel(contexts))))
     value = asyncio.run(job(driver, **job_args))
     return BackendRun("model", value, time.perf_counter() - began, 0)
 
 
-def _run_amaranth(job: Job[T], contexts: int, job_args: dict[str, Any],
-                  waves: Path | None) -> BackendRun[T]:
+def _run_amaranth(
+    job: Job[T], contexts: int, job_args: dict[str, Any], waves: Path | None
+) -> BackendRun[T]:
     from mchsm.sim.amaranth_backend import run_on_amaranth
 
     vcd = None
@@ -66,23 +68,27 @@ def _place_waves(made: Path | None, wanted: Path | None) -> Path | None:
     return Path(made).replace(target)
 
 
-def _run_verilator(job: Job[T], contexts: int, job_args: dict[str, Any],
-                   waves: Path | None) -> BackendRun[T]:
+def _run_verilator(
+    job: Job[T], contexts: int, job_args: dict[str, Any], waves: Path | None
+) -> BackendRun[T]:
     from mchsm.sim.verilator import simulate_job
 
     run = simulate_job(job, contexts, job_args=job_args, waves=waves is not None)
-    return BackendRun("verilator", run.value, run.wall_seconds, run.cycles,
-                      _place_waves(run.waves, waves))
+    return BackendRun(
+        "verilator", run.value, run.wall_seconds, run.cycles, _place_waves(run.waves, waves)
+    )
 
 
-def _run_uart_sim(job: Job[T], contexts: int, job_args: dict[str, Any],
-                  waves: Path | None) -> BackendRun[T]:
+def _run_uart_sim(
+    job: Job[T], contexts: int, job_args: dict[str, Any], waves: Path | None
+) -> BackendRun[T]:
     """The board design (core + UART bridge) in Verilator, the host on its UART pins."""
     from mchsm.sim.uart_sim import simulate_uart_job
 
     run = simulate_uart_job(job, contexts, job_args=job_args, waves=waves is not None)
-    return BackendRun("uart-sim", run.value, run.wall_seconds, run.cycles,
-                      _place_waves(run.waves, waves))
+    return BackendRun(
+        "uart-sim", run.value, run.wall_seconds, run.cycles, _place_waves(run.waves, waves)
+    )
 
 
 #: backend name -> runner; the CLI's --backend choices come from here
@@ -94,9 +100,14 @@ BACKENDS: dict[str, Callable[..., BackendRun[Any]]] = {
 }
 
 
-def run_on_backend(backend: str, job: Job[T], contexts: int = DEFAULT_CONTEXTS, *,
-                   job_args: dict[str, Any] | None = None,
-                   waves: Path | None = None) -> BackendRun[T]:
+def run_on_backend(
+    backend: str,
+    job: Job[T],
+    contexts: int = DEFAULT_CONTEXTS,
+    *,
+    job_args: dict[str, Any] | None = None,
+    waves: Path | None = None,
+) -> BackendRun[T]:
     """Run ``job(driver, **job_args)`` against a fresh HSM with ``contexts`` contexts.
 
     ``waves`` (RTL backends) writes a waveform there: a ``.vcd``/``.fst`` path or a directory.
@@ -104,7 +115,5 @@ def run_on_backend(backend: str, job: Job[T], contexts: int = DEFAULT_CONTEXTS, 
     try:
         runner = BACKENDS[backend]
     except KeyError:
-        raise ValueError(
-            f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
-        ) from None
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}") from None
     return runner(job, contexts, dict(job_args or {}), waves)

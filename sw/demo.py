@@ -123,8 +123,9 @@ def _programs(rng: random.Random) -> dict[str, Callable[[TaskApi], Awaitable[Non
 
 
 class _Story:
-    def __init__(self, driver: HsmDriver, verifier: Verifier, report: DemoReport,
-                 contexts: int, seed: int) -> None:
+    def __init__(
+        self, driver: HsmDriver, verifier: Verifier, report: DemoReport, contexts: int, seed: int
+    ) -> None:
         self.driver = driver
         self.verifier = verifier
         self.report = report
@@ -138,8 +139,11 @@ class _Story:
 
     def step(self, title: str, passed: bool, detail: str) -> bool:
         cycles, commands = self._mark
-        self.report.steps.append(Step(title, passed, detail, self.driver.cycles - cycles,
-                                      self.driver.commands - commands))
+        self.report.steps.append(
+            Step(
+                title, passed, detail, self.driver.cycles - cycles, self.driver.commands - commands
+            )
+        )
         self._start()
         return passed
 
@@ -153,8 +157,9 @@ class _Story:
     def verdicts(report: AttestationReport) -> str:
         return ", ".join(f"{v.name}={v.verdict.value}" for v in report.verdicts.values())
 
-    async def expect_hsm_refusal(self, title: str, status: Status,
-                                 action: Callable[[], Awaitable[object]]) -> None:
+    async def expect_hsm_refusal(
+        self, title: str, status: Status, action: Callable[[], Awaitable[object]]
+    ) -> None:
         try:
             await action()
         except HsmError as exc:
@@ -168,9 +173,11 @@ class _Story:
         self.dev_id = record.dev_id
         await self.manager.provision(record.dev_id, record.root_key)
         status = await self.manager.port.status()
-        self.step("provision the device (root key shared with the verifier)",
-                  status.provisioned and status.dev_id == record.dev_id,
-                  f"device {record.dev_id.hex()} provisioned")
+        self.step(
+            "provision the device (root key shared with the verifier)",
+            status.provisioned and status.dev_id == record.dev_id,
+            f"device {record.dev_id.hex()} provisioned",
+        )
 
         programs = _programs(self.rng)
         for name in TASK_NAMES:
@@ -183,14 +190,20 @@ class _Story:
             ack = await self.manager.apply_update(package.auth, package.image)
             self.verifier.confirm(self.dev_id, ack)
         names = ", ".join(f"{t.name}@{t.tid}" for t in self.kernel.tasks.values())
-        self.step("install reference values (update from v0) and load the tasks",
-                  len(self.verifier.tasks(self.dev_id)) == len(TASK_NAMES), names)
+        self.step(
+            "install reference values (update from v0) and load the tasks",
+            len(self.verifier.tasks(self.dev_id)) == len(TASK_NAMES),
+            names,
+        )
 
         for _ in range(2):
             await self.kernel.run_period()
         report = await self.attest()
-        self.step("attest: one MAC over all tasks", report.all_trusted,
-                  self.verdicts(report) + f"\nevidence: {len(self.last_evidence[1].pack())} bytes")
+        self.step(
+            "attest: one MAC over all tasks",
+            report.all_trusted,
+            self.verdicts(report) + f"\nevidence: {len(self.last_evidence[1].pack())} bytes",
+        )
 
         control = self.kernel.task("control")
         tampered = bytearray(control.image)
@@ -198,11 +211,14 @@ class _Story:
         self.kernel.install("control", bytes(tampered))
         await self.kernel.load("control")
         report = await self.attest()
-        self.step("tamper with control's stored image and reload it",
-                  report.failed == [control.tid]
-                  and all(v.verdict is Verdict.TRUSTED
-                          for c, v in report.verdicts.items() if c != control.tid),
-                  self.verdicts(report))
+        self.step(
+            "tamper with control's stored image and reload it",
+            report.failed == [control.tid]
+            and all(
+                v.verdict is Verdict.TRUSTED for c, v in report.verdicts.items() if c != control.tid
+            ),
+            self.verdicts(report),
+        )
 
         new_image = make_image("control", 2)
         package = self.verifier.prepare_update(self.dev_id, control.tid, new_image)
@@ -210,38 +226,46 @@ class _Story:
         ack = await self.manager.apply_update(package.auth, package.image)
         confirmed = self.verifier.confirm(self.dev_id, ack)
         report = await self.attest()
-        self.step("signature-free update of control to v2, reload, attest",
-                  confirmed.version == 2 and report.all_trusted,
-                  f"UPDATE {package.auth.old}->{package.auth.new}, ack confirmed\n"
-                  + self.verdicts(report))
+        self.step(
+            "signature-free update of control to v2, reload, attest",
+            confirmed.version == 2 and report.all_trusted,
+            f"UPDATE {package.auth.old}->{package.auth.new}, ack confirmed\n"
+            + self.verdicts(report),
+        )
 
         await self.attacks(control.tid, record.root_key)
         await self.hijack()
 
         report = await self.attest()
-        self.step("attest again: the attacks changed nothing", report.all_trusted,
-                  self.verdicts(report))
+        self.step(
+            "attest again: the attacks changed nothing", report.all_trusted, self.verdicts(report)
+        )
 
     async def attacks(self, ctx: int, root_key: bytes) -> None:
         port = self.manager.port
         auth = self.update_auth
-        await self.expect_hsm_refusal("replay the captured update v1->v2", Status.ERR_VERSION,
-                                      lambda: port.update(auth))
+        await self.expect_hsm_refusal(
+            "replay the captured update v1->v2", Status.ERR_VERSION, lambda: port.update(auth)
+        )
 
         old_ref = reference(make_image("control", 1))
         k_upd = derive_upd_key(root_key)  # an insider with K_upd: the version rule still holds
         tag = hmac_sha256(k_upd, upd_message(self.dev_id, ctx, 2, 1, old_ref))
         downgrade = UpdateAuth(ctx=ctx, old=2, new=1, ref=old_ref, tag=tag)
-        await self.expect_hsm_refusal("roll control back from v2 to v1 (validly MAC'd)",
-                                      Status.ERR_ROLLBACK, lambda: port.update(downgrade))
+        await self.expect_hsm_refusal(
+            "roll control back from v2 to v1 (validly MAC'd)",
+            Status.ERR_ROLLBACK,
+            lambda: port.update(downgrade),
+        )
 
         evil = make_image("control", 3) + b"backdoor"
         genuine = self.verifier.prepare_update(self.dev_id, ctx, make_image("control", 3))
-        forged = UpdateAuth(ctx=ctx, old=2, new=3,
-                            ref=reference(evil),
-                            tag=genuine.auth.tag)
-        await self.expect_hsm_refusal("install an attacker's image with a forged tag",
-                                      Status.ERR_AUTH, lambda: port.update(forged))
+        forged = UpdateAuth(ctx=ctx, old=2, new=3, ref=reference(evil), tag=genuine.auth.tag)
+        await self.expect_hsm_refusal(
+            "install an attacker's image with a forged tag",
+            Status.ERR_AUTH,
+            lambda: port.update(forged),
+        )
 
         nonce, evidence = self.last_evidence
         try:
@@ -257,16 +281,19 @@ class _Story:
             self.verifier.verify(other.dev_id, challenge.nonce, fresh)
             self.step("present this device's evidence as another device's", False, "accepted")
         except AttestationError as exc:
-            self.step("present this device's evidence as another device's", True,
-                      f"rejected: {exc}")
+            self.step(
+                "present this device's evidence as another device's", True, f"rejected: {exc}"
+            )
 
         sensor = self.kernel.task("sensor")
         sensor_port = self.kernel._hsm_port(sensor)
         reply = await sensor_port.call(Cmd.READ_CTX, ctx)
         reset = await sensor_port.call(Cmd.RESET, ctx)
-        self.step("a task names another task's context (READ_CTX, RESET)",
-                  reply.status is Status.ERR_DENIED and reset.status is Status.ERR_DENIED,
-                  f"READ_CTX -> {reply.status.name}, RESET -> {reset.status.name}")
+        self.step(
+            "a task names another task's context (READ_CTX, RESET)",
+            reply.status is Status.ERR_DENIED and reset.status is Status.ERR_DENIED,
+            f"READ_CTX -> {reply.status.name}, RESET -> {reset.status.name}",
+        )
 
     async def hijack(self) -> None:
         """comms is hijacked and exfiltrates over IPC; the manager's detector must catch it.
@@ -308,26 +335,39 @@ class _Story:
         state = detector.state(comms.tid)
         flagged = [d.tid for d in self.manager.detections]
         names = {t.tid: t.name for t in self.kernel.tasks.values()}
-        found = (f"comms flagged after {delay} period(s): "
-                 f"{self.manager.detections[0].explain(names=names)}" if delay
-                 else f"comms not flagged within {DEMO_MAX_DELAY} periods")
+        found = (
+            f"comms flagged after {delay} period(s): "
+            f"{self.manager.detections[0].explain(names=names)}"
+            if delay
+            else f"comms not flagged within {DEMO_MAX_DELAY} periods"
+        )
         self.step(
             "hijack comms to exfiltrate over IPC: detector flags it, reload clears ANOMALY",
-            quiet and delay > 0 and flagged == [comms.tid] and not after and refused
+            quiet
+            and delay > 0
+            and flagged == [comms.tid]
+            and not after
+            and refused
             and report.failed == [comms.tid]
-            and all(v.verdict is Verdict.TRUSTED
-                    for c, v in report.verdicts.items() if c != comms.tid)
-            and info.ok and state.trained and not state.flagged and state.cusum == 0,
+            and all(
+                v.verdict is Verdict.TRUSTED for c, v in report.verdicts.items() if c != comms.tid
+            )
+            and info.ok
+            and state.trained
+            and not state.flagged
+            and state.cusum == 0,
             f"detector trained {DEMO_WARMUP} periods: "
             f"{'no task flagged' if quiet else 'a task was flagged while training'}\n{found}\n"
             f"SET_ANOMALY; comms's next TASK_MAC -> "
             f"{last.status.name if last is not None else 'none'}\n"
             f"{self.verdicts(report)}\n"
-            f"reloaded: comms ok={info.ok}; detector re-armed on comms (model kept)")
+            f"reloaded: comms ok={info.ok}; detector re-armed on comms (model kept)",
+        )
 
 
-async def run_story(driver: HsmDriver, db_path: Path, *, backend: str, contexts: int,
-                    seed: int = 1) -> DemoReport:
+async def run_story(
+    driver: HsmDriver, db_path: Path, *, backend: str, contexts: int, seed: int = 1
+) -> DemoReport:
     """Tell the whole story on ``driver``; the verifier's registry lives in ``db_path``."""
     report = DemoReport(backend=backend, contexts=contexts)
     with Verifier(db_path) as verifier:
@@ -336,7 +376,11 @@ async def run_story(driver: HsmDriver, db_path: Path, *, backend: str, contexts:
             await story.run()
         except Exception as exc:  # a step that blew up is a failed step, reported as such
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            report.steps.append(Step("unexpected error", False,
-                                     f"{type(exc).__name__}: {exc}\n"
-                                     f"at {Path(where.filename).name}:{where.lineno}"))
+            report.steps.append(
+                Step(
+                    "unexpected error",
+                    False,
+                    f"{type(exc).__name__}: {exc}\nat {Path(where.filename).name}:{where.lineno}",
+                )
+            )
     return report

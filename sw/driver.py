@@ -281,15 +281,19 @@ class HsmPort:
         self.last: Reply | None = None
 
     async def call(
-        self, cmd: Cmd | int, ctx: int = 0, data: bytes | Iterable[bytes] = b"",
+        self,
+        cmd: Cmd | int,
+        ctx: int = 0,
+        data: bytes | Iterable[bytes] = b"",
         length: int | None = None,
     ) -> Reply:
         """Issue a raw command and return its reply without raising."""
         self.last = await self._driver.run(self.caller, cmd, ctx, data, length)
         return self.last
 
-    async def _ok(self, cmd: Cmd, ctx: int = 0, data: bytes | Iterable[bytes] = b"",
-                  length: int | None = None) -> bytes:
+    async def _ok(
+        self, cmd: Cmd, ctx: int = 0, data: bytes | Iterable[bytes] = b"", length: int | None = None
+    ) -> bytes:
         return (await self.call(cmd, ctx, data, length)).check()
 
     async def provision(self, dev_id: bytes, root_key: bytes) -> None:
@@ -312,8 +316,9 @@ class HsmPort:
     async def extend(self, ctx: int, digest: bytes) -> bytes:
         return await self._ok(Cmd.EXTEND, ctx, digest)
 
-    async def measure(self, ctx: int, image: bytes | Iterable[bytes],
-                      length: int | None = None) -> bytes:
+    async def measure(
+        self, ctx: int, image: bytes | Iterable[bytes], length: int | None = None
+    ) -> bytes:
         """Stream ``image`` into the HSM, which hashes it and extends context ``ctx``."""
         return await self._ok(Cmd.MEASURE, ctx, image, length)
 

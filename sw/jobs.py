@@ -19,8 +19,9 @@ def _chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-async def digest_files(driver: HsmDriver, names: list[str], key: bytes | None = None,
-                       stdin: bytes | None = None) -> list[str]:
+async def digest_files(
+    driver: HsmDriver, names: list[str], key: bytes | None = None, stdin: bytes | None = None
+) -> list[str]:
     """HASH (or, with ``key``, HMAC) of every file, computed by the HSM; sha256sum-style lines.
 
     ``-`` names standard input, whose bytes the caller read and passes as ``stdin``.  Files are

@@ -185,8 +185,13 @@ class _KernelPort(HsmPort):
         self._kernel = kernel
         self._task = task
 
-    async def call(self, cmd: Cmd | int, ctx: int = 0, data: bytes | Iterable[bytes] = b"",
-                   length: int | None = None) -> Reply:
+    async def call(
+        self,
+        cmd: Cmd | int,
+        ctx: int = 0,
+        data: bytes | Iterable[bytes] = b"",
+        length: int | None = None,
+    ) -> Reply:
         features = self._kernel._account(self._task, "hsm")
         features.hsm_commands += 1
         reply = await super().call(cmd, ctx, data, length)
@@ -218,8 +223,9 @@ class Microkernel:
 
     # -- tasks and capabilities -----------------------------------------------------------------
 
-    def create_task(self, name: str, image: bytes, program: Program | None = None,
-                    tid: int | None = None) -> Task:
+    def create_task(
+        self, name: str, image: bytes, program: Program | None = None, tid: int | None = None
+    ) -> Task:
         """Create a task in the next free context (not yet loaded or running)."""
         if tid is None:
             free = [i for i in range(1, self.contexts + 1) if i not in self.tasks]

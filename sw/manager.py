@@ -68,9 +68,11 @@ class Manager:
     def _on_period(self, period: int, features: dict[int, Features]) -> None:
         """The kernel's (synchronous) hook: judge the period, queue newly flagged tasks."""
         assert self.detector is not None
-        running = {tid: f for tid, f in features.items()
-                   if tid in self.kernel.tasks
-                   and self.kernel.tasks[tid].state is TaskState.RUNNING}
+        running = {
+            tid: f
+            for tid, f in features.items()
+            if tid in self.kernel.tasks and self.kernel.tasks[tid].state is TaskState.RUNNING
+        }
         for detection in self.detector.observe(period, running):
             self.detections.append(detection)
             if detection.tid not in self.flagged and detection.tid not in self._pending:

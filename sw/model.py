@@ -151,8 +151,13 @@ class HsmModel:
         Monitor: failed commands of a task, since its last RESET, that flag it (0: no limit).
     """
 
-    def __init__(self, contexts: int = DEFAULT_CONTEXTS, *, budget: int = MONITOR_BUDGET,
-                 fail_limit: int = MONITOR_FAIL_LIMIT) -> None:
+    def __init__(
+        self,
+        contexts: int = DEFAULT_CONTEXTS,
+        *,
+        budget: int = MONITOR_BUDGET,
+        fail_limit: int = MONITOR_FAIL_LIMIT,
+    ) -> None:
         check_build(contexts, budget, fail_limit)
         self.contexts = contexts
         self.budget = budget
@@ -185,8 +190,14 @@ class HsmModel:
 
     # -- command interface --------------------------------------------------------------------
 
-    def execute(self, caller: int, cmd: int, ctx: int, data: bytes | Iterable[bytes] = b"",
-                length: int | None = None) -> Response:
+    def execute(
+        self,
+        caller: int,
+        cmd: int,
+        ctx: int,
+        data: bytes | Iterable[bytes] = b"",
+        length: int | None = None,
+    ) -> Response:
         """Run one whole command.  ``data`` may be bytes or an iterable of chunks (streamed);
         ``length`` defaults to the length of ``data`` (then ``data`` must be bytes)."""
         if length is None:
@@ -390,12 +401,11 @@ class HsmModel:
             return Response(Status.ERR_COUNTER)
         ok = sel & self._state.mask("ok")
         ctr = self._state.counter + 1
-        refs = b"".join(
-            c.reference for i, c in enumerate(self._state.contexts) if sel >> i & 1
-        )
+        refs = b"".join(c.reference for i, c in enumerate(self._state.contexts) if sel >> i & 1)
         digest = sha256(refs)
-        tag = hmac_sha256(self._keys.att, att_message(self._state.dev_id, nonce, sel, ok, ctr,
-                                                      digest))
+        tag = hmac_sha256(
+            self._keys.att, att_message(self._state.dev_id, nonce, sel, ok, ctr, digest)
+        )
         self._state = replace(self._state, counter=ctr)
         return Response(Status.OK, u32(sel) + u32(ok) + u32(ctr) + tag)
 
@@ -433,4 +443,3 @@ class HsmModel:
         self._hmac_key = hashed.finalize() if hashed is not None else bytes(run.buffer)  # type: ignore[attr-defined]
         self._state = replace(self._state, hmac_owner=run.caller)
         return Response(Status.OK)
-

@@ -117,21 +117,21 @@ def pack(fields: tuple[Field, ...], values: dict[str, bytes | int]) -> bytes:
     return bytes(out)
 
 
-def att_message(
-    dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest: bytes
-) -> bytes:
-    """"ATT1" || dev_id || nonce || u32 sel || u32 ok || u32 ctr || D (MAC'd under K_att)."""
-    return pack(ATT_FIELDS, {"dev_id": dev_id, "nonce": nonce, "sel": sel, "ok": ok, "ctr": ctr,
-                             "D": digest})
+def att_message(dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest: bytes) -> bytes:
+    """ "ATT1" || dev_id || nonce || u32 sel || u32 ok || u32 ctr || D (MAC'd under K_att)."""
+    return pack(
+        ATT_FIELDS,
+        {"dev_id": dev_id, "nonce": nonce, "sel": sel, "ok": ok, "ctr": ctr, "D": digest},
+    )
 
 
 def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
-    """"UPD1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
+    """ "UPD1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
     return pack(UPD_FIELDS, {"dev_id": dev_id, "i": ctx, "v": old, "v'": new, "R'": ref})
 
 
 def ack_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
-    """"ACK1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
+    """ "ACK1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
     return pack(ACK_FIELDS, {"dev_id": dev_id, "i": ctx, "v": old, "v'": new, "R'": ref})
 
 

@@ -125,8 +125,14 @@ class NullHsm(HsmDriver):
             return Status.ERR_NO_KEY
         return Status.OK
 
-    async def run(self, caller: int, cmd: Cmd | int, ctx: int = 0,
-                  data: bytes | Iterable[bytes] = b"", length: int | None = None) -> Reply:
+    async def run(
+        self,
+        caller: int,
+        cmd: Cmd | int,
+        ctx: int = 0,
+        data: bytes | Iterable[bytes] = b"",
+        length: int | None = None,
+    ) -> Reply:
         self.commands += 1
         try:
             code = Cmd(cmd)
@@ -265,13 +271,15 @@ class TaskSystem:
         original = self.programs[name]
         rng = self.rng
         if attack in ("exfil", "exfil-slow"):
-            target = peer or rng.choice([p for p in TASKS
-                                         if p != name and p not in USUAL_PEERS[name]])
+            target = peer or rng.choice(
+                [p for p in TASKS if p != name and p not in USUAL_PEERS[name]]
+            )
             if attack == "exfil":
                 task.program = exfiltrating(original, target, rng)
             else:
                 task.program = exfiltrating(original, target, rng, (1, 3), (16, 64))
         elif attack == "busy":
+
             async def busy(api: TaskApi) -> None:
                 api.compute(TIME_SLICE - rng.randrange(8))
 
@@ -311,9 +319,13 @@ class TaskSystem:
         self.kernel.task(name).program = self.programs[name]
 
 
-def exfiltrating(original: Program, endpoint: str, rng: random.Random,
-                 messages: tuple[int, int] = (3, 12),
-                 size: tuple[int, int] = (64, 256)) -> Program:
+def exfiltrating(
+    original: Program,
+    endpoint: str,
+    rng: random.Random,
+    messages: tuple[int, int] = (3, 12),
+    size: tuple[int, int] = (64, 256),
+) -> Program:
     """A hijacked program: the task's normal work, then chunks of its memory to ``endpoint``.
 
     Keeping the normal work is the attacker's best move: everything the task used to do still
@@ -343,8 +355,9 @@ class Trace:
     start: int | None = None  #: the first period of the attack (or drift)
 
 
-def _plan(kind: str, rng: random.Random, periods: int,
-          warmup: int) -> tuple[str | None, int | None]:
+def _plan(
+    kind: str, rng: random.Random, periods: int, warmup: int
+) -> tuple[str | None, int | None]:
     """Which task is attacked, from which period: after training, with 5 periods to spare."""
     if kind == "normal":
         return None, None
@@ -362,8 +375,9 @@ def trace_rng(kind: str, seed: int | str) -> random.Random:
     return random.Random(f"mchsm-trace/{kind}/{seed}")
 
 
-async def play(system: TaskSystem, kind: str, *, periods: int = 60, warmup: int = 20,
-               seed: int | str = "") -> Trace:
+async def play(
+    system: TaskSystem, kind: str, *, periods: int = 60, warmup: int = 20, seed: int | str = ""
+) -> Trace:
     """Run an installed and loaded ``system`` for ``periods`` periods, playing ``kind`` on it.
 
     Which task is attacked (or drifts) and from which period is drawn from the system's random
@@ -383,8 +397,14 @@ async def play(system: TaskSystem, kind: str, *, periods: int = 60, warmup: int 
             assert target is not None
             system.hijack(target, kind)
         out.append(await system.run_period())
-    return Trace(kind, str(seed), {t.tid: t.name for t in system.kernel.tasks.values()}, out,
-                 system.tids[target] if target else None, start)
+    return Trace(
+        kind,
+        str(seed),
+        {t.tid: t.name for t in system.kernel.tasks.values()},
+        out,
+        system.tids[target] if target else None,
+        start,
+    )
 
 
 async def _produce(kind: str, seed: int | str, periods: int, warmup: int) -> Trace:
@@ -487,16 +507,25 @@ class KindResult:
     def summary(self) -> dict[str, object]:
         """The figures that apply to this kind, as plain values (valid JSON)."""
         if not self.is_attack:
-            return {"kind": self.kind, "runs": self.runs, "monitored": self.monitored,
-                    "flagged": self.flagged, "flag_rate": self.flag_rate}
+            return {
+                "kind": self.kind,
+                "runs": self.runs,
+                "monitored": self.monitored,
+                "flagged": self.flagged,
+                "flag_rate": self.flag_rate,
+            }
         return {
-            "kind": self.kind, "runs": self.runs, "detected": self.detected, "late": self.late,
+            "kind": self.kind,
+            "runs": self.runs,
+            "detected": self.detected,
+            "late": self.late,
             "missed": self.runs - self.detected - self.late,
             "detection_rate": self.detection_rate,
             "delay_mean": sum(self.delays) / len(self.delays) if self.delays else None,
             "delay_p95": _p95(self.delays) if self.delays else None,
             "delay_max": max(self.delays) if self.delays else None,
-            "collateral": self.collateral, "early": self.early,
+            "collateral": self.collateral,
+            "early": self.early,
         }
 
 
@@ -516,27 +545,36 @@ class EvalReport:
         for kind in ATTACKS:
             r = self.results.get(kind)
             if r is not None and r.detection_rate < DETECTION_TARGET:
-                out.append(f"{kind}: {r.detection_rate:.1%} of runs detected within "
-                           f"{MAX_DELAY} periods, target {DETECTION_TARGET:.0%}")
+                out.append(
+                    f"{kind}: {r.detection_rate:.1%} of runs detected within "
+                    f"{MAX_DELAY} periods, target {DETECTION_TARGET:.0%}"
+                )
         for kind in ("normal", "drift"):
             r = self.results.get(kind)
             if r is not None and r.flag_rate > FLAG_TARGET:
-                out.append(f"{kind}: {r.flag_rate:.2%} of periods flagged, "
-                           f"target <= {FLAG_TARGET:.0%}")
+                out.append(
+                    f"{kind}: {r.flag_rate:.2%} of periods flagged, target <= {FLAG_TARGET:.0%}"
+                )
         return out
 
     def to_json(self) -> str:
-        return json.dumps({
-            "config": asdict(self.config),
-            "periods": self.periods,
-            "seed": self.seed,
-            "seconds": round(self.seconds, 2),
-            "targets": {"detection_rate": DETECTION_TARGET, "max_delay": MAX_DELAY,
-                        "flag_rate": FLAG_TARGET},
-            "results": {k: r.summary() for k, r in self.results.items()},
-            "failures": self.failures(),
-            "passed": not self.failures(),
-        }, indent=2)
+        return json.dumps(
+            {
+                "config": asdict(self.config),
+                "periods": self.periods,
+                "seed": self.seed,
+                "seconds": round(self.seconds, 2),
+                "targets": {
+                    "detection_rate": DETECTION_TARGET,
+                    "max_delay": MAX_DELAY,
+                    "flag_rate": FLAG_TARGET,
+                },
+                "results": {k: r.summary() for k, r in self.results.items()},
+                "failures": self.failures(),
+                "passed": not self.failures(),
+            },
+            indent=2,
+        )
 
     def render(self) -> str:
         cfg = self.config
@@ -554,20 +592,29 @@ class EvalReport:
                 lines.append(
                     f"{kind:<11} {r.runs:>5} {r.detected + r.late:>7} {r.detection_rate:>7.1%} "
                     f"{_num(s['delay_mean'], '.2f'):>10} {_num(s['delay_p95'], '.0f'):>4} "
-                    f"{_num(s['delay_max'], 'd'):>4}  {r.collateral:>14}")
+                    f"{_num(s['delay_max'], 'd'):>4}  {r.collateral:>14}"
+                )
             else:
-                lines.append(f"{kind:<11} {r.runs:>5}   {r.flagged} of {r.monitored} periods "
-                             f"after training flagged ({r.flag_rate:.2%})")
-        lines += ["", "delay: attack periods until flagged (1 = the first); in <=5: fraction of "
-                  "runs caught within 5;", "exfil-slow and mimicry are informational (no target)",
-                  ""]
+                lines.append(
+                    f"{kind:<11} {r.runs:>5}   {r.flagged} of {r.monitored} periods "
+                    f"after training flagged ({r.flag_rate:.2%})"
+                )
+        lines += [
+            "",
+            "delay: attack periods until flagged (1 = the first); in <=5: fraction of "
+            "runs caught within 5;",
+            "exfil-slow and mimicry are informational (no target)",
+            "",
+        ]
         failures = self.failures()
         if failures:
             lines += ["TARGETS MISSED:", *(f"  {f}" for f in failures)]
         else:
-            lines.append(f"targets met: every attack kind caught within {MAX_DELAY} periods in "
-                         f">= {DETECTION_TARGET:.0%} of runs; <= {FLAG_TARGET:.0%} of normal and "
-                         f"of drifting periods flagged ({self.seconds:.1f} s)")
+            lines.append(
+                f"targets met: every attack kind caught within {MAX_DELAY} periods in "
+                f">= {DETECTION_TARGET:.0%} of runs; <= {FLAG_TARGET:.0%} of normal and "
+                f"of drifting periods flagged ({self.seconds:.1f} s)"
+            )
         return "\n".join(lines)
 
 
@@ -587,14 +634,19 @@ def _score(result: KindResult, trace: Trace, detections: list[Detection], warmup
         else:
             result.late += 1
     result.early += any(d.period < trace.start for d in detections)
-    result.collateral += any(d.tid != trace.target and d.period >= trace.start
-                             for d in detections)
+    result.collateral += any(d.tid != trace.target and d.period >= trace.start for d in detections)
 
 
-def evaluate(*, normal_runs: int = 200, attack_runs: int = 100, periods: int = 60,
-             seed: int = 1, config: DetectorConfig | None = None,
-             kinds: Sequence[str] = KINDS,
-             progress: Callable[[str], None] | None = None) -> EvalReport:
+def evaluate(
+    *,
+    normal_runs: int = 200,
+    attack_runs: int = 100,
+    periods: int = 60,
+    seed: int = 1,
+    config: DetectorConfig | None = None,
+    kinds: Sequence[str] = KINDS,
+    progress: Callable[[str], None] | None = None,
+) -> EvalReport:
     """Run the detector over fixed-seed labelled traces of every kind and score it."""
     import time
 

@@ -113,17 +113,19 @@ class Request:
         if not 0 <= self.caller < 1 << CALLER_BITS:
             raise ValueError(f"caller must be in 0..{(1 << CALLER_BITS) - 1}, not {self.caller!r}")
         if not 0 <= self.addr < 1 << BUS_ADDR_WIDTH:
-            raise ValueError(f"word address must be in 0..{(1 << BUS_ADDR_WIDTH) - 1}, "
-                             f"not {self.addr!r}")
+            raise ValueError(
+                f"word address must be in 0..{(1 << BUS_ADDR_WIDTH) - 1}, not {self.addr!r}"
+            )
         if not 1 <= self.count <= LINK_MAX_BURST:
             raise ValueError(f"count must be in 1..{LINK_MAX_BURST}, not {self.count!r}")
         if self.op in (LinkOp.READ, LinkOp.WRITE) and self.count != 1:
-            raise ValueError(f"{self.op.name} moves one word; use the burst op for "
-                             f"{self.count}")
+            raise ValueError(f"{self.op.name} moves one word; use the burst op for {self.count}")
         if self.is_write != bool(self.data) or (self.is_write and len(self.data) != self.count):
-            raise ValueError(f"{self.op.name} with count {self.count} must carry "
-                             f"{self.count if self.is_write else 0} data words, "
-                             f"not {len(self.data)}")
+            raise ValueError(
+                f"{self.op.name} with count {self.count} must carry "
+                f"{self.count if self.is_write else 0} data words, "
+                f"not {len(self.data)}"
+            )
         if any(not 0 <= w <= 0xFFFF_FFFF for w in self.data):
             raise ValueError("data words must be unsigned 32-bit integers")
 
@@ -164,8 +166,10 @@ class Request:
             raise ValueError(f"{LinkStatus.ERR_TIMEOUT.name}: {len(frame)} bytes, not {size}")
         if crc16(frame[1:]) != 0:
             raise ValueError(f"{LinkStatus.ERR_CRC.name}: CRC does not check")
-        data = tuple(int.from_bytes(frame[5 + 4 * i : 9 + 4 * i], "big")
-                     for i in range(count if write else 0))
+        data = tuple(
+            int.from_bytes(frame[5 + 4 * i : 9 + 4 * i], "big")
+            for i in range(count if write else 0)
+        )
         return cls(link_op, caller, addr, count, data)
 
 
@@ -231,8 +235,9 @@ class ReplyDecoder:
                 return out
             count = self._buf[2]
             if count > LINK_MAX_BURST:
-                out.append(CorruptReply(f"count {count} exceeds {LINK_MAX_BURST}",
-                                        bytes(self._buf[:3])))
+                out.append(
+                    CorruptReply(f"count {count} exceeds {LINK_MAX_BURST}", bytes(self._buf[:3]))
+                )
                 del self._buf[:1]
                 continue
             size = reply_size(count)
@@ -249,8 +254,7 @@ class ReplyDecoder:
                 out.append(CorruptReply(f"unknown status 0x{frame[1]:02x}", frame))
                 del self._buf[:size]
                 continue
-            words = tuple(int.from_bytes(frame[3 + 4 * i : 7 + 4 * i], "big")
-                          for i in range(count))
+            words = tuple(int.from_bytes(frame[3 + 4 * i : 7 + 4 * i], "big") for i in range(count))
             out.append(LinkReply(status, words))
             del self._buf[:size]
 
@@ -309,7 +313,8 @@ class FramedTransport(Transport):
                     if len(reply.words) != request.reply_words:
                         raise TransportError(
                             f"{request.op.name} of {request.reply_words} words at word "
-                            f"0x{request.addr:02x} answered with {len(reply.words)} words")
+                            f"0x{request.addr:02x} answered with {len(reply.words)} words"
+                        )
                     return reply
                 name = reply.status.name
                 self.stats.rejected[name] = self.stats.rejected.get(name, 0) + 1
@@ -317,7 +322,8 @@ class FramedTransport(Transport):
                     raise TransportError(
                         f"{request.op.name} at word 0x{request.addr:02x}: the HSM did not "
                         f"acknowledge a bus cycle in time (ERR_BUS); part of the frame may "
-                        f"have run, so it is not repeated")
+                        f"have run, so it is not repeated"
+                    )
                 why = f"the bridge rejected the frame with {name}"
                 continue  # rejected whole: nothing ran, resend
             why = "no reply" if reply is None else f"a garbled reply ({reply.reason})"
@@ -325,10 +331,12 @@ class FramedTransport(Transport):
                 raise TransportError(
                     f"{request.op.name} at word 0x{request.addr:02x} (caller "
                     f"{request.caller}) got {why}; the write may or may not have run, so it "
-                    f"is not repeated")
+                    f"is not repeated"
+                )
         raise TransportError(
             f"{request.op.name} at word 0x{request.addr:02x} failed {self.retries + 1} times; "
-            f"last: {why}")
+            f"last: {why}"
+        )
 
     # ---- the Transport interface --------------------------------------------------------------
 
@@ -401,8 +409,14 @@ class SerialTransport(FramedTransport):
 
     name = "board"
 
-    def __init__(self, port: str | Any, baud: int = LINK_DEFAULT_BAUD, *,
-                 timeout: float = 0.25, retries: int = 3) -> None:
+    def __init__(
+        self,
+        port: str | Any,
+        baud: int = LINK_DEFAULT_BAUD,
+        *,
+        timeout: float = 0.25,
+        retries: int = 3,
+    ) -> None:
         super().__init__(retries=retries)
         if isinstance(port, str):
             import serial
@@ -435,8 +449,11 @@ class SerialTransport(FramedTransport):
         self.serial.reset_input_buffer()  # a late reply to an earlier frame is not ours
         self.serial.write(frame)
         # an error reply comes only after the line has been idle for the bridge's timeout
-        budget = (self._wire_seconds(len(frame) + reply_size(reply_words))
-                  + 2 * LINK_IDLE_TIMEOUT_S + self.timeout)
+        budget = (
+            self._wire_seconds(len(frame) + reply_size(reply_words))
+            + 2 * LINK_IDLE_TIMEOUT_S
+            + self.timeout
+        )
         deadline = time.monotonic() + budget
         decoder = ReplyDecoder()
         while time.monotonic() < deadline:

@@ -308,7 +308,7 @@ def _key(value: object) -> bytes | None:
 def _chunks(keys: set[bytes]) -> Iterator[list[bytes]]:
     items = list(keys)
     for start in range(0, len(items), _IN_CHUNK):
-        yield items[start:start + _IN_CHUNK]
+        yield items[start : start + _IN_CHUNK]
 
 
 @functools.lru_cache(maxsize=64)
@@ -461,8 +461,9 @@ class Verifier:
                 )
             except sqlite3.IntegrityError:
                 raise VerifierError(f"device {dev_id.hex()} is already registered") from None
-            self._log(dev_id, KIND_REGISTER, None, OUTCOME_OK,
-                      {"contexts": contexts, "name": name}, now)
+            self._log(
+                dev_id, KIND_REGISTER, None, OUTCOME_OK, {"contexts": contexts, "name": name}, now
+            )
         return record
 
     def device(self, dev_id: bytes) -> DeviceRecord:
@@ -542,8 +543,14 @@ class Verifier:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (dev_id, ctx, old, new, ref, name, now),
             )
-            self._log(dev_id, KIND_UPDATE_PREPARE, ctx, OUTCOME_OK,
-                      {"old": old, "new": new, "reference": ref.hex(), "name": name}, now)
+            self._log(
+                dev_id,
+                KIND_UPDATE_PREPARE,
+                ctx,
+                OUTCOME_OK,
+                {"old": old, "new": new, "reference": ref.hex(), "name": name},
+                now,
+            )
         auth = UpdateAuth(ctx=ctx, old=old, new=new, ref=ref, tag=tag)
         return UpdatePackage(dev_id=dev_id, name=name, auth=auth, image=image)
 
@@ -771,12 +778,14 @@ class Verifier:
 
             def pending(dkey: bytes | None = dkey) -> list[tuple[int, int, int, bytes, str]]:
                 return conn.execute(
-                    "SELECT ctx, old, new, reference, name FROM pending_updates "
-                    "WHERE dev_id = ?", (dkey,)).fetchall()
+                    "SELECT ctx, old, new, reference, name FROM pending_updates WHERE dev_id = ?",
+                    (dkey,),
+                ).fetchall()
 
             try:
-                report = self._check(dev_id, nonce, evidence, nonce_row, device, now, detail,
-                                     pending)
+                report = self._check(
+                    dev_id, nonce, evidence, nonce_row, device, now, detail, pending
+                )
             except VerifierError as exc:
                 results.append(exc)
                 detail["error"] = str(exc)
@@ -791,13 +800,27 @@ class Verifier:
                     for ctx, (old, new, ref, name) in recovered.items():
                         conn.execute(
                             "INSERT OR REPLACE INTO tasks (dev_id, ctx, name, version, reference) "
-                            "VALUES (?, ?, ?, ?, ?)", (dkey, ctx, name, new, ref))
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (dkey, ctx, name, new, ref),
+                        )
                         conn.execute(
                             "DELETE FROM pending_updates WHERE dev_id = ? AND ctx = ? AND new <= ?",
-                            (dkey, ctx, new))
-                        self._log(dkey, KIND_UPDATE_CONFIRM, ctx, OUTCOME_RECOVERED,
-                                  {"old": old, "new": new, "reference": bytes(ref).hex(),
-                                   "name": name, "by": "attestation"}, now)
+                            (dkey, ctx, new),
+                        )
+                        self._log(
+                            dkey,
+                            KIND_UPDATE_CONFIRM,
+                            ctx,
+                            OUTCOME_RECOVERED,
+                            {
+                                "old": old,
+                                "new": new,
+                                "reference": bytes(ref).hex(),
+                                "name": name,
+                                "by": "attestation",
+                            },
+                            now,
+                        )
                     device = self._load_devices({dkey})[dkey]
                     devices[dkey] = device
                 device.last_ctr = report.ctr
@@ -806,8 +829,16 @@ class Verifier:
                 detail["failed"] = failed
             if isinstance(nonce, bytes | bytearray):
                 detail["nonce"] = nonce.hex()
-            audit.append((now, dev_id if isinstance(dev_id, bytes | bytearray) else None,
-                          KIND_ATTEST, None, outcome, _json(detail)))
+            audit.append(
+                (
+                    now,
+                    dev_id if isinstance(dev_id, bytes | bytearray) else None,
+                    KIND_ATTEST,
+                    None,
+                    outcome,
+                    _json(detail),
+                )
+            )
         flush()
         return results
 
@@ -900,7 +931,8 @@ class Verifier:
         def verifies(candidate: Mapping[int, bytes]) -> bool:
             digest = self._select_digest(candidate, sel)
             expected = protocol.hmac_sha256(
-                k_att, protocol.att_message(dev_id, nonce, sel, ok, ctr, digest))
+                k_att, protocol.att_message(dev_id, nonce, sel, ok, ctr, digest)
+            )
             return protocol.tags_equal(expected, evidence.tag)
 
         if not verifies(device.refs):
@@ -916,8 +948,7 @@ class Verifier:
                 names[ctx] = name
         if ctr <= device.last_ctr:
             raise AttestationError(
-                f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed "
-                "evidence"
+                f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed evidence"
             )
         verdicts: dict[int, TaskVerdict] = {}
         for key in sorted(names.items()):
@@ -935,8 +966,14 @@ class Verifier:
                 found = cache[key] = TaskVerdict(key[0], key[1], verdict)
             verdicts[key[0]] = found
         recovered = detail.get("_recovered")
-        return AttestationReport(dev_id=dev_id, ctr=ctr, sel=sel, ok=ok, verdicts=verdicts,
-                                 recovered=tuple(sorted(recovered)) if recovered else ())
+        return AttestationReport(
+            dev_id=dev_id,
+            ctr=ctr,
+            sel=sel,
+            ok=ok,
+            verdicts=verdicts,
+            recovered=tuple(sorted(recovered)) if recovered else (),
+        )
 
     # -- task keys ----------------------------------------------------------------------------
 

@@ -50,8 +50,9 @@ class Registers:
         await self.transport.write_burst(addr, values, self.caller)
 
 
-async def scratch_job(driver: HsmDriver, words: list[int], caller: int = 3,
-                      scratch: int = 0x1234_5678) -> dict[str, Any]:
+async def scratch_job(
+    driver: HsmDriver, words: list[int], caller: int = 3, scratch: int = 0x1234_5678
+) -> dict[str, Any]:
     """Probe, write/read a scratch register, stream words to DATA, read everything back."""
     info = await driver.probe()
     regs = Registers(driver.transport, caller)

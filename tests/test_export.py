@@ -16,8 +16,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "registers.md"
 
 @pytest.mark.parametrize("contexts", [8, 32])
 def test_export_lints_clean(tmp_path: Path, contexts: int) -> None:
-    result = CliRunner().invoke(main, ["rtl", "export", "--contexts", str(contexts),
-                                       "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["rtl", "export", "--contexts", str(contexts), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "verilator --lint-only -Wall: clean" in result.output
     text = (tmp_path / "mchsm_core.v").read_text()
@@ -30,8 +31,10 @@ def test_lint_still_catches_real_problems(tmp_path: Path) -> None:
     """The waivers cover generated-code noise only: an inferred latch still fails."""
     bad = tmp_path / "mchsm_core.v"
     waivers = "\n".join(f"/* verilator lint_off {w} */" for w in export.GENERATED_CODE_WAIVERS)
-    bad.write_text(waivers + "\nmodule mchsm_core(input a, input b, output reg y);\n"
-                   "  always @(*) if (a) y = b;\nendmodule\n")
+    bad.write_text(
+        waivers + "\nmodule mchsm_core(input a, input b, output reg y);\n"
+        "  always @(*) if (a) y = b;\nendmodule\n"
+    )
     result = export.lint(bad)
     assert not result.clean
     assert result.warnings["LATCH"] >= 1

@@ -44,8 +44,9 @@ def provisioned(n: int = 8) -> HsmModel:
     return hsm
 
 
-def authorise(ctx: int, old: int, new: int, reference: bytes, root: bytes = ROOT,
-              dev: bytes = DEV) -> bytes:
+def authorise(
+    ctx: int, old: int, new: int, reference: bytes, root: bytes = ROOT, dev: bytes = DEV
+) -> bytes:
     """UPDATE data built by hand from the spec's byte layout (independent of sw/protocol.py)."""
     k_upd = mac(root, b"mchsm/v1/upd")
     msg = b"UPD1" + dev + struct.pack(">III", ctx, old, new) + reference
@@ -69,8 +70,9 @@ def install_and_load(hsm: HsmModel, ctx: int, image: bytes, version: int = 1) ->
 def test_hash_matches_hashlib(seed: int) -> None:
     rng = random.Random(seed)
     hsm = HsmModel()
-    lengths = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000] + [rng.randrange(1001)
-                                                                  for _ in range(20)]
+    lengths = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000] + [
+        rng.randrange(1001) for _ in range(20)
+    ]
     for n in lengths:
         data = rng.randbytes(n)
         r = hsm.execute(rng.choice([0, 1, 5]), Cmd.HASH, 0, data)
@@ -294,8 +296,16 @@ def _expected(cmd: Cmd, who: str) -> Status:
     """The access matrix of docs/protocol.md, written out."""
     if who == "unknown id":
         return Status.ERR_DENIED
-    manager_only = {Cmd.PROVISION, Cmd.RESET, Cmd.EXTEND, Cmd.MEASURE, Cmd.SET_ANOMALY,
-                    Cmd.NEW_PERIOD, Cmd.ATTEST, Cmd.UPDATE}
+    manager_only = {
+        Cmd.PROVISION,
+        Cmd.RESET,
+        Cmd.EXTEND,
+        Cmd.MEASURE,
+        Cmd.SET_ANOMALY,
+        Cmd.NEW_PERIOD,
+        Cmd.ATTEST,
+        Cmd.UPDATE,
+    }
     if cmd in manager_only and who != "manager":
         return Status.ERR_DENIED
     if cmd is Cmd.TASK_MAC and who == "manager":
@@ -339,8 +349,10 @@ def test_bad_input_for_every_command_changes_nothing(cmd: Cmd) -> None:
     before = hsm.state
     bad_ctx = [0, 9, 255] if spec.context else [1, 7]
     for c in bad_ctx:
-        assert hsm.execute(caller, cmd, c, data).status in (Status.ERR_CONTEXT,
-                                                            Status.ERR_PROVISIONED)
+        assert hsm.execute(caller, cmd, c, data).status in (
+            Status.ERR_CONTEXT,
+            Status.ERR_PROVISIONED,
+        )
     if spec.length is not None:
         for n in (spec.length - 1, spec.length + 1):
             if n >= 0:
@@ -376,8 +388,13 @@ def test_no_command_returns_a_key() -> None:
     hsm = provisioned()
     install_and_load(hsm, 1, b"img")
     hsm.execute(1, Cmd.HMAC_KEY, 0, b"secret hmac key")
-    keys = [ROOT, mac(ROOT, b"mchsm/v1/att"), mac(ROOT, b"mchsm/v1/upd"), b"secret hmac key",
-            mac(ROOT, b"mchsm/v1/tsk" + struct.pack(">I", 1) + ref(b"img"))]
+    keys = [
+        ROOT,
+        mac(ROOT, b"mchsm/v1/att"),
+        mac(ROOT, b"mchsm/v1/upd"),
+        b"secret hmac key",
+        mac(ROOT, b"mchsm/v1/tsk" + struct.pack(">I", 1) + ref(b"img")),
+    ]
     for cmd in Cmd:
         for caller in (0, 1):
             ctx, data = _valid_args(cmd)

@@ -55,16 +55,19 @@ def assert_same(commands: list[Command], contexts: int = 4) -> list[tuple[int, b
     model = on_model(commands, contexts)
     rtl = on_rtl(commands, contexts)
     for i, (c, a, b) in enumerate(zip(commands, model, rtl, strict=True)):
-        assert a == b, f"command {i} {c}: model {Status(a[0]).name} {a[1].hex()}, " \
-                       f"RTL {Status(b[0]).name if b[0] in Status.__members__.values() else b[0]}" \
-                       f" {b[1].hex()}"
+        assert a == b, (
+            f"command {i} {c}: model {Status(a[0]).name} {a[1].hex()}, "
+            f"RTL {Status(b[0]).name if b[0] in Status.__members__.values() else b[0]}"
+            f" {b[1].hex()}"
+        )
     return rtl
 
 
 def test_hash_against_hashlib() -> None:
     rng = random.Random(5)
-    lengths = [0, 1, 3, 4, 5, 55, 56, 63, 64, 65, 119, 120, 128, 200] + [rng.randrange(1001)
-                                                                         for _ in range(6)]
+    lengths = [0, 1, 3, 4, 5, 55, 56, 63, 64, 65, 119, 120, 128, 200] + [
+        rng.randrange(1001) for _ in range(6)
+    ]
     data = [rng.randbytes(n) for n in lengths]
     out = on_rtl([Command(rng.randrange(0, 5), Cmd.HASH, 0, d) for d in data], 4)
     for d, (status, digest) in zip(data, out, strict=True):
@@ -75,8 +78,7 @@ def test_hash_against_hashlib() -> None:
 def test_hmac_against_stdlib(key_len: int) -> None:
     key = os.urandom(key_len)
     msgs = [b"", b"abc", os.urandom(64), os.urandom(200)]
-    out = on_rtl([Command(2, Cmd.HMAC_KEY, 0, key)] + [Command(2, Cmd.HMAC, 0, m) for m in msgs],
-                 4)
+    out = on_rtl([Command(2, Cmd.HMAC_KEY, 0, key)] + [Command(2, Cmd.HMAC, 0, m) for m in msgs], 4)
     assert out[0] == (Status.OK, b"")
     for msg, (status, tag) in zip(msgs, out[1:], strict=True):
         assert status == Status.OK and tag == hmac.new(key, msg, hashlib.sha256).digest()
@@ -95,8 +97,11 @@ def test_protocol_story_matches_model_and_keys() -> None:
         Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT),
         Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT),  # write-once
         *[_install(i, 0, 1, img[i]) for i in img],
-        *[c for i in img for c in (Command(MANAGER, Cmd.RESET, i, b""),
-                                   Command(MANAGER, Cmd.MEASURE, i, img[i]))],
+        *[
+            c
+            for i in img
+            for c in (Command(MANAGER, Cmd.RESET, i, b""), Command(MANAGER, Cmd.MEASURE, i, img[i]))
+        ],
         Command(MANAGER, Cmd.STATUS, 0, b""),
         Command(2, Cmd.STATUS, 0, b""),
         Command(MANAGER, Cmd.READ_CTX, 2, b""),
@@ -148,11 +153,16 @@ def test_no_bus_read_returns_a_key_word() -> None:
         seen = await scan_bus(driver, [0, 1, 5])
         await driver.run(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
         seen += await scan_bus(driver, [0, 1, 5])
-        await run_commands(driver, [_install(1, 0, 1, b"img"),
-                                    Command(MANAGER, Cmd.RESET, 1, b""),
-                                    Command(MANAGER, Cmd.MEASURE, 1, b"img"),
-                                    Command(1, Cmd.HMAC_KEY, 0, hmac_key),
-                                    Command(1, Cmd.TASK_MAC, 0, b"x")])
+        await run_commands(
+            driver,
+            [
+                _install(1, 0, 1, b"img"),
+                Command(MANAGER, Cmd.RESET, 1, b""),
+                Command(MANAGER, Cmd.MEASURE, 1, b"img"),
+                Command(1, Cmd.HMAC_KEY, 0, hmac_key),
+                Command(1, Cmd.TASK_MAC, 0, b"x"),
+            ],
+        )
         seen += await scan_bus(driver, [0, 1, 5])
         # mid-command: a half-fed PROVISION-like stream, read while busy
         await driver.transport.write(Reg.LEN, 100, 1)
@@ -192,7 +202,6 @@ def test_abort_and_ownership_on_the_bus() -> None:
     assert out["status"] & 0xFF == Status.ERR_ABORTED and out["status"] & STATUS_DONE
     assert out["hash_ok"] == 1 and out["other_reads"] == 0
     assert 60 < out["cycles"] < 200
-
 
 
 def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
@@ -248,6 +257,7 @@ def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
 
 def test_monitor_matches_model_with_small_limits() -> None:
     """Budget and failure limit small enough that random sequences trip them often."""
+
     async def on_model_small(cmds: list[Command]) -> list[tuple[int, bytes]]:
         driver = HsmDriver(ModelTransport(ModelMailbox(HsmModel(4, budget=3, fail_limit=2))))
         return await run_commands(driver, cmds)

