@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 
-from amaranth.lib import enum
+from amaranth.hdl import unsigned
+from amaranth.lib import data, enum
 
 __all__ = [
     "ACK_LABEL",
@@ -336,60 +337,176 @@ class Reg(enum.IntEnum):
     """Mailbox register byte offsets.  See ``docs/registers.md`` (generated from this)."""
 
     ID = 0x00  #: R: MAGIC
-    INFO = 0x04  #: R: [7:0] protocol version, [15:8] number of contexts N
-    LEN = 0x08  #: RW: data length in bytes of the next command
-    CMD = 0x0C  #: W: [7:0] command code, [15:8] context argument; starts the command
-    DATA = 0x10  #: W: data-in port, one big-endian word per write (first byte in [31:24])
-    STATUS = 0x14  #: R: [7:0] status, [8] busy, [9] done, [23:16] result length (bytes)
-    CTRL = 0x18  #: W: [0] abort the running command, [1] clear done (acknowledge the IRQ)
-    IRQ_EN = 0x1C  #: RW: [0] raise the irq line while done
-    CYCLES = 0x20  #: R: clock cycles the last command took (0 in the model)
-    OWNER = 0x24  #: R: caller id that issued the current/last command
-    RESULT = 0x80  #: R: result window, RESULT_WORDS words, readable only by the owner
+    INFO = 0x04  #: R: InfoReg
+    LEN = 0x08  #: RW (holder): data length in bytes of the next command
+    CMD = 0x0C  #: W (holder): CmdReg; issues the command
+    DATA = 0x10  #: W (holder): data-in port, one big-endian word per write
+    STATUS = 0x14  #: R: StatusReg (the holder sees every field, others only ``held``)
+    CTRL = 0x18  #: W: one Ctrl action per write
+    IRQ_EN = 0x1C  #: RW (write: manager): [0] raise the irq line while done
+    CYCLES = 0x20  #: R (holder): clock cycles the last command took (0 in the model)
+    OWNER = 0x24  #: R: OwnerReg, who holds the mailbox
+    RESULT = 0x80  #: R (holder): result window, RESULT_WORDS words
 
+
+class Ctrl(enum.IntEnum, shape=4):
+    """The actions written to ``CTRL``; a write must hold exactly one (``docs/protocol.md`` 9.2)."""
+
+    ABORT = 1 << 0  #: the holder ends its command while it still expects data
+    CLEAR = 1 << 1  #: the holder drops ``done`` (acknowledges the interrupt)
+    CLAIM = 1 << 2  #: take the mailbox (the manager may take it from a task: preemption)
+    RELEASE = 1 << 3  #: the holder gives the mailbox back; the result window is erased
+
+
+#: ``INFO``: what the HSM is
+InfoReg = data.FlexibleLayout(
+    32, {"version": data.Field(unsigned(8), 0), "contexts": data.Field(unsigned(8), 8)}
+)
+#: ``CMD``: the command code (any byte: unknown codes are answered ERR_UNKNOWN_CMD) and context
+CmdReg = data.FlexibleLayout(
+    32, {"code": data.Field(unsigned(8), 0), "ctx": data.Field(unsigned(8), 8)}
+)
+#: ``STATUS`` as the holder reads it; anyone else reads only ``held`` (every other field 0)
+StatusReg = data.FlexibleLayout(
+    32,
+    {
+        "status": data.Field(unsigned(STATUS_SHAPE), 0),  #: a Status once done
+        "busy": data.Field(unsigned(1), 8),  #: the command is in phase data or run
+        "done": data.Field(unsigned(1), 9),  #: the command ended (until CLEAR or the next CMD)
+        "expects": data.Field(unsigned(1), 10),  #: phase data: DATA words are still taken
+        "held": data.Field(unsigned(1), 11),  #: somebody holds the mailbox
+        "mine": data.Field(unsigned(1), 12),  #: the reader holds the mailbox
+        "reslen": data.Field(unsigned(8), 16),  #: result length in bytes (0 until done)
+    },
+)
+#: ``OWNER``: who holds the mailbox (public: every caller can see that it is held, and by whom)
+OwnerReg = data.FlexibleLayout(
+    32, {"caller": data.Field(unsigned(CALLER_BITS), 0), "held": data.Field(unsigned(1), 8)}
+)
+
+
+class RegFields(dict[str, int]):
+    """The fields of one register word, by name and as attributes (``status.mine``)."""
+
+    __slots__ = ("_word",)
+
+    def __init__(self, word: int, fields: dict[str, int]) -> None:
+        super().__init__(fields)
+        self._word = word
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_bits(self) -> int:
+        return self._word
+
+
+_FIELD_TABLES: dict[int, tuple[data.Layout, dict[str, tuple[int, int]]]] = {}
+
+
+def _field_table(layout: data.Layout) -> dict[str, tuple[int, int]]:
+    """name -> (offset, mask) of every field (cached by identity: hashing a layout is slow)."""
+    hit = _FIELD_TABLES.get(id(layout))
+    if hit is None or hit[0] is not layout:
+        table = {name: (field.offset, (1 << field.width) - 1) for name, field in layout}
+        hit = _FIELD_TABLES[id(layout)] = (layout, table)
+    return hit[1]
+
+
+def pack_reg(layout: data.Layout, **fields: int) -> int:
+    """A register word from its fields (the host's ``Layout.const``, derived from the same
+    layout; Amaranth's own costs tens of microseconds, which the model pays per access)."""
+    word = 0
+    table = _field_table(layout)
+    for name, value in fields.items():
+        offset, mask = table[name]
+        value = int(value)
+        if not 0 <= value <= mask:
+            raise ValueError(f"{name} must fit {mask.bit_length()} bits, not {value!r}")
+        word |= value << offset
+    return word
+
+
+def unpack_reg(layout: data.Layout, word: int) -> RegFields:
+    """The fields of a register word (the host's ``Layout.from_bits``)."""
+    table = _field_table(layout)
+    return RegFields(word, {name: word >> off & mask for name, (off, mask) in table.items()})
+
+
+__all__ += ["RegFields", "pack_reg", "unpack_reg"]
+
+#: the registers that are packed fields: the source of the field tables and C masks
+REG_LAYOUTS: dict[Reg, data.FlexibleLayout] = {
+    Reg.INFO: InfoReg,
+    Reg.CMD: CmdReg,
+    Reg.STATUS: StatusReg,
+    Reg.OWNER: OwnerReg,
+}
 
 #: access and meaning of every register: the source of docs/registers.md and the C header
 REG_DOC: dict[Reg, tuple[str, str]] = {
     Reg.ID: ("R", '`MAGIC` (0x4D434853, "MCHS"): there is an mchsm HSM here'),
-    Reg.INFO: ("R", "[7:0] protocol version, [15:8] number of contexts N"),
-    Reg.LEN: ("RW", "data length in bytes of the next command (ignored while busy)"),
+    Reg.INFO: ("R", "`InfoReg`: [7:0] protocol version, [15:8] number of contexts N"),
+    Reg.LEN: (
+        "RW",
+        "holder only: data length in bytes of the next command (writes refused while a command "
+        "takes data or runs)",
+    ),
     Reg.CMD: (
         "W",
-        "[7:0] command code, [15:8] context argument; writing starts the command "
-        "and makes the writer its owner (ignored while busy)",
+        "holder only: `CmdReg`, [7:0] command code, [15:8] context argument; issues the command "
+        "(refused while one takes data or runs)",
     ),
     Reg.DATA: (
         "W",
-        "data-in port: one big-endian word per write, first byte in [31:24]; "
-        "only the owner's words count, and only as many as LEN asks for; the bus "
-        "waits (no ack) while the input FIFO is full",
+        "holder only, while its command expects data: one big-endian word per write, first byte "
+        "in [31:24]; the bus waits (no ack) while the input FIFO is full",
     ),
-    Reg.STATUS: ("R", "[7:0] status code, [8] busy, [9] done, [23:16] result length in bytes"),
+    Reg.STATUS: (
+        "R",
+        "`StatusReg`: [7:0] status code, [8] busy, [9] done, [10] expects data, [11] held, "
+        "[12] mine, [23:16] result length in bytes; a caller that does not hold the mailbox "
+        "sees only held",
+    ),
     Reg.CTRL: (
         "W",
-        "[0] abort the running command (owner or manager; only while it still "
-        "expects data), [1] clear done and so acknowledge the interrupt",
+        "exactly one `Ctrl` action per write: 0x1 ABORT (holder, while its command expects "
+        "data), 0x2 CLEAR done (holder), 0x4 CLAIM (anyone when free; the manager also takes it "
+        "from a task whose command is not running), 0x8 RELEASE (holder, no command taking data "
+        "or running; erases the result window); a RELEASE or preempting CLAIM is acked once the "
+        "window is erased",
     ),
-    Reg.IRQ_EN: ("RW", "[0] drive the irq line while done"),
+    Reg.IRQ_EN: ("RW", "[0] drive the irq line while done; written by the manager only"),
     Reg.CYCLES: (
         "R",
-        "clock cycles from the CMD write to done of the last command (0 in the model)",
+        "holder only: clock cycles from the CMD write to done of its last command (0 in the model)",
     ),
-    Reg.OWNER: ("R", "caller id that issued the current or last command"),
+    Reg.OWNER: ("R", "`OwnerReg`: [5:0] caller id of the holder, [8] held"),
     Reg.RESULT: (
         "R",
-        "result window, RESULT_WORDS words, big-endian like DATA; reads as 0 "
-        "for anyone but the owner and while busy",
+        "holder only: result window, RESULT_WORDS words, big-endian like DATA; words at or "
+        "beyond the result length read 0",
     ),
 }
-
-STATUS_BUSY = 1 << 8
-STATUS_DONE = 1 << 9
-STATUS_RESULT_LEN_SHIFT = 16
-CTRL_ABORT = 1 << 0
-CTRL_CLEAR = 1 << 1
-__all__ += ["REG_DOC"]
-__all__ += ["CTRL_ABORT", "CTRL_CLEAR", "STATUS_BUSY", "STATUS_DONE", "STATUS_RESULT_LEN_SHIFT"]
+#: what a refused access gets: the bus cycle ends with ``err`` (reads return 0), nothing changes
+REFUSED_DOC = (
+    "An access the mailbox does not allow (a caller that does not hold it, a register written at "
+    "the wrong time, a CTRL value that is not one action) ends with `err` instead of `ack`, "
+    "reads 0 and changes nothing."
+)
+__all__ += [
+    "REFUSED_DOC",
+    "REG_DOC",
+    "REG_LAYOUTS",
+    "CmdReg",
+    "Ctrl",
+    "InfoReg",
+    "OwnerReg",
+    "StatusReg",
+]
 
 
 # =============================================================================================
@@ -425,8 +542,8 @@ class LinkOp(enum.IntEnum, shape=8):
 class LinkStatus(enum.IntEnum, shape=8):
     """First byte after the sync byte of a reply.
 
-    Every error except ``ERR_BUS`` is reported before any bus cycle: the frame was rejected
-    whole and nothing was executed, so the host may resend it.
+    Every error except ``ERR_BUS`` and ``ERR_REFUSED`` is reported before any bus cycle: the
+    frame was rejected whole and nothing was executed, so the host may resend it.
     """
 
     OK = 0x00  #: the frame was executed; a read's words follow
@@ -436,6 +553,9 @@ class LinkStatus(enum.IntEnum, shape=8):
     ERR_OP = 0x04  #: unknown opcode
     ERR_FIELD = 0x05  #: caller id or word address does not fit its 6 bits
     ERR_BUS = 0x06  #: the HSM did not acknowledge a bus cycle in time; part may have run
+    #: the HSM refused a bus cycle with ``err`` (the caller does not hold the mailbox, or the
+    #: access is not allowed now); the words before it ran, the refused one and those after not
+    ERR_REFUSED = 0x07
 
 
 __all__ += [

@@ -24,17 +24,15 @@ from amaranth.back import verilog
 from mchsm import __version__
 from mchsm.constants import (
     CALLER_BITS,
-    CTRL_ABORT,
-    CTRL_CLEAR,
     DEFAULT_CONTEXTS,
     MAGIC,
+    REFUSED_DOC,
     REG_DOC,
+    REG_LAYOUTS,
     RESULT_SIZE,
     RESULT_WORDS,
-    STATUS_BUSY,
-    STATUS_DONE,
-    STATUS_RESULT_LEN_SHIFT,
     Cmd,
+    Ctrl,
     Reg,
     Status,
     command_spec,
@@ -125,15 +123,17 @@ def c_header(contexts: int = DEFAULT_CONTEXTS) -> str:
     lines += [
         f"#define MCHSM_REG_{reg.name} 0x{reg.value:02X}u /* {REG_DOC[reg][0]} */" for reg in Reg
     ]
-    lines += [
-        "",
-        f"#define MCHSM_STATUS_BUSY 0x{STATUS_BUSY:X}u",
-        f"#define MCHSM_STATUS_DONE 0x{STATUS_DONE:X}u",
-        f"#define MCHSM_STATUS_RESULT_LEN_SHIFT {STATUS_RESULT_LEN_SHIFT}u",
-        f"#define MCHSM_CTRL_ABORT 0x{CTRL_ABORT:X}u",
-        f"#define MCHSM_CTRL_CLEAR 0x{CTRL_CLEAR:X}u",
-        "",
-    ]
+    lines.append("")
+    for reg, layout in REG_LAYOUTS.items():
+        for name, field in layout:
+            mask = ((1 << field.width) - 1) << field.offset
+            prefix = f"MCHSM_{reg.name}_{name.upper()}"
+            lines += [
+                f"#define {prefix}_SHIFT {field.offset}u",
+                f"#define {prefix}_MASK 0x{mask:08X}u",
+            ]
+    lines += [f"#define MCHSM_CTRL_{action.name} 0x{action.value:X}u" for action in Ctrl]
+    lines.append("")
     lines += [f"#define MCHSM_CMD_{cmd.name} 0x{cmd.value:02X}u" for cmd in Cmd]
     lines.append("")
     lines += [f"#define MCHSM_{status.name} 0x{status.value:02X}u" for status in Status]
@@ -160,10 +160,16 @@ def register_markdown() -> str:
         f"| 0x{reg.value:02X} | `{reg.name}` | {REG_DOC[reg][0]} | {REG_DOC[reg][1]} |"
         for reg in Reg
     ]
+    out += ["", REFUSED_DOC, "", "## Register fields", ""]
+    out += ["| register | field | bits |", "| --- | --- | --- |"]
+    for reg, layout in REG_LAYOUTS.items():
+        for name, field in layout:
+            top = field.offset + field.width - 1
+            bits = f"[{top}:{field.offset}]" if field.width > 1 else f"[{field.offset}]"
+            out.append(f"| `{reg.name}` | `{name}` | {bits} |")
+    out += ["", "`CTRL` actions (one per write):", ""]
+    out += [f"- `{action.name}` = 0x{action.value:X}" for action in Ctrl]
     out += [
-        "",
-        f"`STATUS`: busy = 0x{STATUS_BUSY:X}, done = 0x{STATUS_DONE:X}, result length at bit "
-        f"{STATUS_RESULT_LEN_SHIFT}. `CTRL`: abort = 0x{CTRL_ABORT:X}, clear = 0x{CTRL_CLEAR:X}.",
         "",
         "## Commands",
         "",

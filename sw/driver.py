@@ -10,26 +10,26 @@ transport, so it runs inside asyncio, an Amaranth testbench or a cocotb test ali
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mchsm.constants import (
+    CALLER_BITS,
     DEVICE_ID_SIZE,
     DIGEST_SIZE,
     MAGIC,
     MANAGER,
     NONCE_SIZE,
     ROOT_KEY_SIZE,
-    STATUS_BUSY,
-    STATUS_DONE,
-    STATUS_RESULT_LEN_SHIFT,
     Cmd,
     CtxFlag,
+    InfoReg,
     Reg,
-    Status,
     u32,
+    unpack_reg,
 )
-from mchsm.sw.errors import HsmError, TransportError
+from mchsm.sw.command import REFUSED, Op, Outcome, Read, Reply, Write, run_command
+from mchsm.sw.errors import BusRefusedError, MailboxBusyError, TransportError
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth
 
@@ -44,15 +44,15 @@ __all__ = [
     "Transport",
 ]
 
-#: words per burst when streaming data (bounds memory for huge images)
-BURST_WORDS = 1024
-
 
 class Transport(abc.ABC):
     """Moves 32-bit words between host and HSM, each access tagged with the caller id.
 
     Subclasses implement :meth:`read` and :meth:`write`; :meth:`write_burst` may be overridden
-    where the link can do better than one word at a time.
+    where the link can do better than one word at a time.  An access the HSM refuses (its bus
+    cycle ends with ``err``) raises :class:`~mchsm.sw.errors.BusRefusedError`; a burst stops at
+    the first refused word.  Any other failure of the link is a
+    :class:`~mchsm.sw.errors.TransportError`.
     """
 
     name = "transport"
@@ -84,22 +84,6 @@ class ModelTransport(Transport):
 
     async def write(self, addr: int, value: int, caller: int) -> None:
         self.mailbox.write(addr, value, caller)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What one command returned: status, result bytes and the cycles the HSM spent."""
-
-    cmd: Cmd | int
-    status: Status
-    result: bytes
-    cycles: int
-
-    def check(self) -> bytes:
-        """The result, or :class:`HsmError` if the status is not OK."""
-        if self.status is not Status.OK:
-            raise HsmError(self.cmd, self.status)
-        return self.result
 
 
 @dataclass(frozen=True)
@@ -160,27 +144,15 @@ class CtxInfo:
         )
 
 
-async def _words(chunks: Iterable[bytes]) -> AsyncIterator[list[int]]:
-    """Big-endian words of the concatenated chunks, in bursts; the tail is zero-padded."""
-    carry = b""
-    burst: list[int] = []
-    for chunk in chunks:
-        data = carry + bytes(chunk)
-        whole = len(data) - len(data) % 4
-        for i in range(0, whole, 4):
-            burst.append(int.from_bytes(data[i : i + 4], "big"))
-            if len(burst) == BURST_WORDS:
-                yield burst
-                burst = []
-        carry = data[whole:]
-    if carry:
-        burst.append(int.from_bytes(carry.ljust(4, b"\0"), "big"))
-    if burst:
-        yield burst
-
-
 class HsmDriver:
-    """Runs HSM commands through a :class:`Transport`.
+    """Runs HSM commands through a :class:`Transport`, following the mailbox's holder rules.
+
+    Every command is claimed, run and released (``docs/protocol.md`` section 9.3).  The driver
+    checks on every step that it still holds the mailbox: a refused access or a ``STATUS``
+    without ``mine`` means the manager took it back, and :class:`MailboxLostError` says whether
+    the command ran.  A command that lost the mailbox before its last data word was taken
+    changed nothing and is issued again (up to ``retries`` times, when its data is ``bytes``);
+    one that ran is never repeated.
 
     Parameters
     ----------
@@ -188,13 +160,27 @@ class HsmDriver:
         How words reach the HSM.
     poll_limit : int
         STATUS reads to wait for a command to finish before giving up.
+    claim_limit : int
+        Attempts to claim a mailbox that another caller holds before :class:`MailboxBusyError`.
+    retries : int
+        How often a command that lost the mailbox without running is issued again.
     """
 
-    def __init__(self, transport: Transport, *, poll_limit: int = 10_000_000) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        poll_limit: int = 10_000_000,
+        claim_limit: int = 100_000,
+        retries: int = 3,
+    ) -> None:
         self.transport = transport
         self.poll_limit = poll_limit
+        self.claim_limit = claim_limit
+        self.retries = retries
         self.cycles = 0  #: HSM cycles spent by all commands so far (0 on the model)
         self.commands = 0  #: commands issued so far
+        self._active = False
 
     async def probe(self) -> DeviceInfo:
         """Check that an mchsm HSM answers and learn its size."""
@@ -204,8 +190,8 @@ class HsmDriver:
                 f"no mchsm HSM at this transport: ID register reads 0x{magic:08x}, "
                 f"expected 0x{MAGIC:08x}"
             )
-        info = await self.transport.read(Reg.INFO, MANAGER)
-        return DeviceInfo(protocol_version=info & 0xFF, contexts=(info >> 8) & 0xFF)
+        info = unpack_reg(InfoReg, await self.transport.read(Reg.INFO, MANAGER))
+        return DeviceInfo(protocol_version=info.version, contexts=info.contexts)
 
     async def run(
         self,
@@ -218,54 +204,71 @@ class HsmDriver:
         """Issue one command as ``caller`` and wait for its reply.
 
         ``data`` is bytes or an iterable of chunks (then ``length`` is required), so an image of
-        any size streams through without being held in memory at once.
+        any size streams through without being held in memory at once.  Field values that do
+        not fit their register field are refused, never truncated.
         """
         if isinstance(data, bytes | bytearray):
-            chunks: Iterable[bytes] = (bytes(data),)
+            data = bytes(data)
             length = len(data) if length is None else length
         elif length is None:
             raise TypeError("length is required when data is an iterable of chunks")
-        else:
-            chunks = data
-        t = self.transport
-        await t.write(Reg.LEN, length, caller)
-        await t.write(Reg.CMD, int(cmd) & 0xFF | (ctx & 0xFF) << 8, caller)
-        status = await t.read(Reg.STATUS, caller)
-        if not status & STATUS_DONE:
-            async for burst in _words(chunks):
-                await t.write_burst(Reg.DATA, burst, caller)
-            status = await self._wait(caller, status)
-        try:
-            code = Status(status & 0xFF)
-        except ValueError:
-            raise TransportError(
-                f"the HSM answered an unknown status 0x{status & 0xFF:02x}"
-            ) from None
-        result_len = (status >> STATUS_RESULT_LEN_SHIFT) & 0xFF
-        result = bytearray()
-        for i in range((result_len + 3) // 4):
-            result += (await t.read(Reg.RESULT + 4 * i, caller)).to_bytes(4, "big")
-        del result[result_len:]
-        cycles = await t.read(Reg.CYCLES, caller)
-        self.cycles += cycles
-        self.commands += 1
+        _check_field("caller", caller, CALLER_BITS)
+        _check_field("command code", int(cmd), 8)
+        _check_field("context", ctx, 8)
+        _check_field("length", length, 32)
         if cmd in Cmd.__members__.values():
             cmd = Cmd(cmd)
-        return Reply(cmd=cmd, status=code, result=bytes(result), cycles=cycles)
+        if self._active:
+            raise RuntimeError(
+                "HsmDriver.run is not re-entrant: one command at a time per driver (the bus "
+                "carries one access at a time)"
+            )
+        self._active = True
+        try:
+            steps = run_command(
+                cmd,
+                ctx,
+                data,
+                length,
+                claim_limit=self.claim_limit,
+                poll_limit=self.poll_limit,
+                retries=self.retries,
+            )
+            try:
+                op = next(steps)
+                while True:
+                    op = steps.send(await self._perform(op, caller))
+            except StopIteration as stop:
+                reply: Reply = stop.value
+            except MailboxBusyError as busy:
+                raise MailboxBusyError(f"caller {caller} {busy}") from None
+        finally:
+            self._active = False
+        self.cycles += reply.cycles
+        self.commands += 1
+        return reply
 
-    async def _wait(self, caller: int, status: int) -> int:
-        for _ in range(self.poll_limit):
-            if status & STATUS_DONE and not status & STATUS_BUSY:
-                return status
-            status = await self.transport.read(Reg.STATUS, caller)
-        raise TransportError(
-            f"the HSM did not finish a command within {self.poll_limit} status polls "
-            f"(STATUS=0x{status:08x}); is all of its data written?"
-        )
+    async def _perform(self, op: Op, caller: int) -> Outcome:
+        t = self.transport
+        try:
+            if isinstance(op, Read):
+                return await t.read(op.addr, caller)
+            if isinstance(op, Write):
+                await t.write(op.addr, op.value, caller)
+            else:
+                await t.write_burst(op.addr, op.values, caller)
+        except BusRefusedError:
+            return REFUSED
+        return None
 
     def port(self, caller: int) -> HsmPort:
         """A handle that issues every command as ``caller`` (what the kernel hands a task)."""
         return HsmPort(self, caller)
+
+
+def _check_field(name: str, value: int, bits: int) -> None:
+    if not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise ValueError(f"{name} must be an integer in 0..{(1 << bits) - 1}, not {value!r}")
 
 
 class HsmPort:
@@ -276,9 +279,15 @@ class HsmPort:
     """
 
     def __init__(self, driver: HsmDriver, caller: int) -> None:
+        _check_field("caller", caller, CALLER_BITS)
         self._driver = driver
-        self.caller = caller
+        self._caller = caller
         self.last: Reply | None = None
+
+    @property
+    def caller(self) -> int:
+        """The caller id every command of this port carries; fixed when the kernel made it."""
+        return self._caller
 
     async def call(
         self,

@@ -11,7 +11,11 @@ from mchsm.constants import Cmd, Status
 
 __all__ = [
     "AttestationError",
+    "BusRefusedError",
     "HsmError",
+    "MailboxBusyError",
+    "MailboxError",
+    "MailboxLostError",
     "MchsmError",
     "TransportError",
     "UnknownDeviceError",
@@ -59,6 +63,42 @@ class HsmError(MchsmError):
 
 class TransportError(MchsmError):
     """The bus or link to the HSM misbehaved (timeout, bad frame, no such device)."""
+
+
+class BusRefusedError(TransportError):
+    """The HSM ended a bus cycle with ``err``: the access was refused and changed nothing.
+
+    The mailbox refuses what its holder rules do not allow (``docs/protocol.md`` section 9): an
+    access by a caller that does not hold it, or a register written at the wrong time.
+    """
+
+
+class MailboxError(MchsmError):
+    """A command could not be run or finished through the mailbox (section 9 of the spec)."""
+
+
+class MailboxBusyError(MailboxError):
+    """Another caller held the mailbox for longer than the driver was willing to wait."""
+
+
+class MailboxLostError(MailboxError):
+    """The caller lost the mailbox in the middle of a command: the manager took it back.
+
+    ``ran`` says what became of the command: False when it lost the mailbox before its last data
+    word was taken (aborted, nothing changed, it may be issued again), True when the command had
+    run and only its result was lost (it must not simply be repeated).
+    """
+
+    def __init__(self, cmd: Cmd | int, *, ran: bool) -> None:
+        self.cmd = cmd
+        self.ran = ran
+        name = cmd.name if isinstance(cmd, Cmd) else f"command 0x{cmd:02x}"
+        what = (
+            "it had run, but its result was erased before it could be read"
+            if ran
+            else "it was aborted before all its data was taken and changed nothing"
+        )
+        super().__init__(f"{name} lost the HSM mailbox to the manager: {what}")
 
 
 class VerifierError(MchsmError):

@@ -107,7 +107,8 @@ class HsmState:
     provisioned: bool = False
     dev_id: bytes = bytes(DEVICE_ID_SIZE)
     counter: int = 0
-    hmac_owner: int | None = None  #: caller that owns the imported HMAC key, if any
+    #: callers that have imported an HMAC key into their own slot
+    hmac_keys: frozenset[int] = frozenset()
 
     def mask(self, predicate: str) -> int:
         """Bit i-1 set for every context i whose ``predicate`` property is true."""
@@ -166,7 +167,7 @@ class HsmModel:
         self._failures = [0] * contexts  #: monitor: failed commands of each task since RESET
         self._state = HsmState(contexts=(ContextState(),) * contexts)
         self._keys: _Keys | None = None
-        self._hmac_key: bytes | None = None
+        self._hmac_keys: dict[int, bytes] = {}  #: each caller's own HMAC key slot
         self._running: _Running | None = None
 
     # -- inspection -------------------------------------------------------------------------
@@ -232,8 +233,7 @@ class HsmModel:
         if code in (Cmd.MEASURE, Cmd.HASH):
             running.stream = hashes.Hash(hashes.SHA256())
         elif code is Cmd.HMAC:
-            assert self._hmac_key is not None
-            running.stream = _hmac.HMAC(self._hmac_key, hashes.SHA256())
+            running.stream = _hmac.HMAC(self._hmac_keys[caller], hashes.SHA256())
         elif code is Cmd.TASK_MAC:
             assert self._keys is not None
             key = derive_task_key(self._keys.root, caller, self.context(caller).reference)
@@ -283,8 +283,13 @@ class HsmModel:
                 self._set_context(caller, anomaly=True)
 
     def _end(self, caller: int, response: Response) -> Response:
-        """Count a task's failed command; reaching the limit flags the task."""
-        if response.status is not Status.OK and 1 <= caller <= self.contexts:
+        """Count a task's failed command; reaching the limit flags the task.
+
+        An aborted command is not counted: it checked nothing beyond checks 1-6 (which a
+        failing command would have failed at once), and the manager's preemptions abort
+        honest tasks' commands.
+        """
+        if response.status not in (Status.OK, Status.ERR_ABORTED) and 1 <= caller <= self.contexts:
             self._failures[caller - 1] = min(self._failures[caller - 1] + 1, 255)
             if self.fail_limit and self._failures[caller - 1] >= self.fail_limit:
                 self._set_context(caller, anomaly=True)
@@ -322,7 +327,7 @@ class HsmModel:
             return Status.ERR_LENGTH
         if code is Cmd.TASK_MAC and not self.context(caller).ok:
             return Status.ERR_NOT_TRUSTED
-        if code is Cmd.HMAC and (self._hmac_key is None or self._state.hmac_owner != caller):
+        if code is Cmd.HMAC and caller not in self._hmac_keys:
             return Status.ERR_NO_KEY
         return Status.OK
 
@@ -440,6 +445,7 @@ class HsmModel:
 
     def _do_hmac_key(self, run: _Running) -> Response:
         hashed = run.key_hash
-        self._hmac_key = hashed.finalize() if hashed is not None else bytes(run.buffer)  # type: ignore[attr-defined]
-        self._state = replace(self._state, hmac_owner=run.caller)
+        key = hashed.finalize() if hashed is not None else bytes(run.buffer)  # type: ignore[attr-defined]
+        self._hmac_keys[run.caller] = key
+        self._state = replace(self._state, hmac_keys=self._state.hmac_keys | {run.caller})
         return Response(Status.OK)

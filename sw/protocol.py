@@ -174,6 +174,14 @@ class UpdateAuth:
     ref: bytes
     tag: bytes
 
+    @classmethod
+    def issue(
+        cls, k_upd: bytes, dev_id: bytes, ctx: int, old: int, new: int, ref: bytes
+    ) -> UpdateAuth:
+        """The verifier's side: authorise ``ctx`` from ``old`` to ``new``/``ref`` under K_upd."""
+        tag = hmac_sha256(k_upd, upd_message(dev_id, ctx, old, new, ref))
+        return cls(ctx=ctx, old=old, new=new, ref=ref, tag=tag)
+
     def pack(self) -> bytes:
         """On the wire: u32 i || u32 v || u32 v' || R' || tag_u (76 bytes)."""
         return u32(self.ctx) + self.command_data()

@@ -101,14 +101,20 @@ def test_hmac_matches_stdlib_including_long_keys(key_len: int) -> None:
         assert r.result == mac(key, data)
 
 
-def test_hmac_key_is_owned_by_importer() -> None:
+def test_hmac_key_slot_per_caller() -> None:
     hsm = HsmModel()
     assert hsm.execute(2, Cmd.HMAC, 0, b"x").status is Status.ERR_NO_KEY
     assert hsm.execute(2, Cmd.HMAC_KEY, 0, b"k").ok
     assert hsm.execute(3, Cmd.HMAC, 0, b"x").status is Status.ERR_NO_KEY
-    assert hsm.execute(2, Cmd.HMAC, 0, b"x").ok
-    assert hsm.execute(MANAGER, Cmd.HMAC_KEY, 0, b"k2").ok  # replaces: last importer owns
-    assert hsm.execute(2, Cmd.HMAC, 0, b"x").status is Status.ERR_NO_KEY
+    assert hsm.execute(2, Cmd.HMAC, 0, b"x").result == mac(b"k", b"x")
+    # another caller's import fills its own slot and evicts nobody
+    assert hsm.execute(MANAGER, Cmd.HMAC_KEY, 0, b"k2").ok
+    assert hsm.execute(3, Cmd.HMAC_KEY, 0, b"k3").ok
+    assert hsm.execute(2, Cmd.HMAC, 0, b"x").result == mac(b"k", b"x")
+    assert hsm.execute(MANAGER, Cmd.HMAC, 0, b"x").result == mac(b"k2", b"x")
+    assert hsm.execute(2, Cmd.HMAC_KEY, 0, b"k4").ok  # the owner replaces its own key
+    assert hsm.execute(2, Cmd.HMAC, 0, b"x").result == mac(b"k4", b"x")
+    assert hsm.state.hmac_keys == {MANAGER, 2, 3}
 
 
 # -- measurement, references, flags ----------------------------------------------------------
