@@ -59,7 +59,7 @@ waves: install
 	$(BIN)/python -c "open('build/m64', 'wb').write(bytes(range(64)))"
 	$(BIN)/mchsm hmac --backend amaranth --key-hex $(HMAC_KEY_HEX) --waves build/hmac.vcd build/m64
 	$(BIN)/mchsm waves build/hmac.vcd --command HMAC --out docs/img/hmac_waves.png \
-	    -s bus__we -s bus__adr -s w_en -s pc -s k -s sha.busy -s sha.rnd -s r_done
+	    -s bus__we -s bus__adr -s w_en -s pc -s k -s sha.busy -s sha.rnd -s mailbox.r_done
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache

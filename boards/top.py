@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 
 from amaranth.hdl import Elaboratable, Module, Signal
-from amaranth.lib import io, wiring
+from amaranth.lib import data, io, wiring
 from amaranth.lib.wiring import In, Out
 
 from mchsm.constants import (
     DEFAULT_CONTEXTS,
     LINK_DEFAULT_BAUD,
     LINK_IDLE_TIMEOUT_S,
-    STATUS_BUSY,
-    STATUS_DONE,
     Reg,
+    StatusReg,
 )
 from mchsm.rtl.bridge import UartBridge
 from mchsm.rtl.core import MchsmCore
@@ -133,11 +132,9 @@ class UartHsm(wiring.Component):
         # busy/done: the STATUS register as the host last read it (the core exports neither)
         busy, done = Signal(), Signal()
         bus = bridge.bus
+        seen = data.View(StatusReg, bus.dat_r)
         with m.If(bus.cyc & bus.stb & bus.ack & ~bus.we & (bus.adr == Reg.STATUS >> 2)):
-            m.d.sync += [
-                busy.eq((bus.dat_r & STATUS_BUSY) != 0),
-                done.eq((bus.dat_r & STATUS_DONE) != 0),
-            ]
+            m.d.sync += [busy.eq(seen.busy), done.eq(seen.done)]
         m.d.comb += [
             leds.heartbeat.eq(blink[-1]),
             leds.activity.eq(activity),

@@ -133,8 +133,9 @@ class UartBridge(wiring.Component):
         Bytes from the UART receiver.
     tx : Out(stream.Signature(8))
         Bytes to the UART transmitter.
-    bus : Out(wishbone.Signature(addr_width=6, data_width=32))
-        Wishbone B4 classic initiator to the HSM's mailbox.
+    bus : Out(wishbone.Signature(addr_width=6, data_width=32, features={"err"}))
+        Wishbone B4 classic initiator to the HSM's mailbox; a cycle ended by ``err`` (the
+        HSM refused it) ends the frame with ``ERR_REFUSED``.
     caller : Out(6)
         Caller id of the frame being executed, for the HSM's sideband.
     active : Out(1)
@@ -145,7 +146,7 @@ class UartBridge(wiring.Component):
 
     rx: In(stream.Signature(8, always_ready=True))
     tx: Out(stream.Signature(8))
-    bus: Out(wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32))
+    bus: Out(wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32, features={"err"}))
     caller: Out(CALLER_BITS)
     active: Out(1)
     error: Out(1)
@@ -332,6 +333,9 @@ class UartBridge(wiring.Component):
                     with m.Else():
                         m.d.sync += ptr.eq(ptr + 4)
                         m.next = "NEXT"
+                with m.Elif(bus.err):  # refused: this word and the rest of the frame do not run
+                    m.d.comb += [fail.eq(1), fail_code.eq(LinkStatus.ERR_REFUSED)]
+                    reply()
                 with m.Elif(expired):
                     m.d.comb += [fail.eq(1), fail_code.eq(LinkStatus.ERR_BUS)]
                     reply()

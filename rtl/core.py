@@ -1,4 +1,8 @@
-"""The multi-context HSM core: mailbox, command engine, context store and key store.
+"""The multi-context HSM core: the mailbox, the command engine, context store and key store.
+
+The bus side - registers, the rule that one caller holds the mailbox, the data FIFO and the
+result window - is :class:`~mchsm.rtl.mailbox.Mailbox`; the engine here sees one command at a
+time through its :class:`~mchsm.rtl.mailbox.CommandSignature`, always from the holder.
 
 One SHA-256 engine does every hash and MAC.  A command is a sequence of small steps run by one
 state machine: stream words from a source (the data FIFO, the context store, the scratch memory,
@@ -14,14 +18,15 @@ Memories (all block RAM, one read and one write port each):
     writes the new reference and version into the other bank and then flips the bit together
     with clearing LOADED in one clock edge: a reset at any point leaves the old or the new state.
 ``keymem``
-    HMAC ipad/opad midstates of K_root, K_att, K_upd, the imported HMAC key and the current task
-    key.  Its read port is wired to the SHA engine's midstate input and nowhere else: the bus
-    has no path to it.
+    HMAC ipad/opad midstates of K_root, K_att, K_upd, the current task key and one imported HMAC
+    key per caller (manager and every task: no caller can replace another's).  Its read port is
+    wired to the SHA engine's midstate input and nowhere else: the bus has no path to it.
 ``scratch``
     the device id, a digest buffer, the key block being turned into midstates and the reference
     of an update in flight.  Only the device id words are ever copied to the result window.
-``resmem``
-    the result window, readable by the bus (by the command's owner only).
+``resmem`` (in the mailbox)
+    the result window, readable by the bus (by the mailbox's holder only), erased whenever the
+    mailbox changes hands.
 
 Persistent state (keys, references, versions, MATCH, the attestation counter, the provisioned
 flag) survives the logic reset, like non-volatile storage would; a warm reset clears the mailbox,
@@ -31,7 +36,7 @@ any running command and the LOADED/ANOMALY flags, so every task must be measured
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value
-from amaranth.lib import fifo, memory, wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from mchsm.constants import (
@@ -39,32 +44,25 @@ from mchsm.constants import (
     ATT_LABEL,
     BUS_ADDR_WIDTH,
     CALLER_BITS,
-    CTRL_ABORT,
-    CTRL_CLEAR,
     DEFAULT_CONTEXTS,
     KDF_ATT,
     KDF_TASK,
     KDF_UPD,
-    MAGIC,
     MANAGER,
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     PROTOCOL_VERSION,
-    RESULT_WORDS,
-    STATUS_BUSY,
-    STATUS_DONE,
-    STATUS_RESULT_LEN_SHIFT,
     UPD_LABEL,
     Access,
     Cmd,
     CtxFlag,
-    Reg,
     Status,
     check_build,
     command_spec,
 )
 from mchsm.rtl import microcode as uc
 from mchsm.rtl import wishbone
+from mchsm.rtl.mailbox import Mailbox
 from mchsm.rtl.sha256 import SHA256
 
 __all__ = ["MchsmCore"]
@@ -80,15 +78,17 @@ S_T = 8
 S_K = 16  # 16 words
 S_U = 32  # 8 words
 SCRATCH_DEPTH = 40
-# key store slots (word address of the ipad midstate; the opad one follows at +8)
-KS_ROOT = 0
-KS_ATT = 16
-KS_UPD = 32
-KS_HMAC = 48
-KS_TASK = 64
-KEY_DEPTH = 80
+# key store: 16-word slots (ipad midstate, then opad midstate) of K_root, K_att, K_upd, the
+# current task key, then one HMAC key slot per caller (manager, tasks 1..N)
+KEY_SLOT_WORDS = 16
+HMAC_SLOT0 = 4  # slot index of the manager's HMAC key; caller c has HMAC_SLOT0 + c
 
-FIFO_DEPTH = 16
+
+def key_depth(contexts: int) -> int:
+    """Words of the key store for ``contexts`` task contexts."""
+    return KEY_SLOT_WORDS * (HMAC_SLOT0 + contexts + 1)
+
+
 IPAD = 0x36363636
 OPAD = 0x5C5C5C5C
 U32_MAX = 0xFFFF_FFFF
@@ -122,7 +122,7 @@ class MchsmCore(wiring.Component):
 
     Attributes
     ----------
-    bus : In(wishbone.Signature(addr_width=6, data_width=32))
+    bus : In(wishbone.Signature(addr_width=6, data_width=32, features={"err"}))
         The mailbox (see ``docs/registers.md``).
     caller : In(6)
         Caller id of the current bus cycle, driven by the trusted kernel side.
@@ -143,7 +143,9 @@ class MchsmCore(wiring.Component):
         self.fail_limit = fail_limit
         super().__init__(
             {
-                "bus": In(wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32)),
+                "bus": In(
+                    wishbone.Signature(addr_width=BUS_ADDR_WIDTH, data_width=32, features={"err"})
+                ),
                 "caller": In(CALLER_BITS),
                 "irq": Out(1),
             }
@@ -158,32 +160,28 @@ class MchsmCore(wiring.Component):
         sha = SHA256()
         sha_rst = Signal()
         m.submodules.sha = ResetInserter(sha_rst)(sha)
-        dfifo = fifo.SyncFIFOBuffered(width=32, depth=FIFO_DEPTH)
-        fifo_rst = Signal()
-        m.submodules.fifo = ResetInserter(fifo_rst)(dfifo)
+        m.submodules.mailbox = mbox = Mailbox(n)
+        wiring.connect(m, wiring.flipped(self.bus), mbox.bus)
+        m.d.comb += [mbox.caller.eq(self.caller), self.irq.eq(mbox.irq)]
+        link = mbox.cmd  # the one command at a time, from the mailbox's holder
+        data_in = link.data  # its data words
 
         m.submodules.ctxmem = ctxmem = memory.Memory(shape=32, depth=n * CTX_STRIDE, init=[])
         m.submodules.scratch = scratch = memory.Memory(shape=32, depth=SCRATCH_DEPTH, init=[])
-        m.submodules.keymem = keymem = memory.Memory(shape=32, depth=KEY_DEPTH, init=[])
-        m.submodules.resmem = resmem = memory.Memory(shape=32, depth=RESULT_WORDS, init=[])
+        m.submodules.keymem = keymem = memory.Memory(shape=32, depth=key_depth(n), init=[])
         ctx_rd, ctx_wr = ctxmem.read_port(), ctxmem.write_port()
         ctx_rd2 = ctxmem.read_port()  # M and R side by side for the MATCH check
         scr_rd, scr_wr = scratch.read_port(), scratch.write_port()
         key_rd, key_wr = keymem.read_port(), keymem.write_port()
-        res_rd, res_wr = resmem.read_port(), resmem.write_port()
+        res_wr = link.result  # the engine's writes into the mailbox's result window
 
-        # ---- mailbox registers ---------------------------------------------------------------
-        r_len = Signal(32)
-        r_cmd = Signal(8)
-        r_ctx = Signal(8)
-        r_owner = Signal(CALLER_BITS)
-        r_status = Signal(8)
-        r_done = Signal()
-        r_reslen = Signal(8)
-        r_irq_en = Signal()
-        r_cycles = Signal(32)
-        r_inbytes = Signal(32)  # bytes the bus may still deliver to this command
-        r_abort = Signal()
+        # ---- the command, as the mailbox holds it while it runs ----------------------------
+        r_len = link.length
+        r_cmd = link.code
+        r_ctx = link.ctx
+        r_owner = link.caller
+        start_cmd = link.start
+        r_reslen = Signal(8)  # result length the command ends with
 
         # ---- engine registers ----------------------------------------------------------------
         r_fin = Signal(8)  # status the command ends with
@@ -196,15 +194,15 @@ class MchsmCore(wiring.Component):
         r_vnew = Signal(32)
         r_ci = Signal(6)  # context being streamed by ATTEST
         r_klen = Signal(7)  # bytes of the key block in scratch K
-        r_slot = Signal(7)  # key store slot a subroutine works on
+        kw = (key_depth(n) - 1).bit_length()  # key store address width
+        r_slot = Signal(kw)  # key store slot a subroutine works on (word address)
 
         # ---- persistent state (survives the logic reset) -------------------------------------
         provisioned = Signal(reset_less=True)
         counter = Signal(32, reset_less=True)
         bank = Signal(n, reset_less=True)
         match = Signal(n, reset_less=True)
-        hk_valid = Signal(reset_less=True)
-        hk_owner = Signal(CALLER_BITS, reset_less=True)
+        hk_valid = Signal(n + 1, reset_less=True)  # caller c has imported an HMAC key
         loaded = Signal(n)
         anomaly = Signal(n)
         okmask = Signal(n)
@@ -236,85 +234,8 @@ class MchsmCore(wiring.Component):
             assert base % (1 << bits) == 0
             return Cat(w[:bits], Const(base >> bits, 8))
 
-        # ---- the bus -------------------------------------------------------------------------
-        bus = self.bus
         busy = Signal()
-        start_cmd = Signal()
-        req = bus.cyc & bus.stb & ~bus.ack
-        is_owner = self.caller == r_owner
-        rd_q = Signal(32)
-        rd_res = Signal()
-        m.d.sync += bus.ack.eq(0)
-        m.d.comb += [
-            res_rd.addr.eq(bus.adr[:5]),
-            bus.dat_r.eq(Mux(rd_res, res_rd.data, rd_q)),
-            self.irq.eq(r_done & r_irq_en),
-        ]
-        reg_idx = {reg: reg.value >> 2 for reg in Reg}
-        with m.If(req & bus.we):
-            with m.Switch(bus.adr):
-                with m.Case(reg_idx[Reg.LEN]):
-                    m.d.sync += bus.ack.eq(1)
-                    with m.If(~busy):
-                        m.d.sync += r_len.eq(bus.dat_w)
-                with m.Case(reg_idx[Reg.CMD]):
-                    m.d.sync += bus.ack.eq(1)
-                    with m.If(~busy):
-                        m.d.comb += start_cmd.eq(1)
-                        m.d.sync += [
-                            r_cmd.eq(bus.dat_w[:8]),
-                            r_ctx.eq(bus.dat_w[8:16]),
-                            r_owner.eq(self.caller),
-                            r_done.eq(0),
-                            r_inbytes.eq(r_len),
-                        ]
-                with m.Case(reg_idx[Reg.DATA]):
-                    with m.If(busy & is_owner & (r_inbytes != 0)):
-                        with m.If(dfifo.w_rdy):
-                            m.d.comb += [dfifo.w_en.eq(1), dfifo.w_data.eq(bus.dat_w)]
-                            m.d.sync += [
-                                bus.ack.eq(1),
-                                r_inbytes.eq(Mux(r_inbytes > 4, r_inbytes - 4, 0)),
-                            ]
-                    with m.Else():
-                        m.d.sync += bus.ack.eq(1)  # nobody's data: dropped
-                with m.Case(reg_idx[Reg.CTRL]):
-                    m.d.sync += bus.ack.eq(1)
-                    with m.If(is_owner | (self.caller == MANAGER)):
-                        with m.If(bus.dat_w[CTRL_ABORT.bit_length() - 1] & busy & (r_inbytes != 0)):
-                            m.d.sync += r_abort.eq(1)
-                        with m.If(bus.dat_w[CTRL_CLEAR.bit_length() - 1]):
-                            m.d.sync += r_done.eq(0)
-                with m.Case(reg_idx[Reg.IRQ_EN]):
-                    m.d.sync += [bus.ack.eq(1), r_irq_en.eq(bus.dat_w[0])]
-                with m.Default():
-                    m.d.sync += bus.ack.eq(1)
-        with m.If(req & ~bus.we):
-            m.d.sync += [bus.ack.eq(1), rd_q.eq(0), rd_res.eq(0)]
-            with m.Switch(bus.adr):
-                with m.Case(reg_idx[Reg.ID]):
-                    m.d.sync += rd_q.eq(MAGIC)
-                with m.Case(reg_idx[Reg.INFO]):
-                    m.d.sync += rd_q.eq(PROTOCOL_VERSION | n << 8)
-                with m.Case(reg_idx[Reg.LEN]):
-                    m.d.sync += rd_q.eq(r_len)
-                with m.Case(reg_idx[Reg.STATUS]):
-                    m.d.sync += rd_q.eq(
-                        r_status
-                        | Mux(busy, STATUS_BUSY, 0)
-                        | Mux(r_done, STATUS_DONE, 0)
-                        | (r_reslen << STATUS_RESULT_LEN_SHIFT)
-                    )
-                with m.Case(reg_idx[Reg.IRQ_EN]):
-                    m.d.sync += rd_q.eq(r_irq_en)
-                with m.Case(reg_idx[Reg.CYCLES]):
-                    m.d.sync += rd_q.eq(r_cycles)
-                with m.Case(reg_idx[Reg.OWNER]):
-                    m.d.sync += rd_q.eq(r_owner)
-                with m.Default():
-                    m.d.sync += rd_res.eq(
-                        (bus.adr >= reg_idx[Reg.RESULT]) & is_owner & ~busy & ~start_cmd
-                    )
+        m.d.comb += link.busy.eq(busy)
 
         # ---- the monitor: per task, commands this period and failures since RESET -----------
         commands = Array(
@@ -323,29 +244,19 @@ class MchsmCore(wiring.Component):
         failures = Array(
             [Signal(range(self.fail_limit + 1), name=f"failures{i + 1}") for i in range(n)]
         )
-        caller_task = (self.caller >= 1) & (self.caller <= n)
+        caller_task = (r_owner >= 1) & (r_owner <= n)
         with m.If(start_cmd & caller_task):
-            count = commands[(self.caller - 1)[:iw]]
+            count = commands[(r_owner - 1)[:iw]]
             if self.budget:  # this command takes the count above the budget: flagged
                 with m.If(count >= self.budget):
-                    m.d.sync += anomaly.bit_select((self.caller - 1)[:iw], 1).eq(1)
+                    m.d.sync += anomaly.bit_select((r_owner - 1)[:iw], 1).eq(1)
                 with m.If(count <= self.budget):  # saturates at budget + 1
                     m.d.sync += count.eq(count + 1)
 
         # ---- engine --------------------------------------------------------------------------
-        m.d.comb += fifo_rst.eq(start_cmd)
         m.d.comb += sha_rst.eq(start_cmd)
-        with m.If(busy):
-            m.d.sync += r_cycles.eq(r_cycles + 1)
         with m.If(start_cmd):
-            m.d.sync += [
-                r_cycles.eq(1),
-                r_reslen.eq(0),
-                r_abort.eq(0),
-                k.eq(0),
-                primed.eq(0),
-                r_left.eq(r_len),
-            ]
+            m.d.sync += [r_reslen.eq(0), k.eq(0), primed.eq(0), r_left.eq(r_len)]
 
         # ---- datapath ------------------------------------------------------------------------
         # Every wide value (the engine's input word, a result word, memory write data) is chosen
@@ -418,7 +329,7 @@ class MchsmCore(wiring.Component):
 
         with m.Switch(dsrc):
             with m.Case(src_fifo):
-                m.d.comb += [sha.data.eq(dfifo.r_data), sha.valid.eq(dfifo.r_rdy)]
+                m.d.comb += [sha.data.eq(data_in.payload), sha.valid.eq(data_in.valid)]
             with m.Case(src_ctx):
                 m.d.comb += [sha.data.eq(ctx_rd.data), sha.valid.eq(primed)]
             with m.Case(src_scr):
@@ -430,12 +341,12 @@ class MchsmCore(wiring.Component):
         fire = Signal()  # a word moves into the engine this cycle
         m.d.comb += [
             fire.eq(sha.valid & sha.ready),
-            dfifo.r_en.eq(((dsrc == src_fifo) & fire) | pop),
+            data_in.ready.eq(((dsrc == src_fifo) & fire) | pop),
             res_wr.data.eq(
                 Array([sha.digest, word, ctx_rd.data, Mux(provisioned, scr_rd.data, 0)])[rsrc]
             ),
             ctx_wr.data.eq(Array([Const(0, 32), sha.digest, scr_rd.data, word])[cwsrc]),
-            scr_wr.data.eq(Mux(swsrc, sha.digest, dfifo.r_data)),
+            scr_wr.data.eq(Mux(swsrc, sha.digest, data_in.payload)),
             key_wr.data.eq(sha.digest),
         ]
 
@@ -467,7 +378,7 @@ class MchsmCore(wiring.Component):
                     if cmd is Cmd.TASK_MAC:
                         checks.append((~okmask.bit_select(cidx, 1), Status.ERR_NOT_TRUSTED))
                     if cmd is Cmd.HMAC:
-                        checks.append((~hk_valid | (hk_owner != r_owner), Status.ERR_NO_KEY))
+                        checks.append((~hk_valid.bit_select(r_owner, 1), Status.ERR_NO_KEY))
                     with m.If(checks[0][0]):
                         m.d.comb += pre.eq(checks[0][1])
                     for cond, status in checks[1:]:
@@ -518,7 +429,10 @@ class MchsmCore(wiring.Component):
                 step(u_cnt)
 
         def slot_address(load: Value) -> Value:
-            return Array([Const(uc.SLOT_ADDRESS.get(code, 0), 7) for code in uc.Load])[load]
+            """Key store address of a slot: fixed ones from the table, HMAC the caller's own."""
+            fixed = Array([Const(uc.SLOT_ADDRESS.get(code, 0), kw) for code in uc.Load])[load]
+            own_hmac = Cat(Const(0, 4), HMAC_SLOT0 + r_owner)  # (HMAC_SLOT0 + caller) * 16
+            return Mux(load == uc.Load.HMAC, own_hmac, fixed)
 
         def feed(src: uc.Feed) -> None:
             m.d.comb += [sha.nbytes.eq(4), sha.last.eq(f["last"] & (k == u_cnt))]
@@ -527,9 +441,9 @@ class MchsmCore(wiring.Component):
                 with m.If(fire):
                     if src is uc.Feed.FIFO_CAPTURE:  # UPDATE: v, v', then R' kept for later
                         with m.If(k == 0):
-                            m.d.sync += r_vold.eq(dfifo.r_data)
+                            m.d.sync += r_vold.eq(data_in.payload)
                         with m.Elif(k == 1):
-                            m.d.sync += r_vnew.eq(dfifo.r_data)
+                            m.d.sync += r_vnew.eq(data_in.payload)
                         with m.Else():
                             m.d.comb += [scr_wr.addr.eq(at(S_U, k - 2, 3)), scr_wr.en.eq(1)]
                     step(u_cnt)
@@ -670,14 +584,14 @@ class MchsmCore(wiring.Component):
             m.d.comb += [
                 pop.eq(1),
                 swsrc.eq(0),
-                scr_wr.en.eq(dfifo.r_rdy),
+                scr_wr.en.eq(data_in.valid),
                 scr_wr.addr.eq(Mux(u_src == uc.Pop.DEV, at(S_DEV, k, 4), at(S_K, k, 4))),
             ]
             with m.If(by_len):
                 m.d.sync += r_klen.eq(r_len[:7])
             with m.If(words == 0):
                 m.d.comb += advance.eq(1)
-            with m.Elif(dfifo.r_rdy):
+            with m.Elif(data_in.valid):
                 step(words - 1)
 
         def specials() -> None:
@@ -725,12 +639,12 @@ class MchsmCore(wiring.Component):
                     m.d.sync += r_klen.eq(32)
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.KEY_DONE):
-                    m.d.sync += [hk_valid.eq(1), hk_owner.eq(r_owner)]
+                    m.d.sync += hk_valid.bit_select(r_owner, 1).eq(1)
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.ATT_SEL):
                     m.d.comb += pop.eq(1)
-                    with m.If(dfifo.r_rdy):
-                        m.d.sync += r_sel.eq(dfifo.r_data)
+                    with m.If(data_in.valid):
+                        m.d.sync += r_sel.eq(data_in.payload)
                         m.d.comb += advance.eq(1)
                 with m.Case(sp.ATT_CHECK):
                     with m.If((r_sel == 0) | ((r_sel >> n) != 0)):
@@ -744,14 +658,14 @@ class MchsmCore(wiring.Component):
                     m.d.sync += counter.eq(counter_next)
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.UPD_COMPARE):  # constant time: all 8 words, whatever they hold
-                    ready = dfifo.r_rdy & ~sha.busy
+                    ready = data_in.valid & ~sha.busy
                     m.d.comb += [
                         pop.eq(ready),
                         sha.shift.eq(ready),
                         ctx_rd.addr.eq(v_at(idx, bank_i)),
                     ]
                     with m.If(ready):
-                        m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != dfifo.r_data))
+                        m.d.sync += neq.eq(Mux(k == 0, 0, neq) | (sha.digest != data_in.payload))
                         step(7)
                 with m.Case(sp.UPD_CHECK):
                     m.d.comb += ctx_rd.addr.eq(v_at(idx, bank_i))
@@ -808,6 +722,7 @@ class MchsmCore(wiring.Component):
                 with m.If(pre != Status.OK):
                     finish(pre)
                 with m.Else():
+                    m.d.comb += link.accept.eq(1)  # the mailbox now takes its data
                     with m.Switch(r_cmd):
                         for cmd, address in entry.items():
                             with m.Case(cmd):
@@ -866,24 +781,22 @@ class MchsmCore(wiring.Component):
                     with m.Case(op.DONE):
                         m.d.sync += r_reslen.eq(u_target)
                         finish(Status.OK)
-                with m.If(r_abort):
+                with m.If(link.abort):
                     finish(Status.ERR_ABORTED)
 
             with m.State("FINISH"):
-                m.d.comb += [fifo_rst.eq(1), sha_rst.eq(1)]
-                m.d.sync += [
-                    r_status.eq(r_fin),
-                    r_done.eq(1),
-                    r_inbytes.eq(0),
-                    r_abort.eq(0),
-                    k.eq(0),
-                    primed.eq(0),
+                m.d.comb += [
+                    sha_rst.eq(1),
+                    link.done.eq(1),
+                    link.status.eq(r_fin),
+                    link.reslen.eq(Mux(r_fin == Status.OK, r_reslen, 0)),
                 ]
-                with m.If(r_fin != Status.OK):
-                    m.d.sync += r_reslen.eq(0)
+                m.d.sync += [k.eq(0), primed.eq(0)]
                 owner_task = (r_owner >= 1) & (r_owner <= n)
                 if self.fail_limit:
-                    with m.If((r_fin != Status.OK) & owner_task):
+                    # an aborted command proves nothing, and preemption must not flag a task
+                    counted = (r_fin != Status.OK) & (r_fin != Status.ERR_ABORTED)
+                    with m.If(counted & owner_task):
                         fails = failures[cidx]
                         with m.If(fails >= self.fail_limit - 1):
                             m.d.sync += anomaly.bit_select(cidx, 1).eq(1)

@@ -90,13 +90,14 @@ class Load(enum.IntEnum):
     ROOT = 1
     ATT = 2
     UPD = 3
-    HMAC = 4
+    HMAC = 4  #: the calling caller's own HMAC key slot
     TASK = 5
     SLOT_OPAD = 6  #: the opad midstate of the slot in ``r_slot``
 
 
-#: word address of each slot's ipad midstate in the key store
-SLOT_ADDRESS = {Load.ROOT: 0, Load.ATT: 16, Load.UPD: 32, Load.HMAC: 48, Load.TASK: 64}
+#: word address of each fixed slot's ipad midstate in the key store; the HMAC slot is the
+#: calling caller's own, after these (rtl/core.py, ``HMAC_SLOT0``)
+SLOT_ADDRESS = {Load.ROOT: 0, Load.ATT: 16, Load.UPD: 32, Load.TASK: 48}
 
 
 class Copy(enum.IntEnum):

@@ -2,8 +2,8 @@
 
 amaranth-soc is not on the package registry, so the HSM carries the small piece it needs: the
 classic (non-pipelined) bus with the member names ``adr, dat_w, dat_r, sel, cyc, stb, we, ack``
-so that anyone who knows amaranth-soc reads it at once, and exported Verilog ports come out as
-``bus__adr``, ``bus__dat_w``, ...
+and the optional features (``err``, ...) so that anyone who knows amaranth-soc reads it at once,
+and exported Verilog ports come out as ``bus__adr``, ``bus__dat_w``, ...
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from __future__ import annotations
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Signature"]
+__all__ = ["FEATURES", "Signature"]
+
+#: optional members, as amaranth-soc names them: (direction seen from the initiator, width)
+FEATURES = {
+    "err": (In, 1),
+    "rty": (In, 1),
+    "stall": (In, 1),
+    "lock": (Out, 1),
+    "cti": (Out, 3),
+    "bte": (Out, 2),
+}
 
 
 class Signature(wiring.Signature):
@@ -25,9 +35,18 @@ class Signature(wiring.Signature):
         Width of ``dat_w`` / ``dat_r``; 8, 16, 32 or 64.
     granularity : int
         Smallest selectable unit; ``sel`` has ``data_width // granularity`` bits.
+    features : iterable of str
+        Optional members (:data:`FEATURES`); the HSM uses ``err`` to refuse an access.
     """
 
-    def __init__(self, *, addr_width: int, data_width: int = 32, granularity: int | None = None):
+    def __init__(
+        self,
+        *,
+        addr_width: int,
+        data_width: int = 32,
+        granularity: int | None = None,
+        features: frozenset[str] | set[str] | tuple[str, ...] = (),
+    ):
         if not isinstance(addr_width, int) or addr_width < 0:
             raise TypeError(f"Address width must be a non-negative integer, not {addr_width!r}")
         if data_width not in (8, 16, 32, 64):
@@ -39,21 +58,31 @@ class Signature(wiring.Signature):
                 f"Granularity must be one of 8, 16, 32, 64 and at most the data width, "
                 f"not {granularity!r}"
             )
+        features = frozenset(features)
+        unknown = features - set(FEATURES)
+        if unknown:
+            raise ValueError(
+                f"Features must be among {', '.join(FEATURES)}, not {', '.join(sorted(unknown))}"
+            )
         self._addr_width = addr_width
         self._data_width = data_width
         self._granularity = granularity
-        super().__init__(
-            {
-                "adr": Out(addr_width),
-                "dat_w": Out(data_width),
-                "dat_r": In(data_width),
-                "sel": Out(data_width // granularity),
-                "cyc": Out(1),
-                "stb": Out(1),
-                "we": Out(1),
-                "ack": In(1),
-            }
-        )
+        self._features = features
+        members = {
+            "adr": Out(addr_width),
+            "dat_w": Out(data_width),
+            "dat_r": In(data_width),
+            "sel": Out(data_width // granularity),
+            "cyc": Out(1),
+            "stb": Out(1),
+            "we": Out(1),
+            "ack": In(1),
+        }
+        for name in FEATURES:  # in amaranth-soc's order
+            if name in features:
+                direction, width = FEATURES[name]
+                members[name] = direction(width)
+        super().__init__(members)
 
     @property
     def addr_width(self) -> int:
@@ -67,19 +96,25 @@ class Signature(wiring.Signature):
     def granularity(self) -> int:
         return self._granularity
 
+    @property
+    def features(self) -> frozenset[str]:
+        return self._features
+
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Signature)
             and self.addr_width == other.addr_width
             and self.data_width == other.data_width
             and self.granularity == other.granularity
+            and self.features == other.features
         )
 
     def __hash__(self) -> int:
-        return hash((Signature, self.addr_width, self.data_width, self.granularity))
+        return hash((Signature, self.addr_width, self.data_width, self.granularity, self.features))
 
     def __repr__(self) -> str:
+        features = f", features={set(sorted(self.features))!r}" if self.features else ""
         return (
             f"wishbone.Signature(addr_width={self.addr_width}, data_width={self.data_width}, "
-            f"granularity={self.granularity})"
+            f"granularity={self.granularity}{features})"
         )

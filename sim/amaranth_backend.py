@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from mchsm.constants import DEFAULT_CONTEXTS
 from mchsm.rtl.core import MchsmCore
 from mchsm.sw.driver import HsmDriver, Transport
-from mchsm.sw.errors import TransportError
+from mchsm.sw.errors import BusRefusedError, TransportError
 
 __all__ = ["AmaranthRun", "AmaranthTransport", "run_on_amaranth"]
 
@@ -53,10 +53,16 @@ class AmaranthTransport(Transport):
         for _ in range(ACK_TIMEOUT):
             await ctx.tick()
             self.cycles += 1
-            if ctx.get(bus.ack):
+            ack, err = ctx.get(bus.ack), ctx.get(bus.err)
+            if ack or err:
                 data = ctx.get(bus.dat_r)
                 ctx.set(bus.cyc, 0)
                 ctx.set(bus.stb, 0)
+                if err:
+                    raise BusRefusedError(
+                        f"the HSM refused the {'write' if we else 'read'} of 0x{addr:02x} by "
+                        f"caller {caller} (err)"
+                    )
                 return data
         raise TransportError(f"no Wishbone ack within {ACK_TIMEOUT} cycles at 0x{addr:02x}")
 

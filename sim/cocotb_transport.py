@@ -6,14 +6,16 @@ to a board - drives the RTL inside a cocotb test, word for word on the real bus.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from mchsm.sim.wishbone_bfm import WishboneMaster
+from mchsm.sim.wishbone_bfm import WishboneBusError, WishboneError, WishboneMaster
 from mchsm.sw.driver import Transport
+from mchsm.sw.errors import BusRefusedError, TransportError
 
 __all__ = ["CocotbTransport", "reset_and_clock"]
 
@@ -32,13 +34,27 @@ class CocotbTransport(Transport):
         return cls(WishboneMaster(dut, prefix, **kwargs))
 
     async def read(self, addr: int, caller: int) -> int:
-        return await self.bfm.read(addr, caller)
+        with _typed_errors():
+            return await self.bfm.read(addr, caller)
 
     async def write(self, addr: int, value: int, caller: int) -> None:
-        await self.bfm.write(addr, value, caller)
+        with _typed_errors():
+            await self.bfm.write(addr, value, caller)
 
     async def write_burst(self, addr: int, values: Sequence[int], caller: int) -> None:
-        await self.bfm.write_burst(addr, values, caller)
+        with _typed_errors():
+            await self.bfm.write_burst(addr, values, caller)
+
+
+@contextmanager
+def _typed_errors() -> Iterator[None]:
+    """The bus model's errors as the driver's: err is a refusal, anything else the link's."""
+    try:
+        yield
+    except WishboneBusError as e:
+        raise BusRefusedError(str(e)) from None
+    except WishboneError as e:
+        raise TransportError(str(e)) from None
 
 
 async def reset_and_clock(

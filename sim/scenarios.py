@@ -15,6 +15,7 @@ from mchsm.constants import (
     DEVICE_ID_SIZE,
     MANAGER,
     NONCE_SIZE,
+    RESULT_WORDS,
     ROOT_KEY_SIZE,
     Cmd,
     Reg,
@@ -22,6 +23,7 @@ from mchsm.constants import (
     u32,
 )
 from mchsm.sw.driver import HsmDriver
+from mchsm.sw.errors import BusRefusedError
 from mchsm.sw.protocol import derive_upd_key, hmac_sha256, reference, upd_message
 
 __all__ = ["Command", "random_commands", "run_commands", "scan_bus"]
@@ -47,12 +49,16 @@ async def run_commands(driver: HsmDriver, commands: Sequence[Command]) -> list[t
     return out
 
 
-async def scan_bus(driver: HsmDriver, callers: Sequence[int]) -> list[int]:
-    """Read every word of the register map as each of ``callers`` (for key-leak checks)."""
-    words = []
+async def scan_bus(driver: HsmDriver, callers: Sequence[int]) -> list[int | None]:
+    """Read every word of the register map as each of ``callers`` (for key-leak checks);
+    None for a read the mailbox refused."""
+    words: list[int | None] = []
     for caller in callers:
-        for addr in range(0, Reg.RESULT + 4 * 32, 4):
-            words.append(await driver.transport.read(addr, caller))
+        for addr in range(0, Reg.RESULT + 4 * RESULT_WORDS, 4):
+            try:
+                words.append(await driver.transport.read(addr, caller))
+            except BusRefusedError:
+                words.append(None)
     return words
 
 

@@ -10,8 +10,9 @@ It reads the VCDs of both RTL simulators (Amaranth's, with string-valued FSM sta
 Verilator's, with ``[7:0]`` ranges and signals of several scopes sharing one identifier).
 Signals are named by a dotted *suffix* of their full path (``busy``, ``sha.rnd``), and sampled
 once per cycle, just before each rising clock edge: the value a synchronous design acts on.
-Command boundaries come from the core's own registers (``start_cmd``, ``r_cmd``, ``r_done``,
-``r_status``, ``r_owner``), decoded with the constants module's ``Cmd`` and ``Status``.
+Command boundaries come from the mailbox's own registers and its link to the engine
+(``mailbox.cmd__start``, ``mailbox.r_code``, ``mailbox.r_done``, ``mailbox.r_status``,
+``mailbox.holder``), decoded with the constants module's ``Cmd`` and ``Status``.
 """
 
 from __future__ import annotations
@@ -50,11 +51,17 @@ DEFAULT_SIGNALS: tuple[str, ...] = (
     "pc",
     "sha.busy",
     "sha.rnd",
-    "r_done",
+    "mailbox.r_done",
     "irq",
 )
 #: the core's registers a command list is read from
-_COMMAND_SIGNALS = ("start_cmd", "r_cmd", "r_done", "r_status", "r_owner")
+_COMMAND_SIGNALS = {
+    "start": "mailbox.cmd__start",
+    "cmd": "mailbox.r_code",
+    "done": "mailbox.r_done",
+    "status": "mailbox.r_status",
+    "owner": "mailbox.holder",
+}
 
 Value = int | str | None  # None: x or z
 
@@ -230,28 +237,30 @@ def _edges_and_samples(
 
 def commands(path: str | Path, *, clock: str = "clk") -> list[CommandSpan]:
     """Every command in the VCD of an HSM run, in order, with its cycles, caller and status."""
-    vcd = read_vcd(path, (clock, *_COMMAND_SIGNALS))
-    _, s = _edges_and_samples(vcd, clock, _COMMAND_SIGNALS)
+    names = _COMMAND_SIGNALS
+    vcd = read_vcd(path, (clock, *names.values()))
+    _, samples = _edges_and_samples(vcd, clock, tuple(names.values()))
+    s = {key: samples[name] for key, name in names.items()}
     out: list[CommandSpan] = []
-    starts = [c for c, v in enumerate(s["start_cmd"]) if v == 1]
+    starts = [c for c, v in enumerate(s["start"]) if v == 1]
     for index, start in enumerate(starts):
         end = next(
             (
                 c
-                for c in range(start + 1, len(s["r_done"]))
-                if s["r_done"][c] == 1 and s["r_done"][c - 1] != 1
+                for c in range(start + 1, len(s["done"]))
+                if s["done"][c] == 1 and s["done"][c - 1] != 1
             ),
             None,
         )
-        after = start + 1 if start + 1 < len(s["r_cmd"]) else start
+        after = start + 1 if start + 1 < len(s["cmd"]) else start
         out.append(
             CommandSpan(
                 index=index,
                 start=start,
                 end=end,
-                cmd=_name(Cmd, s["r_cmd"][after]),
-                caller=s["r_owner"][after] if isinstance(s["r_owner"][after], int) else None,
-                status=None if end is None else _name(Status, s["r_status"][end]),
+                cmd=_name(Cmd, s["cmd"][after]),
+                caller=s["owner"][after] if isinstance(s["owner"][after], int) else None,
+                status=None if end is None else _name(Status, s["status"][end]),
             )
         )
     return out

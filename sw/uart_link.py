@@ -7,11 +7,11 @@ bytes into replies, so it is tested against hand-built frames and shared, unchan
 transport for a real board (:class:`SerialTransport`, pyserial) and the one for the simulated
 board (``mchsm.sim.uart_sim``, cocotb).
 
-Retries follow from what the bridge guarantees: an error reply other than ``ERR_BUS`` means
-the frame was rejected whole and nothing ran, so it is always resent.  A lost or garbled
-*reply* says nothing about whether the request ran: a read is repeated (reads have no side
-effects), a write is not - the DATA port is a FIFO and a repeated word would corrupt a
-command - and :class:`~mchsm.sw.errors.TransportError` says so.
+Retries follow from what the bridge guarantees: an error reply other than ``ERR_BUS`` and
+``ERR_REFUSED`` means the frame was rejected whole and nothing ran, so it is always resent.  A
+lost or garbled *reply* says nothing about whether the request ran: a read is repeated (reads
+have no side effects), a write is not - the DATA port is a FIFO and a repeated word would
+corrupt a command - and :class:`~mchsm.sw.errors.TransportError` says so.
 
 The driver reads the result window one word at a time.  :class:`FramedTransport` turns the
 first of those reads into one READ_BURST of the whole result (its length is in the STATUS word
@@ -40,15 +40,14 @@ from mchsm.constants import (
     LINK_REPLY_SYNC,
     LINK_SYNC,
     RESULT_WORDS,
-    STATUS_BUSY,
-    STATUS_DONE,
-    STATUS_RESULT_LEN_SHIFT,
     LinkOp,
     LinkStatus,
     Reg,
+    StatusReg,
+    unpack_reg,
 )
 from mchsm.sw.driver import Transport
-from mchsm.sw.errors import TransportError
+from mchsm.sw.errors import BusRefusedError, TransportError
 
 __all__ = [
     "CorruptReply",
@@ -58,6 +57,7 @@ __all__ = [
     "ReplyDecoder",
     "Request",
     "SerialTransport",
+    "bridge_model_reply",
     "crc16",
     "encode_reply",
     "reply_size",
@@ -196,6 +196,30 @@ def encode_reply(status: LinkStatus, words: Sequence[int] = ()) -> bytes:
     return _signed(body, LINK_REPLY_SYNC)
 
 
+def bridge_model_reply(mailbox: Any, frame: bytes) -> bytes:
+    """The reply the bridge sends for ``frame`` with ``mailbox`` (a model) behind it.
+
+    ``mailbox`` has the :class:`~mchsm.sw.mailbox.ModelMailbox` interface.  The frame is checked
+    whole first; its words then run one by one, and the first refused one ends it with
+    ``ERR_REFUSED``, as ``rtl/bridge.py`` does.  For tests that put the golden model behind a
+    serial port.
+    """
+    try:
+        req = Request.decode(frame)
+    except ValueError as e:
+        return encode_reply(LinkStatus[str(e).split(":")[0]])
+    words: list[int] = []
+    try:
+        for i in range(req.count):
+            if req.is_write:
+                mailbox.write(req.addr << 2, req.data[i], req.caller)
+            else:
+                words.append(mailbox.read((req.addr + i) << 2, req.caller))
+    except BusRefusedError:
+        return encode_reply(LinkStatus.ERR_REFUSED)
+    return encode_reply(LinkStatus.OK, words)
+
+
 def reply_size(words: int) -> int:
     """Bytes of a reply carrying ``words`` data words."""
     return 1 + 2 + 4 * words + LINK_CRC_SIZE
@@ -318,6 +342,11 @@ class FramedTransport(Transport):
                     return reply
                 name = reply.status.name
                 self.stats.rejected[name] = self.stats.rejected.get(name, 0) + 1
+                if reply.status is LinkStatus.ERR_REFUSED:
+                    raise BusRefusedError(
+                        f"{request.op.name} at word 0x{request.addr:02x}: the HSM refused a bus "
+                        f"cycle of caller {request.caller} (ERR_REFUSED); the words before it ran"
+                    )
                 if reply.status is LinkStatus.ERR_BUS:
                     raise TransportError(
                         f"{request.op.name} at word 0x{request.addr:02x}: the HSM did not "
@@ -353,9 +382,9 @@ class FramedTransport(Transport):
             return words[0]
         value = (await self.transact(Request(LinkOp.READ, caller, word))).words[0]
         if word == Reg.STATUS >> 2:
-            if value & STATUS_DONE and not value & STATUS_BUSY:
-                length = (value >> STATUS_RESULT_LEN_SHIFT) & 0xFF
-                self._result_words[caller] = (length + 3) // 4
+            status = unpack_reg(StatusReg, value)
+            if status.done and not status.busy and status.mine:
+                self._result_words[caller] = (status.reslen + 3) // 4
             else:
                 self._result_words.pop(caller, None)
         return value

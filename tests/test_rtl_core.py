@@ -15,10 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mchsm.constants import (
-    CTRL_ABORT,
     MANAGER,
-    STATUS_DONE,
     Cmd,
+    Ctrl,
     Reg,
     Status,
     u32,
@@ -164,44 +163,19 @@ def test_no_bus_read_returns_a_key_word() -> None:
             ],
         )
         seen += await scan_bus(driver, [0, 1, 5])
-        # mid-command: a half-fed PROVISION-like stream, read while busy
-        await driver.transport.write(Reg.LEN, 100, 1)
-        await driver.transport.write(Reg.CMD, Cmd.HMAC, 1)
+        # mid-command: a half-fed HMAC stream, read while it waits for data
+        t = driver.transport
+        await t.write(Reg.CTRL, Ctrl.CLAIM, 1)
+        await t.write(Reg.LEN, 100, 1)
+        await t.write(Reg.CMD, Cmd.HMAC, 1)
         seen += await scan_bus(driver, [0, 1, 5])
-        await driver.transport.write(Reg.CTRL, CTRL_ABORT, 1)
+        await t.write(Reg.CTRL, Ctrl.ABORT, 1)
+        await t.write(Reg.CTRL, Ctrl.RELEASE, 1)
         return seen
 
     seen = run_on_amaranth(job, 4).result
-    assert len(seen) > 700
+    assert len(seen) > 700 and None in seen  # private registers refused the other callers
     assert not key_words & set(seen)
-
-
-def test_abort_and_ownership_on_the_bus() -> None:
-    async def job(driver: HsmDriver) -> dict[str, int]:
-        t = driver.transport
-        out = {}
-        await t.write(Reg.LEN, 64, 2)
-        await t.write(Reg.CMD, Cmd.HASH, 2)
-        await t.write(Reg.DATA, 1, 2)
-        await t.write(Reg.CMD, Cmd.STATUS, 3)  # ignored while busy
-        out["owner"] = await t.read(Reg.OWNER, 3)
-        await t.write(Reg.CTRL, CTRL_ABORT, 3)  # not owner, not manager: ignored
-        out["busy_status"] = await t.read(Reg.STATUS, 2)
-        await t.write(Reg.CTRL, CTRL_ABORT, 2)
-        for _ in range(5):
-            out["status"] = await t.read(Reg.STATUS, 2)
-        reply = await driver.run(2, Cmd.HASH, 0, b"abc")
-        out["hash_ok"] = int(reply.result == hashlib.sha256(b"abc").digest())
-        out["other_reads"] = await t.read(Reg.RESULT, 3)
-        out["cycles"] = reply.cycles
-        return out
-
-    out = run_on_amaranth(job, 4).result
-    assert out["owner"] == 2
-    assert not out["busy_status"] & STATUS_DONE
-    assert out["status"] & 0xFF == Status.ERR_ABORTED and out["status"] & STATUS_DONE
-    assert out["hash_ok"] == 1 and out["other_reads"] == 0
-    assert 60 < out["cycles"] < 200
 
 
 def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
@@ -229,6 +203,7 @@ def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
         for n, offset in enumerate(offsets):
             image = b"image %d" % (n + 2)
             cmd = _install(1, version, version + 1, image)
+            await driver.transport.write(Reg.CTRL, Ctrl.CLAIM, MANAGER)
             await driver.transport.write(Reg.LEN, len(cmd.data), MANAGER)
             await driver.transport.write(Reg.CMD, Cmd.UPDATE | 1 << 8, MANAGER)
             words = [int.from_bytes(cmd.data[i : i + 4], "big") for i in range(0, 72, 4)]

@@ -28,9 +28,13 @@ from mchsm.constants import (
     LINK_SYNC,
     MAGIC,
     MANAGER,
+    Ctrl,
     LinkOp,
     LinkStatus,
     Reg,
+    Status,
+    StatusReg,
+    unpack_reg,
 )
 from mchsm.rtl.bridge import Crc16, UartBridge
 from mchsm.rtl.uart import UARTRx, UARTTx, divisor_for
@@ -45,6 +49,7 @@ from mchsm.sw.uart_link import (
     ReplyDecoder,
     Request,
     SerialTransport,
+    bridge_model_reply,
     crc16,
     encode_reply,
 )
@@ -437,11 +442,15 @@ def test_bad_frames_leave_the_hsm_alone() -> None:
     async def bench(ctx: Any) -> None:
         host = LineHost(ctx, dut.rx, received)
         out["id"] = await host.call(Request(LinkOp.READ, MANAGER, Reg.ID >> 2).encode())
+        claim = (Reg.CTRL >> 2, 1, (int(Ctrl.CLAIM),))
+        await host.call(Request(LinkOp.WRITE, MANAGER, *claim).encode())
         await host.call(Request(LinkOp.WRITE, MANAGER, len_word, 1, (0x1234,)).encode())
         good = Request(LinkOp.WRITE, MANAGER, len_word, 1, (0x9999,)).encode()
         out["lost"] = await host.call(good[:5] + good[6:])
         out["crc"] = await host.call(_bad_crc(good))
-        out["len"] = await host.call(Request(LinkOp.READ, 3, len_word).encode())
+        out["len"] = await host.call(Request(LinkOp.READ, MANAGER, len_word).encode())
+        out["len3"] = await host.call(Request(LinkOp.READ, 3, len_word).encode())
+        out["claim3"] = await host.call(Request(LinkOp.WRITE, 3, *claim).encode())
         out["leds_error"] = ctx.get(dut.leds.error)
         # STATUS command as caller 0: LEN 0, CMD, then STATUS and the first result words
         await host.call(Request(LinkOp.WRITE, MANAGER, len_word, 1, (0,)).encode())
@@ -460,9 +469,11 @@ def test_bad_frames_leave_the_hsm_alone() -> None:
     assert out["lost"] == LinkReply(LinkStatus.ERR_TIMEOUT)
     assert out["crc"] == LinkReply(LinkStatus.ERR_CRC)
     assert out["len"].words == (0x1234,)
+    # the mailbox is the manager's: another caller's accesses end the frame with ERR_REFUSED
+    assert out["len3"] == out["claim3"] == LinkReply(LinkStatus.ERR_REFUSED)
     assert out["leds_error"] == 1
-    status = out["status"].words[0]
-    assert status & 0xFF == 0 and status & 0x200, hex(status)  # OK, done
+    status = unpack_reg(StatusReg, out["status"].words[0])
+    assert status.status == Status.OK and status.done and status.mine, status
     assert out["result"].words[0] >> 8 & 0xFF == 1  # STATUS result: one context
     assert out["leds_done"] == 1
 
@@ -595,17 +606,10 @@ class BridgeModelPort:
             frame = _bad_crc(frame)
         try:
             req = Request.decode(frame)
-        except ValueError as e:
-            self._out += encode_reply(LinkStatus[str(e).split(":")[0]])
-            return len(frame)
-        self.ops.append((req.op, req.count))
-        words: list[int] = []
-        for i in range(req.count):
-            if req.is_write:
-                self.mailbox.write(req.addr << 2, req.data[i], req.caller)
-            else:
-                words.append(self.mailbox.read((req.addr + i) << 2, req.caller))
-        self._out += encode_reply(LinkStatus.OK, words)
+            self.ops.append((req.op, req.count))
+        except ValueError:
+            pass
+        self._out += bridge_model_reply(self.mailbox, frame)
         return len(frame)
 
 
