@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bitstreams waves prove clean
+.PHONY: all install demo test lint bench bitstreams waves prove fuzz clean
 
 all: test
 
@@ -44,6 +44,12 @@ bitstreams: install
 	$(BIN)/python -m pip install -q -e ".[boards]"
 	$(BIN)/mchsm build --board icebreaker --out build/icebreaker
 	$(BIN)/mchsm build --board ulx3s --out build/ulx3s
+
+# the long isolation run: 2,000 interleavings of the manager, honest and hostile tasks on the
+# model, each compared access for access on Amaranth's simulator and Verilator (about 20 min)
+FUZZ_ARGS ?= --batches 20 --batch 100 --backends amaranth,verilator
+fuzz: install
+	$(BIN)/python -m mchsm.sim.fuzz $(FUZZ_ARGS)
 
 # ProVerif on every protocol model against proverif/expected.json (needs `proverif` on PATH:
 # opam install proverif; see docs/proofs.md)

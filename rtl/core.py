@@ -119,6 +119,9 @@ class MchsmCore(wiring.Component):
         Monitor: commands a task may issue per monitoring period (0: no limit).
     fail_limit : int
         Monitor: failed commands of a task since its last RESET that flag it (0: no limit).
+    flaws : frozenset of str
+        Deliberate flaws of the mailbox (:data:`mchsm.rtl.mailbox.FLAWS`) that the isolation
+        tests and the proofs must catch; empty in every real build.
 
     Attributes
     ----------
@@ -136,8 +139,10 @@ class MchsmCore(wiring.Component):
         *,
         budget: int = MONITOR_BUDGET,
         fail_limit: int = MONITOR_FAIL_LIMIT,
+        flaws: frozenset[str] = frozenset(),
     ) -> None:
         check_build(contexts, budget, fail_limit)
+        self.flaws = frozenset(flaws)  #: deliberate flaws for the tests and proofs (rtl/mailbox)
         self.contexts = contexts
         self.budget = budget
         self.fail_limit = fail_limit
@@ -160,7 +165,7 @@ class MchsmCore(wiring.Component):
         sha = SHA256()
         sha_rst = Signal()
         m.submodules.sha = ResetInserter(sha_rst)(sha)
-        m.submodules.mailbox = mbox = Mailbox(n)
+        m.submodules.mailbox = mbox = Mailbox(n, flaws=self.flaws)
         wiring.connect(m, wiring.flipped(self.bus), mbox.bus)
         m.d.comb += [mbox.caller.eq(self.caller), self.irq.eq(mbox.irq)]
         link = mbox.cmd  # the one command at a time, from the mailbox's holder

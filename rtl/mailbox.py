@@ -37,10 +37,21 @@ from mchsm.constants import (
 )
 from mchsm.rtl import wishbone
 
-__all__ = ["FIFO_DEPTH", "CommandSignature", "Mailbox", "ResultSignature"]
+__all__ = ["FIFO_DEPTH", "FLAWS", "CommandSignature", "Mailbox", "ResultSignature"]
 
 #: words of command data the mailbox buffers ahead of the engine
 FIFO_DEPTH = 16
+
+#: Deliberate flaws, one per rule, that the isolation tests and the formal proofs must catch
+#: (a test fails if a flawed mailbox passes).  Never used in a build.
+FLAWS = {
+    "len_unowned": "any caller may write LEN while no command runs (the first version's bug)",
+    "result_unowned": "any caller may read the result window",
+    "stale_results": "RELEASE and reset do not erase the window, and words beyond the result "
+    "length are not hidden",
+    "abort_early": "ABORT is acked before the command has ended",
+    "preempt_running": "the manager takes the mailbox even while a command computes",
+}
 _RESULT_ADDR_BITS = (RESULT_WORDS - 1).bit_length()
 
 
@@ -116,8 +127,12 @@ class Mailbox(wiring.Component):
         The one command at a time, to the engine.
     """
 
-    def __init__(self, contexts: int) -> None:
+    def __init__(self, contexts: int, *, flaws: frozenset[str] = frozenset()) -> None:
+        unknown = set(flaws) - set(FLAWS)
+        if unknown:
+            raise ValueError(f"flaws must be among {', '.join(FLAWS)}, not {sorted(unknown)!r}")
         self.contexts = contexts
+        self.flaws = frozenset(flaws)
         super().__init__(
             {
                 "bus": In(
@@ -132,6 +147,7 @@ class Mailbox(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         bus, cmd = self.bus, self.cmd
+        flaw = {name: name in self.flaws for name in FLAWS}
 
         dfifo = fifo.SyncFIFOBuffered(width=32, depth=FIFO_DEPTH)
         fifo_rst = Signal()
@@ -155,6 +171,11 @@ class Mailbox(wiring.Component):
         # what a stalled CTRL write does once the window is erased
         then_release = Signal()
         then_preempt = Signal()
+        late_abort = Signal()  # only with the abort_early flaw
+        if flaw["abort_early"]:
+            m.d.comb += cmd.abort.eq(late_abort)
+            with m.If(cmd.done):
+                m.d.sync += late_abort.eq(0)
 
         mine = held & (self.caller == holder)
         expects = r_inbytes != 0
@@ -186,10 +207,11 @@ class Mailbox(wiring.Component):
 
         # ---- the result window: the engine writes it, a wipe erases it ---------------------
         wiping = Signal()
+        erase = wiping & (not flaw["stale_results"])
         m.d.comb += [
-            res_wr.addr.eq(Mux(wiping, wipe, cmd.result.addr)),
-            res_wr.data.eq(Mux(wiping, 0, cmd.result.data)),
-            res_wr.en.eq(wiping | cmd.result.en),
+            res_wr.addr.eq(Mux(erase, wipe, cmd.result.addr)),
+            res_wr.data.eq(Mux(erase, 0, cmd.result.data)),
+            res_wr.en.eq(erase | cmd.result.en),
         ]
 
         # ---- the bus -----------------------------------------------------------------------
@@ -270,8 +292,9 @@ class Mailbox(wiring.Component):
                 with m.If(req & bus.we):
                     with m.Switch(bus.adr):
                         with m.Case(word[Reg.LEN]):
-                            answer(mine & ~cmd.busy)
-                            with m.If(mine & ~cmd.busy):
+                            may = (mine | flaw["len_unowned"]) & ~cmd.busy
+                            answer(may)
+                            with m.If(may):
                                 m.d.sync += r_len.eq(bus.dat_w)
                         with m.Case(word[Reg.CMD]):
                             with m.If(mine & ~cmd.busy):  # acked once its checks are done
@@ -305,7 +328,9 @@ class Mailbox(wiring.Component):
                                 with m.If(~held | mine):
                                     m.d.comb += ack.eq(1)
                                     m.d.sync += [held.eq(1), holder.eq(self.caller)]
-                                with m.Elif((self.caller == MANAGER) & ~running):
+                                with m.Elif(
+                                    (self.caller == MANAGER) & (~running | flaw["preempt_running"])
+                                ):
                                     m.d.sync += then_preempt.eq(1)  # acked once it is done
                                     with m.If(expects):
                                         m.next = "ABORT"
@@ -321,7 +346,11 @@ class Mailbox(wiring.Component):
                                     m.d.comb += err.eq(1)
                             with m.Elif(action == Ctrl.ABORT):
                                 with m.If(mine & expects):
-                                    m.next = "ABORT"
+                                    if flaw["abort_early"]:  # acked now, ends later
+                                        m.d.comb += ack.eq(1)
+                                        m.d.sync += late_abort.eq(1)
+                                    else:
+                                        m.next = "ABORT"
                                 with m.Else():
                                     m.d.comb += err.eq(1)
                             with m.Elif(action == Ctrl.CLEAR):
@@ -363,8 +392,11 @@ class Mailbox(wiring.Component):
                             m.d.sync += rd_q.eq(owner_view.as_value())
                         with m.Default():
                             in_window = bus.adr >= word[Reg.RESULT]
-                            answer(~in_window | mine)
+                            reader = mine | flaw["result_unowned"]
+                            answer(~in_window | reader)
                             # words at or beyond the result length read 0
                             below = Cat(Const(0, 2), bus.adr[:_RESULT_ADDR_BITS]) < r_reslen
-                            m.d.sync += rd_res.eq(in_window & mine & below)
+                            if flaw["stale_results"]:
+                                below = Const(1)
+                            m.d.sync += rd_res.eq(in_window & reader & below)
         return m

@@ -91,12 +91,15 @@ def run_on_amaranth(
     contexts: int = DEFAULT_CONTEXTS,
     *,
     vcd: Path | None = None,
+    flaws: frozenset[str] = frozenset(),
 ) -> AmaranthRun:
     """Run ``job`` against a fresh :class:`MchsmCore` in Amaranth's simulator.
 
-    ``vcd`` writes a waveform (VCD) of the whole run, to open in GTKWave or Surfer.
+    ``vcd`` writes a waveform (VCD) of the whole run, to open in GTKWave or Surfer.  ``flaws``
+    builds a deliberately broken core (:data:`mchsm.rtl.mailbox.FLAWS`), for tests that must
+    catch it.
     """
-    core = MchsmCore(contexts)
+    core = MchsmCore(contexts, flaws=flaws)
     sim = Simulator(core)
     sim.add_clock(CLOCK_PERIOD)
     out: dict[str, Any] = {}

@@ -43,9 +43,10 @@ from mchsm.constants import (
     u32,
     unpack_reg,
 )
-from mchsm.sw.command import REFUSED, Burst, Outcome, Read, Reply, Write, run_command
+from mchsm.sw.command import Burst, Outcome, Read, Reply, Write, run_command
 from mchsm.sw.driver import HsmDriver, Transport
-from mchsm.sw.errors import BusRefusedError, MailboxError, TransportError
+from mchsm.sw.errors import MailboxError, TransportError
+from mchsm.sw.interpose import Interposer, perform, shown
 from mchsm.sw.protocol import (
     UpdateAuth,
     derive_upd_key,
@@ -103,17 +104,6 @@ async def settle(transport: Transport, holder: int | None = None) -> None:
         if not status.busy or status.expects or not status.mine:
             return
     raise TransportError(f"a command of caller {holder} did not finish")
-
-
-async def perform(transport: Transport, caller: int, op: Read | Write) -> Outcome:
-    """One access; a refusal comes back as :data:`~mchsm.sw.command.REFUSED`."""
-    try:
-        if isinstance(op, Read):
-            return await transport.read(op.addr, caller)
-        await transport.write(op.addr, op.value, caller)
-    except BusRefusedError:
-        return REFUSED
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,14 +274,6 @@ def task_requests(rng: random.Random, caller: int, count: int) -> list[Request]:
     return out
 
 
-def _outcome(addr: int, op: Read | Write, outcome: Outcome) -> int | str | None:
-    if outcome is REFUSED:
-        return "refused"
-    if addr == Reg.CYCLES and isinstance(op, Read):
-        return "read"  # the model has no clock
-    return outcome  # type: ignore[return-value]
-
-
 async def interleave_job(
     driver: HsmDriver,
     seeds: list[int],
@@ -351,9 +333,7 @@ async def interleave_job(
             if isinstance(op, Write) and op.addr in (Reg.CMD, Reg.DATA) and outcome is None:
                 computing = caller
             value = op.value if isinstance(op, Write) else None
-            log.accesses.append(
-                Access(caller, op.addr, value, _outcome(op.addr, op, outcome), holder)
-            )
+            log.accesses.append(Access(caller, op.addr, value, shown(op, outcome), holder))
             try:
                 pending[i] = agents[i].send(outcome)
             except StopIteration:
@@ -460,50 +440,6 @@ def _check_one(
 # ---------------------------------------------------------------------------------------------
 
 
-class Hostile(Transport):
-    """Wraps a transport: after chosen accesses of a victim, a hostile caller gets its turn.
-
-    ``moves`` maps the victim's access count (1 = after its first access) to a coroutine
-    function that gets the underlying transport and makes the hostile accesses.  Everything the
-    hostile caller sees is collected in ``seen``.
-    """
-
-    name = "hostile"
-
-    def __init__(self, inner: Transport, victim: int, moves: dict[int, Any]) -> None:
-        self.inner = inner
-        self.victim = victim
-        self.moves = moves
-        self.count = 0
-        self.seen: list[tuple[str, int | str | None]] = []
-
-    async def _after(self, caller: int) -> None:
-        if caller == self.victim:
-            self.count += 1
-            move = self.moves.get(self.count)
-            if move is not None:
-                await move(self)
-
-    async def poke(self, caller: int, op: Read | Write, label: str = "") -> int | str | None:
-        outcome = await perform(self.inner, caller, op)
-        shown = _outcome(op.addr, op, outcome)
-        self.seen.append((label or f"{caller}:{type(op).__name__}@0x{op.addr:02x}", shown))
-        return shown
-
-    async def read(self, addr: int, caller: int) -> int:
-        value = await self.inner.read(addr, caller)
-        await self._after(caller)
-        return value
-
-    async def write(self, addr: int, value: int, caller: int) -> None:
-        await self.inner.write(addr, value, caller)
-        await self._after(caller)
-
-    async def write_burst(self, addr: int, values: Any, caller: int) -> None:
-        for value in values:  # one word at a time: the hostile caller may act between words
-            await self.write(addr, value, caller)
-
-
 def _every(start: int, stop: int, move: Any) -> dict[int, Any]:
     return dict.fromkeys(range(start, stop), move)
 
@@ -534,14 +470,14 @@ async def attack_len_race(driver: HsmDriver) -> dict[str, Any]:
     """Attack 1: task 2 writes LEN (and claims, and writes DATA) at every point of the
     manager's MEASURE of the payload image and of its HMAC_KEY import."""
 
-    async def race(h: Hostile) -> None:
+    async def race(h: Interposer) -> None:
         owner = unpack_reg(OwnerReg, await h.inner.read(Reg.OWNER, 2))
         held = "manager's" if owner.held and owner.caller == MANAGER else "other"
         await h.poke(2, Write(Reg.LEN, len(GOOD) - 1), f"LEN {held}")
         await h.poke(2, Write(Reg.DATA, 0x41414141), f"DATA {held}")
         await h.poke(2, Write(Reg.CTRL, Ctrl.CLAIM), f"CLAIM {held}")
 
-    hostile_t = Hostile(driver.transport, MANAGER, _every(1, 400, race))
+    hostile_t = Interposer(driver.transport, MANAGER, _every(1, 400, race))
     manager = HsmDriver(hostile_t).port(MANAGER)
     await manager.reset(1)
     digest = await manager.measure(1, PAYLOAD_IMAGE)
@@ -567,14 +503,14 @@ async def attack_silence(driver: HsmDriver) -> dict[str, Any]:
     out: dict[str, Any] = {}
     data = bytes(range(256)) * 2
 
-    async def interrupt(h: Hostile, label: str) -> None:
+    async def interrupt(h: Interposer, label: str) -> None:
         reply = await HsmDriver(h.inner).run(MANAGER, Cmd.SET_ANOMALY, 2)
         read = await HsmDriver(h.inner).port(MANAGER).read_ctx(2)
         out[label] = (reply.status.name, reply.result, bool(read.flags & 2))
         await HsmDriver(h.inner).run(MANAGER, Cmd.RESET, 2)
 
     for label, after in (("while_data", 6), ("while_computing", 4 + len(data) // 4)):
-        t = Hostile(driver.transport, 2, {after: lambda h, label=label: interrupt(h, label)})
+        t = Interposer(driver.transport, 2, {after: lambda h, label=label: interrupt(h, label)})
         task = HsmDriver(t, retries=0)
         try:
             got = await task.port(2).hash(data)
@@ -592,11 +528,11 @@ async def attack_read_results(driver: HsmDriver) -> dict[str, Any]:
     await m.measure(1, GOOD)
     seen: list[int | str | None] = []
 
-    async def peek(h: Hostile) -> None:
+    async def peek(h: Interposer) -> None:
         for i in range(RESULT_WORDS):
             seen.append(await h.poke(1, Read(Reg.RESULT + 4 * i)))
 
-    task2 = HsmDriver(Hostile(driver.transport, 2, _every(1, 40, peek))).port(2)
+    task2 = HsmDriver(Interposer(driver.transport, 2, _every(1, 40, peek))).port(2)
     await task2.hmac_key(b"task two's key")
     secrets = [
         await task2.hmac(b"task two's message"),
@@ -626,7 +562,7 @@ async def attack_read_results(driver: HsmDriver) -> dict[str, Any]:
 async def attack_abort_then_command(driver: HsmDriver) -> list[tuple[str, int | str | None]]:
     """Attack 4: abort, then a new command at once; every access and what it saw, so the model
     and the RTL can be compared access for access."""
-    t = Hostile(driver.transport, -1, {})
+    t = Interposer(driver.transport, -1, {})
 
     def cmd(code: int) -> int:
         return pack_reg(CmdReg, code=code, ctx=0)

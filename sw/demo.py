@@ -3,7 +3,8 @@
 A device boots with four named tasks, is provisioned and attested; one task's stored image is
 tampered with and only that task is reported failed; a signature-free update repairs it; then
 a replayed update, a rolled-back update, a forged tag, a reused nonce, a task naming another
-context and evidence presented for the wrong device are each rejected; a hijacked task is caught
+context and evidence presented for the wrong device are each rejected; a task that races the
+manager's MEASURE at the shared mailbox is refused at every access; a hijacked task is caught
 by the manager's anomaly detector, marked ANOMALY and reloaded; and a last attestation shows
 that none of them changed anything.  Every step states what must happen and checks it;
 the report says whether it did.
@@ -18,13 +19,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mchsm.constants import Cmd, Status
+from mchsm.constants import MANAGER, Cmd, Ctrl, OwnerReg, Reg, Status, unpack_reg
 from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig
+from mchsm.sw.command import Write
 from mchsm.sw.driver import HsmDriver
 from mchsm.sw.errors import AttestationError, HsmError
+from mchsm.sw.interpose import Interposer
 from mchsm.sw.kernel import Microkernel, TaskApi
 from mchsm.sw.manager import Manager
-from mchsm.sw.protocol import UpdateAuth, derive_upd_key, hmac_sha256, reference, upd_message
+from mchsm.sw.protocol import (
+    UpdateAuth,
+    derive_upd_key,
+    hmac_sha256,
+    reference,
+    sha256,
+    upd_message,
+)
 from mchsm.sw.traces import exfiltrating
 from mchsm.sw.verifier import AttestationReport, Verdict, Verifier
 
@@ -234,6 +244,7 @@ class _Story:
         )
 
         await self.attacks(control.tid, record.root_key)
+        await self.race()
         await self.hijack()
 
         report = await self.attest()
@@ -293,6 +304,46 @@ class _Story:
             "a task names another task's context (READ_CTX, RESET)",
             reply.status is Status.ERR_DENIED and reset.status is Status.ERR_DENIED,
             f"READ_CTX -> {reply.status.name}, RESET -> {reset.status.name}",
+        )
+
+    async def race(self) -> None:
+        """A hostile task races the manager's MEASURE of control's image, now with a payload
+        appended: after every bus access of the manager it writes LEN (the length of the good
+        part, which a shared LEN register would have let it impose), a DATA word and a CLAIM.
+        The mailbox refuses them all while the manager holds it, so the whole image is measured
+        and control attests failed; the good image is then loaded again."""
+        control, sensor = self.kernel.task("control"), self.kernel.task("sensor")
+        good = control.image
+        payload = good + b"\xeb\xfe payload " * 12
+
+        async def poke(ip: Interposer) -> None:
+            owner = unpack_reg(OwnerReg, await ip.inner.read(Reg.OWNER, sensor.tid))
+            if not owner.held or owner.caller != MANAGER:
+                return  # between the manager's commands: nothing to race
+            await ip.poke(sensor.tid, Write(Reg.LEN, len(good)), "LEN")
+            await ip.poke(sensor.tid, Write(Reg.DATA, 0x90909090), "DATA")
+            await ip.poke(sensor.tid, Write(Reg.CTRL, Ctrl.CLAIM), "CLAIM")
+
+        racing = Interposer(self.driver.transport, MANAGER, dict.fromkeys(range(1, 4000), poke))
+        self.kernel.install("control", payload)
+        self.driver.transport = racing
+        try:
+            measured = await self.kernel.load("control")
+        finally:
+            self.driver.transport = racing.inner
+        report = await self.attest()
+        steered = [label for label, outcome in racing.seen if outcome != "refused"]
+        self.kernel.install("control", good)
+        await self.kernel.load("control")
+        self.step(
+            "a task races the manager's MEASURE (LEN, DATA, CLAIM between its accesses)",
+            report.failed == [control.tid]
+            and measured == sha256(payload)
+            and racing.seen
+            and not steered,
+            f"sensor tried {len(racing.seen)} accesses while the manager held the mailbox: "
+            f"{len(racing.seen) - len(steered)} refused\n"
+            f"the whole {len(payload)}-byte image was measured; " + self.verdicts(report),
         )
 
     async def hijack(self) -> None:

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mchsm.constants import Cmd, Reg, Status
+from mchsm.sim.amaranth_backend import run_on_amaranth
 from mchsm.sim.isolation import (
     Access,
     Interleaving,
@@ -28,6 +29,7 @@ from mchsm.sim.isolation import (
     interleave_job,
 )
 from mchsm.sw.backends import run_on_backend
+from mchsm.sw.errors import MchsmError
 
 BACKENDS = ["model", "amaranth", "verilator", "uart-sim"]
 CONTEXTS = 4  #: the manager, honest tasks 1 and 2, hostile tasks 3 and 4 (and 5, unknown)
@@ -158,3 +160,35 @@ def test_verilator_interleavings_same_as_model() -> None:
 def test_access_records_compare_outcomes_not_the_models_holder() -> None:
     a = Access(1, Reg.STATUS, None, 0x800, holder=2)
     assert a == Access(1, Reg.STATUS, None, 0x800) != Access(1, Reg.STATUS, None, 0)
+
+
+def _without_race_counts(result: dict[str, Any]) -> dict[str, Any]:
+    out = dict(result)
+    out["len_race"] = {k: v for k, v in result["len_race"].items() if k != "races"}
+    return out
+
+
+@pytest.mark.parametrize("flaw", ["len_unowned", "result_unowned", "stale_results", "abort_early"])
+def test_attacks_catch_a_flawed_mailbox(flaw: str) -> None:
+    """The attack tests bite: with one mailbox rule broken (rtl/mailbox.py ``FLAWS``) the RTL
+    gives away something the model does not, or the manager's command fails outright.
+    (``preempt_running`` shows only in timing: that is the formal proofs' part.)"""
+    try:
+        flawed = run_on_amaranth(attacks_job, 4, flaws=frozenset({flaw})).result
+    except MchsmError:
+        return  # e.g. the manager's RESET got ERR_LENGTH: a task changed its LEN
+    assert _without_race_counts(flawed) != _without_race_counts(attacks("model"))
+
+
+@pytest.mark.parametrize("flaw", ["len_unowned", "result_unowned"])
+def test_interleavings_catch_a_flawed_mailbox(flaw: str) -> None:
+    """The random interleavings bite too: a hostile task's access that the model refuses is
+    taken by the flawed RTL within a few interleavings."""
+    job_args = {"seeds": list(range(3000, 3005)), "contexts": CONTEXTS, "commands": 2}
+    model = run_on_backend("model", interleave_job, CONTEXTS, job_args=job_args).value
+
+    async def job(driver: Any) -> list[Interleaving]:
+        return await interleave_job(driver, **job_args)  # type: ignore[arg-type]
+
+    rtl = run_on_amaranth(job, CONTEXTS, flaws=frozenset({flaw})).result
+    assert any(m.accesses != r.accesses for m, r in zip(model, rtl, strict=True))
