@@ -37,6 +37,7 @@ BROKEN_MODELS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         ("restriction d: bitstring, i: nat, v: nat,", "  event(HsmLeavesVersion("),
         None,
     ),
+    "attestation_board_link.pv": ("attestation.pv", ("  out(c, (d, K_root));",), None),
 }
 ALL_MODELS = (*BASE_MODELS, *BROKEN_MODELS)
 MESSAGES = {
