@@ -20,8 +20,10 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from mchsm import constants
+from mchsm.cli import main
 from mchsm.sw import mutation, prove
 from mchsm.sw.mutation import Mutant, MutantClass, MutantError
 
@@ -117,9 +119,9 @@ def test_mutants_remove_every_restriction(mutants: list[Mutant]) -> None:
     restrictions = re.findall(r"^restriction .*?\.$", code, re.M | re.S)
     assert len(restrictions) == 2
     for restriction in restrictions:
-        assert any(
-            restriction in m.search and restriction not in m.replace for m in mutants
-        ), restriction
+        assert any(restriction in m.search and restriction not in m.replace for m in mutants), (
+            restriction
+        )
 
 
 def test_mutants_cover_every_check_line(mutants: list[Mutant]) -> None:
@@ -267,3 +269,24 @@ def test_real_mutants_behave_as_classified() -> None:
     assert constant.status == "caught"
     assert 6 in [n for n, _, _ in constant.changed], "the freshness query notices it"
     assert by_id["att-no-label"].status == "equivalent"
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_prove_mutants_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(main, ["prove", "--mutants", "--proverif", "no-such-proverif-exe"])
+    assert missing.exit_code == 1
+    assert "opam install proverif" in missing.output and "Traceback" not in missing.output
+    fake = tmp_path / "fake-proverif"
+    fake.write_text(f"#!{sys.executable}\n")
+    fake.chmod(0o755)
+    unknown = runner.invoke(
+        main, ["prove", "--mutants", "--proverif", str(fake), "--only", "no-such-mutant"]
+    )
+    assert unknown.exit_code == 1
+    assert "no mutant named no-such-mutant" in unknown.output
+    assert len(unknown.output.strip().splitlines()) == 1
