@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bitstreams waves prove fuzz clean
+.PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz clean
 
 all: test
 
@@ -55,6 +55,11 @@ fuzz: install
 # opam install proverif; see docs/proofs.md)
 prove: install
 	$(BIN)/mchsm prove
+
+# the single-point mutants of proverif/mutants.json, two ProVerif runs at a time (about a minute):
+# each must-catch mutant must be caught or argued, each equivalent one must still prove
+mutants: install
+	$(BIN)/mchsm prove --mutants --jobs $(JOBS)
 
 # the pictures in docs/: the demo's first ATTEST and an HMAC of 64 bytes, drawn from
 # waveforms of the Amaranth simulator (about a minute)

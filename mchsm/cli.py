@@ -187,10 +187,26 @@ def hmac_files(backend: str, key_hex: str, waves: Path | None, files: tuple[str,
 @click.option(
     "--timeout", type=float, default=600, show_default=True, help="Seconds allowed per model."
 )
-def prove(proverif: str, timeout: float) -> None:
+@click.option(
+    "--mutants",
+    "mutants",
+    is_flag=True,
+    help="Run the mutants of proverif/mutants.json instead: each must be caught (or argued) "
+    "or, if equivalent, still prove.",
+)
+@click.option(
+    "--jobs", type=click.IntRange(1), default=2, show_default=True, help="ProVerif runs at once."
+)
+@click.option(
+    "--only", multiple=True, metavar="ID", help="With --mutants: run only this mutant (repeatable)."
+)
+def prove(proverif: str, timeout: float, mutants: bool, jobs: int, only: tuple[str, ...]) -> None:
     """Run ProVerif on every protocol model and check each query against expectations."""
     from mchsm.sw.prove import ProverifError, render_table, run_proofs, surprises
 
+    if mutants:
+        _prove_mutants(proverif, timeout, jobs, only)
+        return
     try:
         results = run_proofs(proverif=proverif, timeout=timeout)
     except ProverifError as exc:
@@ -199,6 +215,31 @@ def prove(proverif: str, timeout: float) -> None:
     bad = surprises(results)
     if bad:
         click.echo(f"{len(bad)} result(s) differ from proverif/expected.json", err=True)
+        sys.exit(1)
+
+
+def _prove_mutants(proverif: str, timeout: float, jobs: int, only: tuple[str, ...]) -> None:
+    """``mchsm prove --mutants``: one progress line per mutant on stderr, then the table."""
+    from mchsm.sw.mutation import MutantResult, failures, render_mutants, run_mutants
+    from mchsm.sw.prove import ProverifError
+
+    def progress(done: int, total: int, result: MutantResult) -> None:
+        click.echo(
+            f"[{done}/{total}] {result.mutant.id}: {result.status} ({result.seconds:.1f} s)",
+            err=True,
+        )
+
+    try:
+        results = run_mutants(
+            proverif=proverif, jobs=jobs, timeout=timeout, only=only, progress=progress
+        )
+    except ProverifError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render_mutants(results))
+    bad = failures(results)
+    if bad:
+        names = ", ".join(r.mutant.id for r in bad)
+        click.echo(f"{len(bad)} mutant(s) not as their class requires: {names}", err=True)
         sys.exit(1)
 
 

@@ -7,7 +7,8 @@ time the models or the spec change, and if a model that stops being attackable (
 variant that suddenly "proves") is noticed as loudly as a proof that fails.  So this module
 runs ProVerif on every model, reads each ``RESULT`` line, and compares it, query by query and
 in order, with ``proverif/expected.json``.  ``mchsm prove`` prints :func:`render_table` and
-exits non-zero when :func:`surprises` is not empty.
+exits non-zero when :func:`surprises` is not empty.  That the queries notice real bugs is
+checked by mutation testing (:mod:`mchsm.sw.mutation`, ``mchsm prove --mutants``).
 
 ProVerif is an OCaml program that is not on PyPI; it is looked up on ``PATH`` and a missing
 one raises :class:`ProverifNotFoundError`, whose message says how to install it.
