@@ -75,7 +75,7 @@ SETTLE_POLLS = 100_000
 _REGISTERS = [reg for reg in Reg if reg is not Reg.RESULT]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Access:
     """One bus access as the scheduler ran it, with what it saw.
 
@@ -274,6 +274,16 @@ def task_requests(rng: random.Random, caller: int, count: int) -> list[Request]:
     return out
 
 
+def _pick(rng: random.Random, pending: dict[int, Any], weights: list[int]) -> int:
+    """A pending agent, with probability in proportion to its weight."""
+    x = rng.random() * sum(weights[i] for i in pending)
+    for i in pending:
+        x -= weights[i]
+        if x < 0:
+            return i
+    return i
+
+
 async def interleave_job(
     driver: HsmDriver,
     seeds: list[int],
@@ -320,8 +330,7 @@ async def interleave_job(
                 pending[i] = first
         computing: int | None = None  # who may have a command computing on the RTL
         while pending:
-            ids = list(pending)
-            i = rng.choices(ids, [weights[j] for j in ids])[0]
+            i = _pick(rng, pending, weights)
             caller, op = pending[i]
             # Only an accepted CMD or DATA write starts a computation, and only the holder's
             # are accepted: before the holder's or the manager's next access, let it finish.

@@ -38,6 +38,7 @@ MASK32 = 0xFFFF_FFFF
 #: bytes the mailbox decodes (word addresses are BUS_ADDR_WIDTH bits)
 ADDRESS_SPACE = 4 << BUS_ADDR_WIDTH
 _RESULT_END = Reg.RESULT + 4 * RESULT_WORDS
+_ACTIONS = {int(action): action for action in Ctrl}
 
 
 class ModelMailbox:
@@ -156,10 +157,9 @@ class ModelMailbox:
         # every other register ignores writes
 
     def _ctrl(self, value: int, caller: int) -> None:
-        try:
-            action = Ctrl(value)
-        except ValueError:
-            raise self._refuse(f"CTRL = 0x{value:x} (not one action)", caller) from None
+        action = _ACTIONS.get(value)
+        if action is None:
+            raise self._refuse(f"CTRL = 0x{value:x} (not one action)", caller)
         mine = self.holder is not None and caller == self.holder
         if action is Ctrl.CLAIM:
             if self.holder is None or mine:
