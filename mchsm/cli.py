@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS
+from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS, MONITOR_BUDGET, MONITOR_FAIL_LIMIT
 from mchsm.sw.backends import BACKENDS, run_on_backend
 
 #: the demo runs on the RTL by default: Amaranth's simulator needs no build, so on a cold
@@ -268,7 +268,27 @@ def rtl() -> None:
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory for mchsm_core.v and mchsm_regs.h.",
+    help="Directory for NAME.v, mchsm_regs.h and NAME.core (FuseSoC).",
+)
+@click.option(
+    "--name",
+    default="mchsm_core",
+    show_default=True,
+    help="Verilog module name of the core (also the file names and the FuseSoC core's name).",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(0, 255),
+    default=MONITOR_BUDGET,
+    show_default=True,
+    help="Monitor: commands a task may issue per period before it is flagged (0: no limit).",
+)
+@click.option(
+    "--fail-limit",
+    type=click.IntRange(0, 255),
+    default=MONITOR_FAIL_LIMIT,
+    show_default=True,
+    help="Monitor: failed commands of a task that flag it (0: no limit).",
 )
 @click.option(
     "--lint/--no-lint",
@@ -276,15 +296,20 @@ def rtl() -> None:
     show_default=True,
     help="Check the Verilog with verilator --lint-only -Wall.",
 )
-def rtl_export(contexts: int, out_dir: Path, lint: bool) -> None:
-    """Write the core as Verilog (top module mchsm_core) and a C header of its registers."""
-    from mchsm.rtl import export
+def rtl_export(
+    contexts: int, out_dir: Path, name: str, budget: int, fail_limit: int, lint: bool
+) -> None:
+    """Write the core as Verilog, a C header of its registers and a FuseSoC core file."""
+    from mchsm import export
 
-    paths = export.export(out_dir, contexts)
+    try:
+        paths = export.export(out_dir, contexts, name=name, budget=budget, fail_limit=fail_limit)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--name") from None
     for path in paths:
         click.echo(f"wrote {path}")
     if lint:
-        result = export.lint(paths[0])
+        result = export.lint(paths[0], name)
         if not result.clean:
             click.echo(result.output, err=True)
             raise click.ClickException("verilator --lint-only -Wall reported problems")
@@ -294,7 +319,7 @@ def rtl_export(contexts: int, out_dir: Path, lint: bool) -> None:
 @rtl.command("regdoc")
 def rtl_regdoc() -> None:
     """Print docs/registers.md (the register map, commands and status codes)."""
-    from mchsm.rtl.export import register_markdown
+    from mchsm.export import register_markdown
 
     click.echo(register_markdown(), nl=False)
 

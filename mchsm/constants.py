@@ -391,6 +391,30 @@ CTRL_CLEAR = 1 << 1
 __all__ += ["REG_DOC"]
 __all__ += ["CTRL_ABORT", "CTRL_CLEAR", "STATUS_BUSY", "STATUS_DONE", "STATUS_RESULT_LEN_SHIFT"]
 
+# The other register fields, as masks in place and shifts.  Every integer constant named
+# <REGISTER>_<FIELD> (a Reg member's name, then the field) is a field of that register: the C
+# header (`mchsm rtl export`) and docs/registers.md list them all, whatever is added here later.
+INFO_VERSION_MASK = 0xFF
+INFO_CONTEXTS_SHIFT = 8
+INFO_CONTEXTS_MASK = 0xFF << INFO_CONTEXTS_SHIFT
+CMD_CODE_MASK = 0xFF
+CMD_CONTEXT_SHIFT = 8
+CMD_CONTEXT_MASK = 0xFF << CMD_CONTEXT_SHIFT
+STATUS_CODE_MASK = 0xFF
+STATUS_RESULT_LEN_MASK = 0xFF << STATUS_RESULT_LEN_SHIFT
+IRQ_EN_DONE = 1 << 0
+__all__ += [
+    "CMD_CODE_MASK",
+    "CMD_CONTEXT_MASK",
+    "CMD_CONTEXT_SHIFT",
+    "INFO_CONTEXTS_MASK",
+    "INFO_CONTEXTS_SHIFT",
+    "INFO_VERSION_MASK",
+    "IRQ_EN_DONE",
+    "STATUS_CODE_MASK",
+    "STATUS_RESULT_LEN_MASK",
+]
+
 
 # =============================================================================================
 # UART link of the FPGA boards: the one source of the frame format for the bridge RTL

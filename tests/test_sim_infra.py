@@ -54,6 +54,7 @@ from mchsm.constants import MAGIC, PROTOCOL_VERSION
 from mchsm.rtl import wishbone
 from mchsm.sim import verilator as vl
 from mchsm.sim.cocotb_transport import CocotbTransport, reset_and_clock
+from mchsm.sim.verilator_build import flock
 from mchsm.sim.wishbone_bfm import WishboneMaster, WishboneTimeoutError
 from mchsm.sw.driver import HsmDriver
 
@@ -509,14 +510,14 @@ def test_build_lock_serialises(tmp_path: Path) -> None:
         text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    with vl._flock(lock, "a test") as waited:
+    with flock(lock, "a test") as waited:
         assert waited > 0.5
     holder.wait(timeout=10)
 
 
 def test_users_example_testbench_runs_on_the_exported_core() -> None:
     """docs/cosim.md shows mchsm/sim/example_testbench.py verbatim, and it passes."""
-    from mchsm.rtl.export import verilog_text
+    from mchsm.export import verilog_text
 
     example = Path(__file__).resolve().parents[1] / "sim" / "example_testbench.py"
     doc = (Path(__file__).resolve().parents[1] / "docs" / "cosim.md").read_text()
