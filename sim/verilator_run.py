@@ -155,14 +155,15 @@ def run(
     run_dir: Path | str | None = None,
     check: bool = True,
     seed: int | None = None,
+    waves_file: Path | str | None = None,
 ) -> SimRun:
     """Run the cocotb tests of ``test_module`` against a :func:`~mchsm.sim.verilator.build`.
 
-    Results, the simulator log (``sim.log``) and waves (``waves.vcd``) land in ``run_dir``
-    (default: a new ``mchsm-sim-*`` temporary directory that is kept).  ``env`` is added to the
-    simulator's environment (and wins over ``os.environ``); ``testcase`` runs only the tests of
-    that name (comma-separated); ``timeout`` is wall-clock seconds after which the simulator is
-    killed (:class:`SimulationTimeout`).  With ``check`` a failed test or crash raises
+    Results, the simulator log (``sim.log``) and waves (``waves.vcd``, or ``waves_file``) land
+    in ``run_dir`` (default: a new ``mchsm-sim-*`` temporary directory that is kept).  ``env`` is
+    added to the simulator's environment (and wins over ``os.environ``); ``testcase`` runs only
+    the tests of that name (comma-separated); ``timeout`` is wall-clock seconds after which the
+    simulator is killed (:class:`SimulationTimeout`).  With ``check`` a failed test or crash raises
     :class:`SimulationError`; without it the :class:`SimRun` says what happened.
     """
     setup_environment()
@@ -177,7 +178,15 @@ def run(
     results = rundir / "results.xml"
     results.unlink(missing_ok=True)
     log = rundir / "sim.log"
-    wave_file = rundir / f"waves.{build_info.waves}" if waves else None
+    wave_file = None
+    if waves:
+        wave_file = (
+            Path(waves_file).resolve()
+            if waves_file is not None
+            else rundir / f"waves.{build_info.waves}"
+        )
+        wave_file.parent.mkdir(parents=True, exist_ok=True)
+        wave_file.unlink(missing_ok=True)
     cmd = [str(build_info.executable)]
     if wave_file is not None:
         cmd += ["--trace", "--trace-file", str(wave_file)]
