@@ -576,7 +576,7 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     board clock, tool versions, build time) to the build directory.  Exits 1 if the design
     does not fit or misses timing.  The first run compiles the WebAssembly tools (minutes).
     """
-    from mchsm.boards.platforms import BuildError, build_bitstream
+    from mchsm.boards.platforms import BuildError, build_bitstream, shown
 
     out = out_dir if out_dir is not None else Path("build") / board
     try:
@@ -591,5 +591,5 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     except (BuildError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(report.to_markdown())
-    click.echo(f"report: {out / 'report.md'}, {out / 'report.json'}", err=True)
+    click.echo(f"report: {shown(out / 'report.md')}, {shown(out / 'report.json')}", err=True)
     sys.exit(0 if report.passed else 1)
