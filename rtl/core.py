@@ -246,8 +246,11 @@ class MchsmCore(wiring.Component):
         commands = Array(
             [Signal(range(self.budget + 2), name=f"commands{i + 1}") for i in range(n)]
         )
+        # no failure counters without a limit: a zero-width one exports as a `wire [-1:0]`
         failures = Array(
             [Signal(range(self.fail_limit + 1), name=f"failures{i + 1}") for i in range(n)]
+            if self.fail_limit
+            else []
         )
         caller_task = (r_owner >= 1) & (r_owner <= n)
         with m.If(start_cmd & caller_task):

@@ -32,22 +32,41 @@ ACK_TIMEOUT = 10_000
 
 
 class AmaranthTransport(Transport):
-    """Wishbone B4 classic initiator for an Amaranth testbench context."""
+    """Wishbone B4 classic initiator for an Amaranth testbench context.
+
+    By default it drives ``core``'s own bus and caller sideband.  In a bigger design (a SoC
+    with the HSM behind an address decoder, see ``docs/integrate.md``) pass the initiator
+    side's ``bus`` and ``caller`` signals and the HSM's ``base`` byte address instead; the
+    transport then adds ``base`` to every register offset.
+    """
 
     name = "amaranth"
 
-    def __init__(self, ctx: Any, core: MchsmCore) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        core: MchsmCore | None = None,
+        *,
+        bus: Any = None,
+        caller: Any = None,
+        base: int = 0,
+    ) -> None:
+        if core is None and (bus is None or caller is None):
+            raise TypeError("AmaranthTransport needs the core, or both bus and caller")
         self.ctx = ctx
         self.core = core
+        self.bus = bus if bus is not None else core.bus  # type: ignore[union-attr]
+        self.caller = caller if caller is not None else core.caller  # type: ignore[union-attr]
+        self.base = base
         self.cycles = 0  #: clock cycles spent in bus accesses
 
     async def _cycle(self, addr: int, caller: int, we: bool, value: int = 0) -> int:
-        ctx, bus = self.ctx, self.core.bus
-        ctx.set(bus.adr, addr >> 2)
+        ctx, bus = self.ctx, self.bus
+        ctx.set(bus.adr, (self.base + addr) >> 2)
         ctx.set(bus.dat_w, value)
         ctx.set(bus.we, int(we))
-        ctx.set(bus.sel, 0xF)
-        ctx.set(self.core.caller, caller)
+        ctx.set(bus.sel, (1 << len(bus.sel)) - 1)
+        ctx.set(self.caller, caller)
         ctx.set(bus.cyc, 1)
         ctx.set(bus.stb, 1)
         for _ in range(ACK_TIMEOUT):
@@ -64,7 +83,9 @@ class AmaranthTransport(Transport):
                         f"caller {caller} (err)"
                     )
                 return data
-        raise TransportError(f"no Wishbone ack within {ACK_TIMEOUT} cycles at 0x{addr:02x}")
+        raise TransportError(
+            f"no Wishbone ack within {ACK_TIMEOUT} cycles at 0x{self.base + addr:02x}"
+        )
 
     async def read(self, addr: int, caller: int) -> int:
         return await self._cycle(addr, caller, False)

@@ -24,8 +24,12 @@ async def hash_and_status(dut):
     driver = HsmDriver(transport)
     info = await driver.probe()
     manager = driver.port(MANAGER)
-    digest = await manager.hash(b"hello from my SoC")
-    assert digest == hashlib.sha256(b"hello from my SoC").digest()
+    message = b"hello from my SoC"
+    digest = await manager.hash(message)
+    assert digest == hashlib.sha256(message).digest()
+    hash_cycles = manager.last.cycles  # `last` is the reply of the port's latest command
     status = await manager.status()
     assert status.contexts == info.contexts and not status.provisioned
-    dut._log.info("HASH took %d cycles", manager.last.cycles)
+    dut._log.info(
+        "HASH of %d bytes took %d cycles, STATUS %d", len(message), hash_cycles, manager.last.cycles
+    )

@@ -220,14 +220,15 @@ def simulate_uart_job(
     waves: bool = False,
     timeout: float | None = None,
     run_dir: Path | str | None = None,
+    waves_file: Path | str | None = None,
 ) -> UartJobRun[T]:
     """Run ``job(driver, **job_args)`` against the simulated board over the UART link.
 
     The job's arguments travel pickled and its value comes back pickled, as with
     :func:`mchsm.sim.verilator.simulate_job`.  The Verilator build is cached like every other
     (a cold build takes about a minute).  A job's exception is raised here again with the
-    simulator-side traceback as a note.  ``waves`` writes a VCD into the run directory (kept);
-    ``timeout`` is wall-clock seconds.
+    simulator-side traceback as a note.  ``waves`` writes a VCD into the run directory (kept),
+    or to ``waves_file``; ``timeout`` is wall-clock seconds.
     """
     from mchsm.sim.verilator import build, launch_job
 
@@ -242,6 +243,7 @@ def simulate_uart_job(
         waves=waves,
         timeout=timeout,
         run_dir=run_dir,
+        waves_file=waves_file,
     )
     del outcome["ok"]
     return UartJobRun(wall_seconds=sim.wall_seconds, waves=sim.waves, **outcome)

@@ -22,19 +22,26 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from mchsm.constants import Cmd, Status
+from mchsm.constants import Cmd, Reg, Status
 
 __all__ = [
     "DEFAULT_SIGNALS",
+    "GTKW_GROUPS",
     "CommandSpan",
+    "SignalInfo",
     "Trace",
     "Vcd",
     "WaveError",
     "commands",
+    "decode",
+    "draw",
     "find_command",
     "plot",
     "read_vcd",
+    "signals",
+    "write_gtkw",
 ]
 
 #: what a picture of one command shows by default: the Wishbone handshake, who is calling,
@@ -109,7 +116,9 @@ def _resolve(names: Sequence[str], wanted: str) -> str:
             )
         ]
         hint = f"; similar: {', '.join(near)}" if near else ""
-        raise WaveError(f"no signal {wanted!r} in this VCD{hint}")
+        raise WaveError(
+            f"no signal {wanted!r} in this VCD{hint} (`mchsm waves VCD --signals` lists them all)"
+        )
     return min(hits, key=lambda n: n.count("."))
 
 
@@ -126,43 +135,72 @@ def _parse_value(text: str) -> Value:
     return None if text[0] in "xXzZ" else int(text[0])
 
 
+@dataclass(frozen=True)
+class SignalInfo:
+    """One signal declared in a VCD."""
+
+    name: str  #: full dotted path, e.g. ``bench.top.sha.rnd``
+    width: int
+    range: str  #: the declared bit range (``[5:0]``; Verilator writes one, Amaranth does not)
+    code: str  #: the VCD identifier code
+
+    @property
+    def gtkwave_name(self) -> str:
+        """How GTKWave names it in a save file: the path, and the range if one was declared."""
+        return f"{self.name}{self.range}"
+
+
+def _read_header(f: Iterable[str], path: str | Path) -> dict[str, SignalInfo]:
+    """The declarations of an open VCD, by full name, in declaration order; leaves ``f`` at
+    the first value change."""
+    header: list[str] = []
+    for line in f:
+        header.extend(line.split())
+        if "$enddefinitions" in line:
+            break
+    else:
+        raise WaveError(f"{path}: not a VCD (no $enddefinitions)")
+    out: dict[str, SignalInfo] = {}
+    scope: list[str] = []
+    k = 0
+    while k < len(header):
+        word = header[k]
+        if word == "$scope":
+            scope.append(header[k + 2])
+            k += 3
+        elif word == "$upscope":
+            scope.pop()
+            k += 1
+        elif word == "$var":
+            end = header.index("$end", k)
+            _kind, width, code, name = header[k + 1 : k + 5]
+            full = ".".join([*scope, name])
+            rng = header[k + 5] if k + 5 < end else ""
+            out.setdefault(full, SignalInfo(full, int(width), rng, code))
+            k = end + 1
+        else:
+            k += 1
+    return out
+
+
+def signals(path: str | Path) -> list[SignalInfo]:
+    """Every signal the VCD at ``path`` declares, in declaration order (``mchsm waves
+    --signals``)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return list(_read_header(f, path).values())
+
+
 def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
     """Read the signals ``wanted`` (dotted suffixes of full paths) from the VCD at ``path``.
 
     Only the wanted signals' changes are kept, so a long run's file costs time, not memory.
     Raises :class:`WaveError` for a missing signal (with similar names as a hint).
     """
-    names: list[str] = []
-    ids: dict[str, str] = {}  # full name -> identifier code
-    widths: dict[str, int] = {}
-    scope: list[str] = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        header: list[str] = []
-        for line in f:
-            header.extend(line.split())
-            if "$enddefinitions" in line:
-                break
-        else:
-            raise WaveError(f"{path}: not a VCD (no $enddefinitions)")
-        k = 0
-        while k < len(header):
-            word = header[k]
-            if word == "$scope":
-                scope.append(header[k + 2])
-                k += 3
-            elif word == "$upscope":
-                scope.pop()
-                k += 1
-            elif word == "$var":
-                end = header.index("$end", k)
-                _kind, width, code, name = header[k + 1 : k + 5]
-                full = ".".join([*scope, name])
-                names.append(full)
-                ids[full] = code
-                widths[full] = int(width)
-                k = end + 1
-            else:
-                k += 1
+        declared = _read_header(f, path)
+        names = list(declared)
+        ids = {n: d.code for n, d in declared.items()}
+        widths = {n: d.width for n, d in declared.items()}
         asked = {w: _resolve(names, w) for w in wanted}
         by_code: dict[str, list[Trace]] = {}
         traces: dict[str, Trace] = {}
@@ -224,6 +262,46 @@ def _name(enum: type[Cmd] | type[Status], value: Value) -> str:
         return enum(value).name  # type: ignore[arg-type]
     except ValueError:
         return f"0x{value:02x}" if isinstance(value, int) else "?"
+
+
+def _register(word: Value) -> str:
+    """A word address on the HSM's bus as the register it selects (``STATUS``, ``RESULT+3``)."""
+    if not isinstance(word, int):
+        return "?"
+    offset = word * 4
+    if offset >= Reg.RESULT:
+        return f"RESULT+{(offset - Reg.RESULT) // 4}" if offset > Reg.RESULT else "RESULT"
+    try:
+        return Reg(offset).name
+    except ValueError:
+        return f"0x{word:x}"
+
+
+#: signals whose values are command or status codes, by leaf name
+_CODE_KIND = {
+    "r_code": "cmd",
+    "cmd__code": "cmd",
+    "r_status": "status",
+    "cmd__status": "status",
+    "r_fin": "status",
+}
+_CODES: dict[str, type[Cmd] | type[Status]] = {"cmd": Cmd, "status": Status}
+#: signals whose values are codes of the constants module, by leaf name: drawn as names
+_DECODERS = {
+    **{
+        leaf: (lambda v, codes=_CODES[kind]: _name(codes, v))  # type: ignore[misc]
+        for leaf, kind in _CODE_KIND.items()
+    },
+    "bus__adr": _register,
+}
+
+
+def decode(signal: str, value: Value) -> str | None:
+    """``value`` of ``signal`` (a dotted suffix) as a name: commands and status codes as in
+    :class:`~mchsm.constants.Cmd` / :class:`~mchsm.constants.Status`, ``bus__adr`` as the
+    register; None for signals that carry no code."""
+    decoder = _DECODERS.get(signal.rsplit(".", 1)[-1])
+    return None if decoder is None or value is None else decoder(value)
 
 
 def _edges_and_samples(
@@ -303,9 +381,30 @@ def plot(
 ) -> Path:
     """Draw cycles ``start``..``end`` of ``signals`` as a timing diagram, written as PNG.
 
-    Needs matplotlib (the ``bench`` and ``dev`` extras).  Multi-bit values are labelled in hex
-    where their run is wide enough to read; x/z is drawn in red.
+    Needs matplotlib (the ``bench`` and ``dev`` extras).  Multi-bit values are labelled where
+    their run is wide enough to read: commands, status codes and register addresses by name
+    (:func:`decode`), the rest in hex; x/z is drawn in red.
     """
+    fig = draw(path, start=start, end=end, signals=signals, clock=clock, title=title)
+    import matplotlib.pyplot as plt  # draw() has checked that matplotlib is there
+
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=fig.dpi)
+    plt.close(fig)
+    return target
+
+
+def draw(
+    path: str | Path,
+    *,
+    start: int,
+    end: int,
+    signals: Sequence[str] = DEFAULT_SIGNALS,
+    clock: str = "clk",
+    title: str | None = None,
+) -> Any:
+    """The matplotlib figure :func:`plot` saves."""
     try:
         import matplotlib
     except ImportError:
@@ -345,7 +444,7 @@ def plot(
                 ax.fill_between(
                     [x0, x1], y + 0.2, y + 0.8, color="#e3f2fd", edgecolor="#1565c0", lw=0.8
                 )
-                text = _label(v, width)
+                text = decode(name, v) or _label(v, width)
                 if (b - a) * px_per_cycle > 7 * len(text) + 4:
                     ax.text((x0 + x1) / 2, y + 0.5, text, ha="center", va="center", fontsize=7)
     ax.set_yticks([len(signals) - 1 - r + 0.5 for r in range(len(signals))])
@@ -357,8 +456,125 @@ def plot(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    target = Path(out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# GTKWave save file
+# ---------------------------------------------------------------------------------------------
+
+#: what the GTKWave save file shows, group by group (dotted suffixes; what a VCD lacks is left
+#: out, so one list serves the core, the board design and both simulators)
+GTKW_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "Wishbone bus",
+        (
+            "clk",
+            "rst",
+            "bus__cyc",
+            "bus__stb",
+            "bus__we",
+            "bus__adr",
+            "bus__sel",
+            "bus__dat_w",
+            "bus__dat_r",
+            "bus__ack",
+            "caller",
+            "irq",
+        ),
+    ),
+    (
+        "Mailbox",
+        (
+            "mailbox.held",
+            "mailbox.holder",
+            "mailbox.cmd__start",
+            "mailbox.r_code",
+            "mailbox.r_ctx",
+            "mailbox.r_len",
+            "mailbox.r_inbytes",
+            "busy",
+            "mailbox.r_done",
+            "mailbox.r_status",
+            "mailbox.r_reslen",
+            "mailbox.r_cycles",
+            "mailbox.r_irq_en",
+            "mailbox.wipe",
+        ),
+    ),
+    ("Command engine", ("engine_state", "pc", "k", "r_left", "r_fin", "r_sel", "r_ok")),
+    ("SHA-256 engine", ("sha.busy", "sha.rnd")),
+    ("UART (board design)", ("rx", "tx")),
+)
+
+#: GTKWave trace flags (gtkwave's TR_* bits): hex, binary, right-justified names, a
+#: translate-file filter, a blank row, the start and end of a group
+_HEX, _BIN, _RJUSTIFY, _FTRANSLATED = 0x2, 0x8, 0x20, 0x2000
+_BLANK, _GRP_BEGIN, _GRP_END = 0x200, 0x800000, 0x1000000
+
+
+def _translations(leaf: str, width: int) -> list[str] | None:
+    """Lines of a GTKWave translate file for a signal that carries codes, else None."""
+    digits = max(1, (width + 3) // 4)
+    if leaf in _CODE_KIND:
+        pairs = [(int(c), c.name) for c in _CODES[_CODE_KIND[leaf]]]
+    elif leaf == "bus__adr":
+        pairs = [(word, _register(word)) for word in range(1 << width)]
+    else:
+        return None
+    return [f"{value:0{digits}x} {label}" for value, label in pairs if value < 1 << width]
+
+
+def write_gtkw(vcd: str | Path, out: str | Path | None = None) -> Path:
+    """Write a GTKWave save file for the VCD of an HSM run and return its path.
+
+    ``gtkwave run.gtkw`` then opens the VCD with the useful signals in groups (the Wishbone
+    bus, the mailbox registers, the command engine, the SHA-256 engine, the UART pins of the
+    board design) and commands, status codes and register addresses shown by name, through
+    translate files written beside it (``<stem>.cmd.txt`` & co.).  The save file names the VCD
+    and the translate files by absolute path.  Default ``out``: the VCD's name with ``.gtkw``.
+    """
+    vcd = Path(vcd).resolve()
+    target = Path(out) if out is not None else vcd.with_suffix(".gtkw")
+    declared = {d.name: d for d in signals(vcd)}
+    names = list(declared)
+    lines = [
+        "[*] mchsm: GTKWave save file written by `mchsm waves --gtkw` or a --waves run",
+        f'[dumpfile] "{vcd}"',
+        "[timestart] 0",
+        "[sst_expanded] 1",
+        "[signals_width] 220",
+    ]
+    filters: dict[str, Path] = {}
+    shown = 0
+    for group, wanted in GTKW_GROUPS:
+        rows: list[str] = []
+        for suffix in wanted:
+            try:
+                full = _resolve(names, suffix)
+            except WaveError:
+                continue
+            info = declared[full]
+            leaf = suffix.rsplit(".", 1)[-1]
+            flags = (_BIN if info.width == 1 else _HEX) | _RJUSTIFY
+            table = _translations(leaf, info.width)
+            if table is not None:
+                kind = _CODE_KIND.get(leaf, "reg")
+                path = filters.get(kind)
+                if path is None:
+                    path = target.with_name(f"{target.stem}.{kind}.txt").resolve()
+                    path.write_text("\n".join(table) + "\n")
+                    filters[kind] = path
+                rows += [f"@{flags | _FTRANSLATED:x}", f"^{list(filters).index(kind) + 1} {path}"]
+            else:
+                rows.append(f"@{flags:x}")
+            rows.append(info.gtkwave_name)
+            shown += 1
+        if rows:
+            lines += [f"@{_BLANK | _GRP_BEGIN:x}", f"-{group}", *rows]
+            lines += [f"@{_BLANK | _GRP_END:x}", f"-{group}"]
+    if not shown:
+        raise WaveError(f"{vcd}: none of the HSM's signals are in this VCD")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=fig.dpi)
-    plt.close(fig)
+    target.write_text("\n".join(lines) + "\n")
     return target

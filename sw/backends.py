@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -20,7 +20,7 @@ from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
 
-__all__ = ["BACKENDS", "BackendRun", "run_on_backend"]
+__all__ = ["BACKENDS", "DESCRIPTIONS", "WAVES_NAME", "BackendRun", "run_on_backend", "waves_target"]
 
 T = TypeVar("T")
 Job = Callable[..., Awaitable[T]]
@@ -35,6 +35,26 @@ class BackendRun(Generic[T]):
     wall_seconds: float
     sim_cycles: int  #: simulated clock cycles (0 on the model)
     waves: Path | None = None
+    gtkw: Path | None = None  #: a GTKWave save file for ``waves``
+
+
+#: the waveform's name in a ``--waves`` directory, whatever the backend
+WAVES_NAME = "waves.vcd"
+
+
+def waves_target(waves: Path) -> Path:
+    """Where a run's waveform goes: ``waves`` itself if it names a ``.vcd``/``.fst`` file, else
+    :data:`WAVES_NAME` in the directory ``waves``."""
+    return waves if waves.suffix in (".vcd", ".fst") else waves / WAVES_NAME
+
+
+def _with_gtkw(run: BackendRun[T]) -> BackendRun[T]:
+    """Write a GTKWave save file beside the run's waveform (``waves.gtkw``)."""
+    if run.waves is None:
+        return run
+    from mchsm.sim.waveplot import write_gtkw
+
+    return replace(run, gtkw=write_gtkw(run.waves))
 
 
 def _run_model(
@@ -53,19 +73,19 @@ def _run_amaranth(
 
     vcd = None
     if waves is not None:
-        vcd = waves if waves.suffix == ".vcd" else waves / "mchsm_amaranth.vcd"
+        vcd = waves_target(waves)
+        if vcd.suffix != ".vcd":
+            raise ValueError(f"Amaranth's simulator writes VCD, not {vcd.suffix}: {vcd}")
         vcd.parent.mkdir(parents=True, exist_ok=True)
     run = run_on_amaranth(lambda driver: job(driver, **job_args), contexts, vcd=vcd)
-    return BackendRun("amaranth", run.result, run.seconds, run.cycles, vcd)
+    return _with_gtkw(BackendRun("amaranth", run.result, run.seconds, run.cycles, vcd))
 
 
-def _place_waves(made: Path | None, wanted: Path | None) -> Path | None:
-    """Move a simulator's waveform to where the user asked: a file name or a directory."""
-    if made is None or wanted is None:
-        return made
-    target = wanted if wanted.suffix in (".vcd", ".fst") else wanted / Path(made).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(made).replace(target)
+def _verilator_waves(waves: Path | None) -> tuple[bool | str, Path | None]:
+    if waves is None:
+        return False, None
+    target = waves_target(waves)
+    return ("fst" if target.suffix == ".fst" else True), target
 
 
 def _run_verilator(
@@ -73,10 +93,9 @@ def _run_verilator(
 ) -> BackendRun[T]:
     from mchsm.sim.verilator import simulate_job
 
-    run = simulate_job(job, contexts, job_args=job_args, waves=waves is not None)
-    return BackendRun(
-        "verilator", run.value, run.wall_seconds, run.cycles, _place_waves(run.waves, waves)
-    )
+    trace, target = _verilator_waves(waves)
+    run = simulate_job(job, contexts, job_args=job_args, waves=trace, waves_file=target)
+    return _with_gtkw(BackendRun("verilator", run.value, run.wall_seconds, run.cycles, run.waves))
 
 
 def _run_uart_sim(
@@ -85,11 +104,20 @@ def _run_uart_sim(
     """The board design (core + UART bridge) in Verilator, the host on its UART pins."""
     from mchsm.sim.uart_sim import simulate_uart_job
 
-    run = simulate_uart_job(job, contexts, job_args=job_args, waves=waves is not None)
-    return BackendRun(
-        "uart-sim", run.value, run.wall_seconds, run.cycles, _place_waves(run.waves, waves)
-    )
+    trace, target = _verilator_waves(waves)
+    if trace == "fst":
+        raise ValueError(f"uart-sim writes VCD, not FST: {target}")
+    run = simulate_uart_job(job, contexts, job_args=job_args, waves=bool(trace), waves_file=target)
+    return _with_gtkw(BackendRun("uart-sim", run.value, run.wall_seconds, run.cycles, run.waves))
 
+
+#: backend name -> what it is; the CLI's --backend help comes from here
+DESCRIPTIONS: dict[str, str] = {
+    "model": "the golden model (Python, no cycles)",
+    "amaranth": "the RTL in Amaranth's simulator",
+    "verilator": "the exported Verilog in cocotb + Verilator",
+    "uart-sim": "the board design (core + UART bridge) in Verilator, over its simulated UART",
+}
 
 #: backend name -> runner; the CLI's --backend choices come from here
 BACKENDS: dict[str, Callable[..., BackendRun[Any]]] = {
@@ -110,7 +138,9 @@ def run_on_backend(
 ) -> BackendRun[T]:
     """Run ``job(driver, **job_args)`` against a fresh HSM with ``contexts`` contexts.
 
-    ``waves`` (RTL backends) writes a waveform there: a ``.vcd``/``.fst`` path or a directory.
+    ``waves`` (RTL backends) writes a waveform there: a ``.vcd`` (Verilator: also ``.fst``) path,
+    or a directory, which gets ``waves.vcd`` whatever the backend; a GTKWave save file
+    (``waves.gtkw``) goes beside it.
     """
     try:
         runner = BACKENDS[backend]

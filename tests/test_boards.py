@@ -66,6 +66,10 @@ def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None: 
         (s.title, s.passed, s.commands) for s in model_story.steps
     ]
     assert run.sim_cycles > 100_000  # it really went bit by bit over the line
+    # the cycle count is that much higher, and the report says why (the model's does not)
+    assert sum(s.cycles for s in report.steps) > 200_000  # about 26,000 on Amaranth/Verilator
+    assert "crosses the serial line" in report.render()
+    assert "crosses the serial line" not in model_story.render()
 
 
 def test_demo_on_a_real_board() -> None:
@@ -259,3 +263,67 @@ def test_build_report_from_tool_output() -> None:
     assert json.loads(report.to_json())["fits"] is True
     over = BuildReport(**{**report.__dict__, "utilisation": {"ICESTORM_LC": (5400, 5280)}})
     assert not over.passed and "does NOT fit" in over.to_markdown()
+
+
+FAKE_TOOL = """\
+import json, sys
+from pathlib import Path
+name = Path(sys.argv[0]).name
+args = sys.argv[1:]
+print(f"{name}: {' '.join(args)}")
+print(f"{name}: a warning on stderr", file=sys.stderr)
+if any(a in ("-q", "--quiet", "-l", "--log") for a in args):
+    sys.exit(f"{name}: told to be quiet or to log elsewhere")
+if "--report" in args:
+    Path(args[args.index("--report") + 1]).write_text(json.dumps({
+        "utilization": {"ICESTORM_LC": {"used": 100, "available": 5280},
+                        "ICESTORM_RAM": {"used": 2, "available": 30}},
+        "fmax": {"cd_sync.clk": {"achieved": 30.0, "constraint": 12.0}},
+    }))
+if name == "icepack":
+    Path(args[-1]).write_bytes(b"bitstream")
+"""
+
+
+def test_build_logs_and_paths_as_the_report_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mchsm build` with stand-in tools (the real ones take minutes): every step's output is
+    in the log the report names, and every path printed is relative to where the command ran -
+    the report, the logs and the command that programs the board."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from mchsm.cli import main
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name, var in (
+        ("yosys", "YOSYS"),
+        ("nextpnr-ice40", "NEXTPNR_ICE40"),
+        ("icepack", "ICEPACK"),
+    ):
+        tool = tools / name
+        tool.write_text(f"#!{sys.executable}\n{FAKE_TOOL}")
+        tool.chmod(0o755)
+        monkeypatch.setenv(var, str(tool))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(
+        main, ["build", "--board", "icebreaker", "--contexts", "1", "--out", "build/ice"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "report: build/ice/report.md, build/ice/report.json" in result.stderr
+    assert "Program it: `iceprog build/ice/mchsm_top.bin  (or: openFPGALoader" in result.stdout
+    report = json.loads((work / "build/ice/report.json").read_text())
+    assert report["logs"] == {
+        tool: f"build/ice/{tool}.log" for tool in ("yosys", "nextpnr-ice40", "icepack")
+    }
+    for tool, log in report["logs"].items():
+        text = (work / log).read_text()
+        assert f"{tool}: " in text and "a warning on stderr" in text  # stdout and stderr
+        assert f"`{log}`" in (work / "build/ice/report.md").read_text()
+    assert report["shown_bitstream"] == "build/ice/mchsm_top.bin"
+    assert str(work) not in result.stdout + result.stderr  # (the tools line names our tools)

@@ -38,10 +38,40 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         assert {"attest", "update.confirm"} <= kinds
 
 
-def test_demo_refuses_too_few_contexts() -> None:
-    result = CliRunner().invoke(main, ["demo", "--contexts", "3"])
-    assert result.exit_code != 0
-    assert "at least 4 contexts" in result.output
+def test_demo_refuses_contexts_it_cannot_use() -> None:
+    """The help says 4..32 (the story's tasks), and anything else is refused with that reason."""
+    from mchsm.constants import MAX_CONTEXTS
+    from mchsm.sw.demo import TASK_NAMES
+
+    help_text = " ".join(CliRunner().invoke(main, ["demo", "--help"]).output.split())
+    assert f"the story has {len(TASK_NAMES)} tasks, so {len(TASK_NAMES)}..{MAX_CONTEXTS}" in (
+        help_text
+    )
+    for bad in ("3", "33"):
+        result = CliRunner().invoke(main, ["demo", "--contexts", bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"it needs 4..32 contexts, not {bad}" in result.output
+
+
+def test_backend_help_names_every_backend() -> None:
+    from mchsm.sw.backends import BACKENDS
+
+    for command in ("demo", "hash", "hmac"):
+        text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        for name in BACKENDS:
+            assert f"{name}:" in text, (command, name)
+
+
+def test_demo_port_refuses_simulator_options() -> None:
+    """--port runs on a board; a --backend, --contexts or --waves beside it is refused, not
+    silently ignored (nothing is opened: the check comes first)."""
+    for extra, named in (
+        (["--backend", "verilator"], "--backend does not apply"),
+        (["--contexts", "8", "--waves", "w.vcd"], "--contexts and --waves do not apply"),
+    ):
+        result = CliRunner().invoke(main, ["demo", "--port", "/dev/nonexistent", *extra])
+        assert result.exit_code == 2, result.output
+        assert named in result.output and "Traceback" not in result.output
 
 
 @pytest.fixture

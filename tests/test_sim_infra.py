@@ -54,6 +54,7 @@ from mchsm.constants import MAGIC, PROTOCOL_VERSION
 from mchsm.rtl import wishbone
 from mchsm.sim import verilator as vl
 from mchsm.sim.cocotb_transport import CocotbTransport, reset_and_clock
+from mchsm.sim.verilator_build import flock
 from mchsm.sim.wishbone_bfm import WishboneMaster, WishboneTimeoutError
 from mchsm.sw.driver import HsmDriver
 
@@ -509,19 +510,29 @@ def test_build_lock_serialises(tmp_path: Path) -> None:
         text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    with vl._flock(lock, "a test") as waited:
+    with flock(lock, "a test") as waited:
         assert waited > 0.5
     holder.wait(timeout=10)
 
 
-def test_users_example_testbench_runs_on_the_exported_core() -> None:
-    """docs/cosim.md shows mchsm/sim/example_testbench.py verbatim, and it passes."""
-    from mchsm.rtl.export import verilog_text
+def test_verilator_backend_names_waves_like_the_others(
+    design: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_on_backend("verilator", waves=DIR) writes DIR/waves.vcd straight from the simulator
+    (no temporary run directory is left behind) and a GTKWave save file beside it."""
+    from mchsm.sw.backends import WAVES_NAME, run_on_backend
 
-    example = Path(__file__).resolve().parents[1] / "sim" / "example_testbench.py"
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "cosim.md").read_text()
-    assert example.read_text() in doc
-    info = vl.build(verilog_text(8), "mchsm_core")  # the build the other suites use
-    result = vl.run(info, "mchsm.sim.example_testbench")
-    assert result.passed
-    assert result.outcome("hash_and_status").passed
+    made: list[vl.JobRun[Any]] = []
+    real = vl.simulate_job
+
+    def on_standin(job: Any, contexts: int, **kwargs: Any) -> vl.JobRun[Any]:
+        made.append(real(job, contexts, verilog=design, toplevel=TOP, timeout=120, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(vl, "simulate_job", on_standin)
+    run = run_on_backend("verilator", scratch_job, 8, job_args={"words": [1, 2]}, waves=tmp_path)
+    assert run.value["count"] == 2
+    assert run.waves == (tmp_path / WAVES_NAME).resolve() and run.waves.is_file()
+    assert run.gtkw is not None and run.gtkw.parent == run.waves.parent
+    assert "bus__ack" in run.gtkw.read_text()
+    assert not made[0].run.run_dir.exists()

@@ -135,6 +135,7 @@ def run_vcd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[
     vcd = tmp_path_factory.mktemp("waves") / "run.vcd"
     run = run_on_backend("amaranth", _three_commands, 2, waves=vcd)
     assert run.waves == vcd and vcd.is_file()
+    assert run.gtkw == vcd.with_suffix(".gtkw") and run.gtkw.is_file()
     return vcd, run.value
 
 
@@ -169,6 +170,7 @@ def test_cli_lists_and_draws(run_vcd: tuple[Path, list[tuple[int, ...]]], tmp_pa
         (["--command", "UPDATE"], "no 'UPDATE' among"),
         (["--command", "7"], "has 3 commands"),
         (["--start", "0", "-s", "nosuch"], "no signal 'nosuch'"),
+        (["--start", "0", "-s", "r_coded"], "similar: bench.top.mailbox.r_code"),
     ):
         bad = CliRunner().invoke(main, ["waves", str(vcd), *args, "--out", str(png)])
         assert bad.exit_code != 0 and message in bad.output, bad.output
@@ -214,3 +216,88 @@ def test_waves_refused_on_the_model(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0 and "the model has no waveform" in result.output
         assert not (tmp_path / "w.vcd").exists()
+
+
+def test_codes_are_drawn_by_name(run_vcd: tuple[Path, list[tuple[int, ...]]]) -> None:
+    """Commands, status codes and register addresses appear in the picture as names."""
+    assert waveplot.decode("r_code", int(Cmd.ATTEST)) == "ATTEST"
+    assert waveplot.decode("top.r_status", int(Status.ERR_AUTH)) == "ERR_AUTH"
+    assert waveplot.decode("r_fin", 0xEE) == "0xee"  # not a status: shown as a number
+    assert waveplot.decode("bus__adr", 0x14 // 4) == "STATUS"
+    assert waveplot.decode("bus__adr", 0x84 // 4) == "RESULT+1"
+    assert waveplot.decode("pc", 5) is None
+    vcd, _ = run_vcd
+    texts: set[str] = set()
+    for span in waveplot.commands(vcd)[::2]:  # the manager's HASH, the failed ATTEST
+        fig = waveplot.draw(
+            vcd,
+            start=span.start - 2,
+            end=span.start + 30,
+            signals=["mailbox.r_code", "mailbox.r_status", "bus__adr"],
+        )
+        texts |= {t.get_text() for t in fig.axes[0].texts}
+    assert {"HASH", "ATTEST", "ERR_NOT_PROVISIONED", "OK", "DATA", "STATUS"} <= texts, texts
+
+
+def test_signals_are_listed(run_vcd: tuple[Path, list[tuple[int, ...]]]) -> None:
+    vcd, _ = run_vcd
+    listed = CliRunner().invoke(main, ["waves", str(vcd), "--signals"])
+    assert listed.exit_code == 0, listed.output
+    rows = dict(line.rsplit("  ", 1) for line in listed.output.splitlines())
+    assert rows["bench.top.bus__adr"] == "[6]" and rows["bench.top.sha.rnd"] == "[6]"
+    assert rows["bench.top.clk"] == "[1]"
+    assert len(rows) == len(waveplot.signals(vcd)) > 500
+
+
+def test_gtkw_save_file_names_signals_of_the_vcd(
+    run_vcd: tuple[Path, list[tuple[int, ...]]], tmp_path: Path
+) -> None:
+    """Every trace of the save file is a signal of the VCD, groups open and close, and the
+    translate files turn codes into the constants' names."""
+    vcd, _ = run_vcd
+    copy = tmp_path / "copy.vcd"
+    copy.write_bytes(vcd.read_bytes())
+    result = CliRunner().invoke(main, ["waves", str(copy), "--gtkw"])
+    assert result.exit_code == 0, result.output
+    gtkw = tmp_path / "copy.gtkw"
+    lines = gtkw.read_text().splitlines()
+    assert f'[dumpfile] "{copy.resolve()}"' in lines
+    declared = {info.gtkwave_name for info in waveplot.signals(copy)}
+    traces = [line for line in lines if line and line[0] not in "[@^-*"]
+    assert traces and set(traces) <= declared
+    assert "bench.top.sha.rnd" in traces and "bench.top.mailbox.r_status" in traces
+    opened = [lines[i + 1] for i, line in enumerate(lines) if line == "@800200"]
+    closed = [lines[i + 1] for i, line in enumerate(lines) if line == "@1000200"]
+    assert opened == closed and "-Wishbone bus" in opened and "-SHA-256 engine" in opened
+    filters = {line.split(" ", 1)[1] for line in lines if line.startswith("^")}
+    tables = {Path(f).name: Path(f).read_text().splitlines() for f in filters}
+    assert "20 ATTEST" in tables["copy.cmd.txt"]
+    assert "08 ERR_AUTH" in tables["copy.status.txt"]
+    assert "05 STATUS" in tables["copy.reg.txt"]
+    # each translated trace right after its filter line
+    k = lines.index("bench.top.mailbox.r_code")
+    assert lines[k - 1].endswith("copy.cmd.txt") and lines[k - 2] == "@2022"
+
+
+def test_waves_directory_gets_one_name_and_no_temporary_path(tmp_path: Path) -> None:
+    """--waves DIR: the VCD is DIR/waves.vcd (the same name on every backend, see
+    test_sim_infra for Verilator), a GTKWave save file sits beside it, and what is printed
+    names those two files and nothing temporary."""
+    (tmp_path / "f").write_bytes(b"abc")
+    out = tmp_path / "waves-here"
+    result = CliRunner().invoke(
+        main, ["hash", "--backend", "amaranth", "--waves", str(out), str(tmp_path / "f")]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "waves.cmd.txt",
+        "waves.gtkw",
+        "waves.reg.txt",
+        "waves.status.txt",
+        "waves.vcd",
+    ]
+    assert result.stderr.splitlines() == [
+        f"waveform: {out / 'waves.vcd'}",
+        f"GTKWave: gtkwave {out / 'waves.gtkw'}   (or: mchsm waves {out / 'waves.vcd'} --list)",
+    ]
+    assert [s.cmd for s in waveplot.commands(out / "waves.vcd")] == ["HASH"]
