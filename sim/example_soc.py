@@ -64,7 +64,9 @@ class MySoC(wiring.Component):
         self.contexts = contexts
         super().__init__(
             {
-                "bus": In(wishbone.Signature(addr_width=SOC_ADDR_WIDTH, data_width=32)),
+                "bus": In(
+                    wishbone.Signature(addr_width=SOC_ADDR_WIDTH, data_width=32, features={"err"})
+                ),
                 "caller": In(CALLER_BITS),
                 "irq": Out(1),
             }
@@ -96,6 +98,7 @@ class MySoC(wiring.Component):
         m.d.sync += nothing.eq(bus.cyc & bus.stb & ~to_hsm & ~to_ram & ~nothing)
         m.d.comb += [
             bus.ack.eq(hsm.bus.ack | ram.bus.ack | nothing),
+            bus.err.eq(hsm.bus.err),  # the HSM refuses what its mailbox rules do not allow
             bus.dat_r.eq(Mux(to_hsm, hsm.bus.dat_r, Mux(to_ram, ram.bus.dat_r, 0))),
             self.irq.eq(hsm.irq),
         ]

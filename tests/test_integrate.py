@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from amaranth.sim import Simulator
 
-from mchsm.constants import MAGIC, MANAGER, Cmd, Reg, Status
+from mchsm.constants import MAGIC, MANAGER, Cmd, Ctrl, Reg, Status
 from mchsm.export import verilog_text
 from mchsm.sim import verilator as vl
 from mchsm.sim.amaranth_backend import AmaranthTransport
 from mchsm.sim.example_soc import HSM_BASE, RAM_BASE, RAM_WORDS, MySoC
 from mchsm.sw.backends import run_on_backend
 from mchsm.sw.driver import HsmDriver
+from mchsm.sw.errors import BusRefusedError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -55,12 +56,23 @@ def test_soc_example_talks_to_both_peripherals() -> None:
         for i in range(RAM_WORDS):
             await ram.write(4 * i, 0xA5000000 | i, MANAGER)
         await hsm.write(Reg.IRQ_EN, 1, MANAGER)
-        seen["irq_before"] = ctx.get(soc.irq)
         reply = await driver.run(MANAGER, Cmd.HASH, 0, b"abc")
         seen["hash"] = (reply.status, reply.result)
+        # the interrupt: raised while the holder's command is done, until it lets go
+        await hsm.write(Reg.CTRL, Ctrl.CLAIM, MANAGER)
+        seen["irq_before"] = ctx.get(soc.irq)
+        await hsm.write(Reg.LEN, 0, MANAGER)
+        await hsm.write(Reg.CMD, Cmd.STATUS, MANAGER)
+        await ctx.tick().repeat(30)
         seen["irq_after"] = ctx.get(soc.irq)
-        # a task reading the manager's result window gets zeros: the caller id reached the HSM
-        seen["task_reads"] = await hsm.read(Reg.RESULT, 2)
+        # a task reading the manager's result window is refused: the caller id reached the HSM
+        try:
+            await hsm.read(Reg.RESULT, 2)
+            seen["task_reads"] = "read"
+        except BusRefusedError:
+            seen["task_reads"] = "refused"
+        await hsm.write(Reg.CTRL, Ctrl.RELEASE, MANAGER)
+        seen["irq_released"] = ctx.get(soc.irq)
         seen["ram"] = [await ram.read(4 * i, 3) for i in range(RAM_WORDS)]
         seen["hole"] = await hsm.read(0x300, MANAGER)
         seen["id_via_ram_window"] = await ram.read(0, MANAGER)
@@ -69,8 +81,8 @@ def test_soc_example_talks_to_both_peripherals() -> None:
     sim.run()
     assert seen["contexts"] == 4
     assert seen["hash"] == (Status.OK, hashlib.sha256(b"abc").digest())
-    assert (seen["irq_before"], seen["irq_after"]) == (0, 1)
-    assert seen["task_reads"] == 0
+    assert (seen["irq_before"], seen["irq_after"], seen["irq_released"]) == (0, 1, 0)
+    assert seen["task_reads"] == "refused"
     assert seen["ram"] == [0xA5000000 | i for i in range(RAM_WORDS)]
     assert seen["hole"] == 0
     assert seen["id_via_ram_window"] != MAGIC  # the RAM, not the HSM, answers at RAM_BASE
