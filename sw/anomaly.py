@@ -187,9 +187,12 @@ class _Test:
         "acc",
         "adj",
         "blocks",
+        "envelope",
         "h",
+        "load",
         "model",
         "quiet",
+        "rel",
         "s",
         "scales",
         "spike",
@@ -199,7 +202,9 @@ class _Test:
 
     def __init__(self, model: FeatureModel, config: DetectorConfig) -> None:
         self.model = model
-        self.blocks = model.blocks
+        # a refined level drifts a little; summed over a block that drift would add up, so a
+        # refined feature (CPU time) is judged per period only
+        self.blocks = () if model.name in config.refine else model.blocks
         self.h = [
             config.log_arl / model.theta,
             *(config.log_arl / th for _, _, th in self.blocks),
@@ -211,15 +216,20 @@ class _Test:
         p1 = max(4 * p0, 1 / 16)
         self.spike = math.log(p1 / p0)  #: evidence of one rare period
         self.quiet = math.log((1 - p1) / (1 - p0))  #: of an ordinary one (negative)
+        #: evidence of a period beyond the envelope: two of them within 32 periods flag
+        self.envelope = self.h[-1] / 2 - 16 * self.quiet
         self.s = [0.0] * len(self.h)
         self.acc = [0.0] * len(self.blocks)
+        self.load = [0.0] * len(self.blocks)  #: sum of the variance factors in each block
         self.adj = 0.0
+        self.rel = model.sd / model.mean if model.mean > 0 else 0.0  #: relative sd
         self.z_env = max(model.zmax + config.envelope_margin, config.envelope_factor * model.zmax)
         self.z_instant = max(2 * self.z_env, self.z_env + 6)
 
     def clear(self) -> None:
         self.s = [0.0] * len(self.h)
         self.acc = [0.0] * len(self.blocks)
+        self.load = [0.0] * len(self.blocks)
 
     def evidence(self) -> float:
         return max(s / h for s, h in zip(self.s, self.h, strict=True))
@@ -377,8 +387,8 @@ class AnomalyDetector:
         }
         untrusted = self._unexplained(judged, expected)
         ratios = {
-            tid: values.get("cpu", 0.0) / expected[tid]["cpu"]
-            for tid, (_, values, _) in judged.items()
+            tid: (values.get("cpu", 0.0) / expected[tid]["cpu"], task.tests["cpu"].rel)
+            for tid, (task, values, _) in judged.items()
             if expected[tid].get("cpu", 0.0) > 0
         }
 
@@ -479,24 +489,19 @@ class AnomalyDetector:
                         clamped[ALL + lag] -= value - limit
         return clamped
 
-    def _common(self, tid: int, ratios: Mapping[int, float]) -> tuple[float, float]:
+    def _common(self, tid: int, ratios: Mapping[int, tuple[float, float]]) -> tuple[float, float]:
         """The global CPU factor for task ``tid`` and its relative uncertainty: the median of
-        the other judged tasks' ratios (a single task cannot move it)."""
+        the other judged tasks' ratios (observed / expected; a single task cannot move it),
+        uncertain by about 1.25 / sqrt(m) of their median relative sd."""
         others = sorted(r for t, r in ratios.items() if t != tid)
-        if len(others) < 2:
-            return 1.0, 0.0
         m = len(others)
-        median = others[m // 2] if m % 2 else (others[m // 2 - 1] + others[m // 2]) / 2
+        if m < 2:
+            return 1.0, 0.0
+        half = m // 2
+        median = others[half][0] if m % 2 else (others[half - 1][0] + others[half][0]) / 2
+        spread = sorted(rel for _, rel in others)[half]
         bound = self.config.common_bound
-        spread = []
-        for t in ratios:
-            if t != tid:
-                test = self._tasks[t].tests.get("cpu")
-                if test is not None and test.model.mean > 0:
-                    spread.append(test.model.sd / max(test.model.mean, 1e-9))
-        spread.sort()
-        rel = spread[len(spread) // 2] if spread else 0.0
-        return min(max(median, 1 / bound), bound), 1.25 * rel / math.sqrt(m)
+        return min(max(median, 1 / bound), bound), 1.25 * spread / math.sqrt(m)
 
     def _judge(
         self,
@@ -529,7 +534,11 @@ class AnomalyDetector:
         for name, test in task.tests.items():
             x = values.get(name, 0.0)
             mu = prediction[name]
-            sd = test.model.sd
+            model = test.model
+            # work per input varies per input: a level the inputs raise above the rig's mean
+            # varies more, by the square root of the ratio (as a sum of per-input work does)
+            var = mu / model.mean if model.coef and mu > model.mean > 0 else 1.0
+            sd = model.sd * math.sqrt(var)
             if name == "cpu":
                 g, rel = common
                 mu *= g
@@ -544,16 +553,16 @@ class AnomalyDetector:
                 envelope = True
                 if z >= test.z_instant:
                     instant = Deviation(name, x, mu, z)
-                s[-1] += test.h[-1] / 2
+                s[-1] += test.envelope
             else:
                 s[-1] = max(0.0, s[-1] + (test.spike if z >= c else test.quiet))
             for i, (length, sd_l, _) in enumerate(test.blocks, 1):
                 test.acc[i - 1] += r
+                test.load[i - 1] += var
                 if end % length == 0:
-                    extra = (mu * common[1]) ** 2 * length if name == "cpu" else 0.0
-                    zl = test.acc[i - 1] / math.sqrt(sd_l * sd_l + extra)
+                    zl = test.acc[i - 1] / (sd_l * math.sqrt(test.load[i - 1] / length))
                     block_z[name, length] = zl
-                    test.acc[i - 1] = 0.0
+                    test.acc[i - 1] = test.load[i - 1] = 0.0
                     s[i] = max(0.0, s[i] + (c if zl > c else -c if zl < -c else zl) - k)
             for v, h in zip(s, test.h, strict=True):
                 if v >= top * h:

@@ -97,6 +97,9 @@ BENIGN_PERIODS = 300
 #: the detector's threshold values the ROC curve is drawn over (log of the per-test ARL)
 ROC_THRESHOLDS = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 17.0, 20.0, 25.0)
 QUICK_ROC = (6.0, 10.0, 14.0, 20.0)
+#: runs per class of the full sweep that the ROC curve re-runs at every other threshold
+ROC_ATTACK_RUNS = 40
+ROC_BENIGN_RUNS = 40
 
 
 @dataclass(frozen=True)
@@ -632,13 +635,16 @@ def specs(*, full: bool = False, seed: int = 1, thresholds: Sequence[float] = ()
     for c in CLASSES:
         params = c.params if full else c.quick
         runs = c.runs if full else c.quick_runs
+        # the ROC curve re-runs a part of the runs at every threshold (all of the subset's)
+        again = runs
+        if full:
+            per_class = ROC_BENIGN_RUNS if c.benign else ROC_ATTACK_RUNS
+            again = -(-per_class // len(params))
         for param in params:
             for i in range(runs):
                 out.append(Spec(c.name, param, i, seed, default))
-                if not c.info:
-                    for t in thresholds:
-                        if t != default:
-                            out.append(Spec(c.name, param, i, seed, t))
+                if not c.info and i < again:
+                    out.extend(Spec(c.name, param, i, seed, t) for t in thresholds if t != default)
     return out
 
 
