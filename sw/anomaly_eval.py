@@ -100,6 +100,7 @@ QUICK_ROC = (6.0, 10.0, 14.0, 20.0)
 #: runs per class of the full sweep that the ROC curve re-runs at every other threshold
 ROC_ATTACK_RUNS = 40
 ROC_BENIGN_RUNS = 40
+QUICK_ROC_RUNS = 6
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,10 @@ class Class:
 
 
 CLASSES = (
-    Class("channel", False, ("10", "20", "50", "100", "200", "300"), ("20", "100", "300"), 100, 8),
+    Class("channel", False, ("10", "20", "50", "100", "200", "300"), ("20", "100", "300"), 100, 10),
     Class("syscall", False, ("new", "rare"), ("new", "rare"), 100, 8),
     Class("burst", False, ("3", "5", "10", "15", "20"), ("3", "10", "20"), 100, 8),
-    Class("ramp", False, ("20", "50", "100", "200"), ("50", "200"), 100, 8),
+    Class("ramp", False, ("20", "50", "100", "200"), ("50",), 100, 16),
     Class(
         "from-start",
         False,
@@ -132,12 +133,12 @@ CLASSES = (
     Class("update-hijack", False, ("sensor", "control"), ("sensor", "control"), 100, 6),
     Class("collusion", False, ("control", "comms"), ("control", "comms"), 100, 6),
     Class("mimicry", False, ("content",), ("content",), 50, 4, info=True),
-    Class("normal", True, ("-",), ("-",), 200, 12),
-    Class("periodic", True, ("5", "8", "10", "13", "20"), ("5", "10", "20"), 60, 5),
-    Class("new-peer", True, ("-",), ("-",), 200, 12),
-    Class("load-step", True, ("-",), ("-",), 200, 12),
-    Class("update", True, ("sensor", "control", "comms", "logger"), ("control", "logger"), 60, 6),
-    Class("reload", True, ("-",), ("-",), 200, 12),
+    Class("normal", True, ("-",), ("-",), 200, 8),
+    Class("periodic", True, ("5", "8", "10", "13", "20"), ("5", "10", "20"), 60, 3),
+    Class("new-peer", True, ("-",), ("-",), 200, 8),
+    Class("load-step", True, ("-",), ("-",), 200, 8),
+    Class("update", True, ("sensor", "control", "comms", "logger"), ("control", "logger"), 60, 4),
+    Class("reload", True, ("-",), ("-",), 200, 8),
 )
 BENIGN = tuple(c.name for c in CLASSES if c.benign)
 _CLASS = {c.name: c for c in CLASSES}
@@ -636,10 +637,8 @@ def specs(*, full: bool = False, seed: int = 1, thresholds: Sequence[float] = ()
         params = c.params if full else c.quick
         runs = c.runs if full else c.quick_runs
         # the ROC curve re-runs a part of the runs at every threshold (all of the subset's)
-        again = runs
-        if full:
-            per_class = ROC_BENIGN_RUNS if c.benign else ROC_ATTACK_RUNS
-            again = -(-per_class // len(params))
+        per_class = (ROC_BENIGN_RUNS if c.benign else ROC_ATTACK_RUNS) if full else QUICK_ROC_RUNS
+        again = -(-per_class // len(params))
         for param in params:
             for i in range(runs):
                 out.append(Spec(c.name, param, i, seed, default))
@@ -721,10 +720,26 @@ class Target:
     measured: float
     goal: float
     at_most: bool = False
+    runs: int = 0  #: runs (attack targets) or periods (false flags) measured
 
     @property
     def met(self) -> bool:
         return self.measured <= self.goal if self.at_most else self.measured >= self.goal
+
+    @property
+    def noise(self) -> float:
+        """Two standard errors of a rate ``goal`` measured on ``runs`` runs: a miss by less
+        than this on the small fixed-seed subset says little; the full sweep decides."""
+        if not self.runs:
+            return 0.0
+        return 2 * math.sqrt(self.goal * (1 - self.goal) / self.runs)
+
+    @property
+    def near(self) -> bool:
+        """Met, or missed by less than the noise of its sample."""
+        if self.at_most:
+            return self.measured <= self.goal + self.noise
+        return self.measured >= self.goal - self.noise
 
 
 @dataclass
@@ -750,7 +765,8 @@ class Report:
             rows = [r for p in params if (r := self.row(cls, p)) is not None]
             if rows:
                 hits = sum(getattr(r, f"within{n}") for r in rows)
-                out.append(Target(what, hits / sum(r.runs for r in rows), 0.9))
+                runs = sum(r.runs for r in rows)
+                out.append(Target(what, hits / runs, 0.9, runs=runs))
 
         within("channel", ["100"], 20, "channel +100 % caught within 20 periods")
         within("syscall", ["new"], 20, "new syscall kind, 1 call a period, within 20")
@@ -760,13 +776,19 @@ class Report:
         ramp = self.row("ramp", "50")
         if ramp is not None:
             out.append(
-                Target("ramp to 3x over 50 periods caught before 2x", ramp.frac(ramp.in_time), 0.9)
+                Target(
+                    "ramp to 3x over 50 periods caught before 2x",
+                    ramp.frac(ramp.in_time),
+                    0.9,
+                    runs=ramp.runs,
+                )
             )
         for cls in BENIGN:
             rows = [r for r in self.rows if r.cls == cls]
             if rows:
-                rate = sum(r.flagged for r in rows) / max(1, sum(r.periods for r in rows))
-                out.append(Target(f"{cls}: periods with a false flag", rate, 0.005, True))
+                periods = max(1, sum(r.periods for r in rows))
+                rate = sum(r.flagged for r in rows) / periods
+                out.append(Target(f"{cls}: periods with a false flag", rate, 0.005, True, periods))
         return out
 
     def failures(self) -> list[Target]:
@@ -798,7 +820,15 @@ class Report:
             "roc": self.roc,
             "leakage": self.bounds,
             "targets": [
-                {"what": t.what, "measured": t.measured, "goal": t.goal, "met": t.met}
+                {
+                    "what": t.what,
+                    "measured": t.measured,
+                    "goal": t.goal,
+                    "met": t.met,
+                    "runs": t.runs,
+                    "noise": t.noise,
+                    "near": t.near,
+                }
                 for t in self.targets()
             ],
             "roc_png": self.roc_png,
@@ -870,10 +900,19 @@ class Report:
         lines += ["", "targets (issue 20):"]
         for t in self.targets():
             mark = "met" if t.met else "MISSED"
+            noise = "" if t.met or self.full else f"  (by less than the +-{t.noise:.0%} noise)"
             if t.at_most:
                 lines.append(f"  {mark:<7}{t.what}: {t.measured:.3%} (<= {t.goal:.1%})")
             else:
-                lines.append(f"  {mark:<7}{t.what}: {t.measured:.0%} (>= {t.goal:.0%})")
+                lines.append(
+                    f"  {mark:<7}{t.what}: {t.measured:.0%} of {t.runs} (>= {t.goal:.0%})"
+                    + (noise if t.near else "")
+                )
+        if not self.full:
+            lines.append(
+                "  (the fixed-seed subset: a few runs per value; mchsm anomaly-eval --full "
+                "measures the targets)"
+            )
         return "\n".join(lines)
 
 

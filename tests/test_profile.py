@@ -272,11 +272,8 @@ def test_cli_trace_profile_embed_show_check(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "0 flag(s): every task within its profile" in result.output
     attacked = tmp_path / "attacked.json"
-    runner.invoke(
-        main,
-        ["anomaly", "trace", "--out", str(attacked), "--periods", "100"]
-        + ["--attack", "exfil", "--target", "control", "--start", "40"],
-    )
+    attack = ["--attack", "exfil", "--target", "control", "--start", "40"]
+    runner.invoke(main, ["anomaly", "trace", "--out", str(attacked), "--periods", "100", *attack])
     result = runner.invoke(main, ["anomaly", "check", str(attacked), *map(str, profiles)])
     assert result.exit_code == 1
     assert "period    40  control    new" in result.output
