@@ -68,6 +68,12 @@ class _Progress:
 )
 @click.option("--no-roc", is_flag=True, help="Skip the ROC curve (and its extra runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the results as JSON to this file.",
+)
 @click.option("--check", is_flag=True, help="Exit with status 1 if a target is missed.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def anomaly_eval(
@@ -77,6 +83,7 @@ def anomaly_eval(
     roc_path: Path,
     no_roc: bool,
     as_json: bool,
+    json_out: Path | None,
     check: bool,
     quiet: bool,
 ) -> None:
@@ -102,7 +109,14 @@ def anomaly_eval(
             click.echo(
                 "matplotlib is not installed: no ROC picture (pip install -e '.[dev]')", err=True
             )
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    data = json.dumps(report.to_dict(), indent=2)
+    if json_out is not None:
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(data + "\n")
+        except OSError as exc:
+            raise _fail(exc) from None
+    click.echo(data if as_json else report.render())
     if check and report.failures():
         sys.exit(1)
 
