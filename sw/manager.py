@@ -82,30 +82,41 @@ class Manager:
                 await self._adopt_profile(tid)
         self.kernel.on_period(self._on_period)
 
-    async def _adopt_profile(self, tid: int) -> None:
+    async def _adopt_profile(self, tid: int, *, relearn: bool = True) -> None:
         """Believe the profile of task ``tid``'s loaded image only if the HSM says the image
-        is the authorised one; install it in the detector and its budget in the kernel."""
+        is the authorised one; install it in the detector and its budget in the kernel.
+
+        Without a profile the task is learned (weak mode); a reload without ``relearn`` keeps
+        what was learned, as the same image behaves the same.
+        """
         assert self.detector is not None
         task = self.kernel.tasks[tid]
         self.detector.bind({t.tid: t.name for t in self.kernel.tasks.values()})
         assert task.space is not None
-        try:
-            _, profile = split_image(task.space.code)
-        except ProfileError as exc:
-            profile, problem = None, str(exc)
-        else:
-            problem = "" if profile is not None else "the image carries no profile"
         info = await self.port.read_ctx(tid)
-        if not info.ok:
+        profile: Profile | None
+        if not info.ok:  # not parsed at all: whoever wrote this image is not trusted
             problem = "the loaded image does not match its reference value"
             profile = self.profiles.get(tid)  # the last verified one, if any
-        elif profile is not None:
-            self.profiles[tid] = profile
+        else:
+            try:
+                _, profile = split_image(task.space.code)
+            except ProfileError as exc:
+                profile, problem = None, str(exc)
+            else:
+                problem = "" if profile is not None else "the image carries no profile"
+            if profile is not None:
+                self.profiles[tid] = profile
         if problem:
             self.unverified[tid] = problem
         else:
             self.unverified.pop(tid, None)
-        self.detector.set_profile(tid, profile, bound=profile is not None)
+        current = self.detector.profile(tid)
+        if profile is None:
+            if relearn or current is None or self.detector.state(tid).bound:
+                self.detector.set_profile(tid, None, bound=False)
+        elif current is None or current.to_json() != profile.to_json():
+            self.detector.set_profile(tid, profile)
         self.kernel.set_hsm_budget(tid, profile.budget() if profile is not None else None)
 
     def _on_period(self, period: int, features: dict[int, Features]) -> None:
@@ -156,7 +167,7 @@ class Manager:
             self._pending.remove(tid)
         if self.detector is not None:
             self.detector.reset(tid, relearn=relearn)
-            await self._adopt_profile(tid)
+            await self._adopt_profile(tid, relearn=relearn)
             if relearn:
                 self.detector.peer_updated(tid)
         return digest

@@ -225,9 +225,11 @@ class Profile:
     @classmethod
     def from_json(cls, data: bytes | str) -> Profile:
         """Parse and check a profile; anything malformed raises :class:`ProfileError`."""
+        if len(data) > PROFILE_MAX_SIZE:
+            raise ProfileError(f"a profile is at most {PROFILE_MAX_SIZE} bytes")
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ProfileError(f"a profile must be JSON: {exc}") from None
         return _parse_profile(doc)
 
@@ -769,7 +771,7 @@ class RecordedTrace:
     def from_json(cls, text: str | bytes) -> RecordedTrace:
         try:
             doc = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ProfileError(f"a trace must be JSON: {exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != TRACE_FORMAT:
             raise ProfileError(f"not a trace of format {TRACE_FORMAT}")

@@ -492,12 +492,15 @@ class Images:
         periods: int = RIG_PERIODS,
         progress: Callable[[str], None] | None = None,
     ) -> Images:
-        """Derive the profile of every wanted variant (default: all) on the rig.
+        """Derive the profile of every wanted variant (default: all; none: the base system's)
+        on the rig.
 
         The base system gives every task's base profile; each other variant is derived from a
         rig run with that variant in place (and comms v2 together with its poller, diag v2).
         """
-        wanted = sorted(set(wanted or [(n, v) for n, vs in VARIANTS.items() for v in vs]))
+        if wanted is None:
+            wanted = [(n, v) for n, vs in VARIANTS.items() for v in vs]
+        wanted = sorted(set(wanted))
         profiles: dict[tuple[str, str], Profile] = {}
         base = rig_profiles(periods=periods, seed="base")
         profiles.update({(n, BASE[n]): p for n, p in base.items()})

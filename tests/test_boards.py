@@ -157,7 +157,8 @@ def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, tmp_path: Path) -> No
     assert "every step went as the protocol says" in result.output
     assert f"board ({pty_board.path})" in result.output
     frames = int(re.search(r"(\d+) frames", result.output).group(1))  # type: ignore[union-attr]
-    assert frames == pty_board.frames and frames < 400  # DATA and results go in bursts
+    # DATA and results go in bursts (the images carry their behaviour profiles: a few KB more)
+    assert frames == pty_board.frames and frames < 450
     # a second run finds the device provisioned and says what to do
     again = CliRunner().invoke(main, ["demo", "--port", pty_board.path])
     assert again.exit_code != 0 and "already provisioned" in again.output
