@@ -883,7 +883,7 @@ class Report:
         lines += [
             "normal: the channel's volume; <50% in 50: the largest swept rate caught in under "
             "half the runs within 50 periods;",
-            ">=90% in 50: the smallest swept rate caught in 90 % of them; never: below this "
+            ">=90% in 50: from this swept rate on, 90 % caught; never: below this "
             "rate no test accumulates evidence (k sd_L / L at the best scale, plus the online "
             "refinement).",
             "",
@@ -939,13 +939,17 @@ def _bounds(rows: Sequence[Row], images: Images, config: DetectorConfig) -> list
         refined = config.refine_sd * model.sd if f"bytes:{receiver}" in config.refine else 0.0
         asymptotic = min(k * s / n for n, s in scales) + refined
         hidden = caught = None
+        swept = []  #: (rate, runs, caught within 50) per swept percentage
         for percent, outs in sorted(per.get(channel, {}).items()):
             rate = percent / 100 * messages * size
-            frac = sum(o.delay is not None and o.delay <= 50 for o in outs) / len(outs)
-            if frac < 0.5:
+            hits = sum(o.delay is not None and o.delay <= 50 for o in outs)
+            swept.append((rate, len(outs), hits))
+            if hits < 0.5 * len(outs):
                 hidden = rate
-            if frac >= 0.9 and caught is None:
-                caught = rate
+        for rate, runs, hits in reversed(swept):  # the smallest rate from which on every
+            if hits < 0.9 * runs:  # swept rate is caught in 90 % of the runs
+                break
+            caught = rate
         out.append(
             {
                 "channel": channel,
@@ -953,6 +957,7 @@ def _bounds(rows: Sequence[Row], images: Images, config: DetectorConfig) -> list
                 "hidden": hidden,
                 "caught": caught,
                 "asymptotic": asymptotic,
+                "swept": [{"rate": r, "runs": n, "within50": h} for r, n, h in swept],
             }
         )
     return out

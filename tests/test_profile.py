@@ -129,6 +129,10 @@ def test_the_image_carries_the_profile_and_its_reference_covers_it(profile: Prof
         split_image(bytes(broken))
     with pytest.raises(ProfileError, match="cut short"):
         split_image(PROFILE_MAGIC)
+    with pytest.raises(ProfileError, match="JSON"):  # nesting that would blow the stack
+        Profile.from_json("[" * 60000)
+    with pytest.raises(ProfileError, match="at most"):
+        Profile.from_json(b" " * 70000)
 
 
 def test_named_features_name_peers_and_count_hsm_by_kind() -> None:
