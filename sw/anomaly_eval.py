@@ -1009,9 +1009,17 @@ def plot_roc(report: Report, path: Path) -> Path:
     xs = [p["fp_rate"] or 3 / max(1, p.get("periods", 0)) for p in pts]
     zero = [p["fp_rate"] == 0 for p in pts]
     for key, label in (("within20", "caught within 20 periods"), ("within50", "within 50")):
-        line = ax.plot(xs, [p[key] for p in pts], label=label)[0]
-        for x, p, z in zip(xs, pts, zero, strict=True):
-            ax.plot(x, p[key], marker="o", color=line.get_color(), mfc="white" if z else None)
+        seen = [(x, p[key]) for x, p, z in zip(xs, pts, zero, strict=True) if not z]
+        line = ax.plot([x for x, _ in seen], [y for _, y in seen], marker="o", label=label)[0]
+        bounds = [(x, p[key]) for x, p, z in zip(xs, pts, zero, strict=True) if z]
+        ax.plot(
+            [x for x, _ in bounds],
+            [y for _, y in bounds],
+            ls="none",
+            marker="o",
+            color=line.get_color(),
+            mfc="white",
+        )
     for p, x in zip(pts, xs, strict=True):
         ax.annotate(
             f"{p['log_arl']:g}",
