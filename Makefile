@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
+<<<<<<< HEAD
 .PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz clean
+=======
+.PHONY: all install demo test lint bench bitstreams waves prove anomaly clean
+>>>>>>> anomaly
 
 all: test
 
@@ -35,6 +39,14 @@ lint: install
 bench: install
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m bench.run
+
+# the anomaly detector's full evaluation: every scenario class swept, hundreds of seeded runs
+# each, the ROC curve over its threshold -> build/anomaly.txt, build/anomaly.json,
+# build/anomaly_roc.png (several minutes on 2 cores; `make test` runs its fixed-seed subset)
+anomaly: install
+	@mkdir -p build
+	$(BIN)/mchsm anomaly-eval --full --roc build/anomaly_roc.png --json-out build/anomaly.json \
+	    | tee build/anomaly.txt
 
 # bitstreams for both boards with Yosys and nextpnr from PyPI (YoWASP), each with report.md/json
 # in build/<board>/.  About 3 min per board on 2 cores (nextpnr's placement takes most of it and

@@ -293,58 +293,15 @@ def _prove_mutants(proverif: str, timeout: float, jobs: int, only: tuple[str, ..
         sys.exit(1)
 
 
-@main.command("anomaly-eval")
-@click.option(
-    "--normal-runs",
-    type=click.IntRange(1),
-    default=200,
-    show_default=True,
-    help="Normal runs (their periods give the false-positive rate).",
-)
-@click.option(
-    "--attack-runs",
-    type=click.IntRange(1),
-    default=100,
-    show_default=True,
-    help="Runs per attack kind, and of slow drift.",
-)
-@click.option(
-    "--periods",
-    type=click.IntRange(40),
-    default=60,
-    show_default=True,
-    help="Scheduling periods per run.",
-)
-@click.option(
-    "--warmup",
-    type=click.IntRange(2),
-    default=None,
-    help="Training periods of the detector (default: the detector's own, 20).",
-)
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed of every trace.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def anomaly_eval(
-    normal_runs: int, attack_runs: int, periods: int, warmup: int | None, seed: int, as_json: bool
-) -> None:
-    """Measure the anomaly detector on labelled traces; exit 1 if a target is missed.
+def _add_anomaly_commands() -> None:
+    """``anomaly-eval`` and the ``anomaly`` profile tools live in mchsm/cli_anomaly.py."""
+    from mchsm.cli_anomaly import anomaly, anomaly_eval
 
-    Targets: every attack kind detected within 5 periods in >= 99 % of its runs, and at most
-    1 % of the periods of normal runs, and of slowly drifting runs, flagged.
-    """
-    from mchsm.sw.anomaly import DetectorConfig
-    from mchsm.sw.traces import evaluate
+    main.add_command(anomaly_eval)
+    main.add_command(anomaly)
 
-    config = DetectorConfig() if warmup is None else DetectorConfig(warmup=warmup)
-    if periods < config.warmup + 11:
-        raise click.BadParameter(
-            f"runs need at least {config.warmup + 11} periods with {config.warmup} of training",
-            param_hint="--periods",
-        )
-    report = evaluate(
-        normal_runs=normal_runs, attack_runs=attack_runs, periods=periods, seed=seed, config=config
-    )
-    click.echo(report.to_json() if as_json else report.render())
-    sys.exit(1 if report.failures() else 0)
+
+_add_anomaly_commands()
 
 
 @main.group()

@@ -573,3 +573,19 @@ __all__ += [
     "LinkOp",
     "LinkStatus",
 ]
+
+
+# =============================================================================================
+# Behaviour profiles (sw/profile.py, docs/anomaly.md).  A task's profile travels inside its
+# image, so MEASURE, the reference value and the update authorisation cover it:
+#     image = code || profile || u32 length of the profile (big-endian) || PROFILE_MAGIC
+# The profile is canonical JSON (sorted keys, no spaces, UTF-8).  The kernel enforces the HSM
+# command budgets the profile sets over a sliding window of KERNEL_BUDGET_WINDOW periods.
+# =============================================================================================
+
+PROFILE_MAGIC = b"MCHSMPF1"  #: last 8 bytes of an image that carries a behaviour profile
+PROFILE_LENGTH_SIZE = 4  #: the u32 before the magic: bytes of the profile
+PROFILE_MAX_SIZE = 65536  #: a longer "profile" is refused (it would be an attacker's padding)
+KERNEL_BUDGET_WINDOW = 16  #: periods in the sliding window of the kernel's HSM budgets
+
+__all__ += ["KERNEL_BUDGET_WINDOW", "PROFILE_LENGTH_SIZE", "PROFILE_MAGIC", "PROFILE_MAX_SIZE"]

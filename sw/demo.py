@@ -12,6 +12,7 @@ the report says whether it did.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import traceback
@@ -19,14 +20,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mchsm.constants import MANAGER, Cmd, Ctrl, OwnerReg, Reg, Status, unpack_reg
-from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig
+from mchsm.constants import MANAGER, Cmd, Ctrl, Reg, Status
+from mchsm.sw.anomaly import AnomalyDetector
 from mchsm.sw.command import Write
 from mchsm.sw.driver import HsmDriver
 from mchsm.sw.errors import AttestationError, HsmError
 from mchsm.sw.interpose import Interposer
 from mchsm.sw.kernel import Microkernel, TaskApi
 from mchsm.sw.manager import Manager
+from mchsm.sw.profile import Profile, RecordedTrace, derive, embed
 from mchsm.sw.protocol import (
     UpdateAuth,
     derive_upd_key,
@@ -35,16 +37,18 @@ from mchsm.sw.protocol import (
     sha256,
     upd_message,
 )
-from mchsm.sw.traces import exfiltrating
+from mchsm.sw.traces import NullHsm, exfiltrating, run_sync
 from mchsm.sw.verifier import AttestationReport, Verdict, Verifier
 
 __all__ = ["TASK_NAMES", "DemoReport", "Step", "make_image", "run_story"]
 
 TASK_NAMES = ("sensor", "control", "comms", "logger")
-#: periods the demo's anomaly detector trains for.  Every period costs comms one TASK_MAC on
-#: the HSM, and the demo runs on the RTL too, so it trains for 8 (the evaluation in
-#: docs/anomaly.md uses the default 20; the demo's tasks are far more regular than its traces)
-DEMO_WARMUP = 8
+#: periods the demo's anomaly detector judges before the hijack, to show it quiet on genuine
+#: behaviour.  Every period costs comms one TASK_MAC on the HSM, and the demo runs on the RTL
+#: too, so they are few: the profiles, not these periods, are the baseline
+DEMO_QUIET = 4
+#: periods of the rig run the demo tasks' profiles are derived from
+DEMO_RIG_PERIODS = 800
 #: periods the hijacked task is given before the step counts as failed
 DEMO_MAX_DELAY = 5
 
@@ -58,6 +62,52 @@ def make_image(name: str, version: int, size: int = 1536) -> bytes:
         body += block
         block = hashlib.sha256(block).digest()
     return (head + bytes(body))[: size + 37 * len(name)]
+
+
+@functools.cache
+def demo_profiles() -> dict[str, Profile]:
+    """The behaviour profiles of the demo's tasks, derived the way a vendor would: a rig run
+    of the same programs (on the kernel over :class:`~mchsm.sw.traces.NullHsm`, its own seed).
+    The demo's images carry them, so their reference values cover them.
+
+    On the device every task gets the same input every period, from which no profile could
+    tell how a task's work follows its input.  The rig therefore adds a stimulus task that
+    sends each task 0-2 extra messages a period: the profiles learn, for instance, that logger
+    writes once per message it is given, whoever gives it.
+    """
+    rng = random.Random("mchsm-demo-rig")
+
+    async def stimulus(api: TaskApi) -> None:
+        for name in TASK_NAMES:
+            for _ in range(rng.randrange(3)):
+                api.send(name, bytes(16))
+
+    async def rig() -> RecordedTrace:
+        kernel = Microkernel(NullHsm(), len(TASK_NAMES) + 1)
+        programs = _programs(rng)
+        for name in TASK_NAMES:
+            kernel.create_task(name, make_image(name, 1), programs[name])
+        kernel.create_task("stimulus", b"rig stimulus", stimulus)
+        _grant(kernel)
+        for name in TASK_NAMES:
+            kernel.grant("stimulus", name)
+        await kernel.load_all()
+        periods = [await kernel.run_period() for _ in range(DEMO_RIG_PERIODS)]
+        return RecordedTrace.record({t.tid: t.name for t in kernel.tasks.values()}, periods)
+
+    trace = run_sync(rig())
+    return {name: derive(name, trace.series(name)) for name in TASK_NAMES}
+
+
+def task_image(name: str, version: int) -> bytes:
+    """A demo task's image: its code and, inside it, its behaviour profile."""
+    return embed(make_image(name, version), demo_profiles()[name])
+
+
+def _grant(kernel: Microkernel) -> None:
+    kernel.grant("sensor", "control")
+    kernel.grant("control", "logger")
+    kernel.grant("control", "comms")
 
 
 @dataclass
@@ -201,10 +251,8 @@ class _Story:
 
         programs = _programs(self.rng)
         for name in TASK_NAMES:
-            self.kernel.create_task(name, make_image(name, 1), programs[name])
-        self.kernel.grant("sensor", "control")
-        self.kernel.grant("control", "logger")
-        self.kernel.grant("control", "comms")
+            self.kernel.create_task(name, task_image(name, 1), programs[name])
+        _grant(self.kernel)
         for task in self.kernel.tasks.values():
             package = self.verifier.register_task(self.dev_id, task.tid, task.name, task.image)
             ack = await self.manager.apply_update(package.auth, package.image)
@@ -240,7 +288,7 @@ class _Story:
             self.verdicts(report),
         )
 
-        new_image = make_image("control", 2)
+        new_image = task_image("control", 2)
         package = self.verifier.prepare_update(self.dev_id, control.tid, new_image)
         self.update_auth = package.auth
         ack = await self.manager.apply_update(package.auth, package.image)
@@ -269,7 +317,7 @@ class _Story:
             "replay the captured update v1->v2", Status.ERR_VERSION, lambda: port.update(auth)
         )
 
-        old_ref = reference(make_image("control", 1))
+        old_ref = reference(task_image("control", 1))
         k_upd = derive_upd_key(root_key)  # an insider with K_upd: the version rule still holds
         tag = hmac_sha256(k_upd, upd_message(self.dev_id, ctx, 2, 1, old_ref))
         downgrade = UpdateAuth(ctx=ctx, old=2, new=1, ref=old_ref, tag=tag)
@@ -280,7 +328,7 @@ class _Story:
         )
 
         evil = make_image("control", 3) + b"backdoor"
-        genuine = self.verifier.prepare_update(self.dev_id, ctx, make_image("control", 3))
+        genuine = self.verifier.prepare_update(self.dev_id, ctx, task_image("control", 3))
         forged = UpdateAuth(ctx=ctx, old=2, new=3, ref=reference(evil), tag=genuine.auth.tag)
         await self.expect_hsm_refusal(
             "install an attacker's image with a forged tag",
@@ -319,20 +367,27 @@ class _Story:
     async def race(self) -> None:
         """A hostile task races the manager's MEASURE of control's image, now with a payload
         appended: after every bus access of the manager it writes LEN (the length of the good
-        part, which a shared LEN register would have let it impose), a DATA word and a CLAIM.
+        part, which a shared LEN register would have let it impose), a DATA word or a CLAIM.
         The mailbox refuses them all while the manager holds it, so the whole image is measured
         and control attests failed; the good image is then loaded again."""
         control, sensor = self.kernel.task("control"), self.kernel.task("sensor")
         good = control.image
         payload = good + b"\xeb\xfe payload " * 12
 
+        holding = [False]  # the manager holds the mailbox: from its CLAIM to its RELEASE
+        moves = [
+            ("LEN", Write(Reg.LEN, len(good))),
+            ("DATA", Write(Reg.DATA, 0x90909090)),
+            ("CLAIM", Write(Reg.CTRL, Ctrl.CLAIM)),
+        ]
+
         async def poke(ip: Interposer) -> None:
-            owner = unpack_reg(OwnerReg, await ip.inner.read(Reg.OWNER, sensor.tid))
-            if not owner.held or owner.caller != MANAGER:
-                return  # between the manager's commands: nothing to race
-            await ip.poke(sensor.tid, Write(Reg.LEN, len(good)), "LEN")
-            await ip.poke(sensor.tid, Write(Reg.DATA, 0x90909090), "DATA")
-            await ip.poke(sensor.tid, Write(Reg.CTRL, Ctrl.CLAIM), "CLAIM")
+            addr, value = ip.last
+            if addr == Reg.CTRL and value in (Ctrl.CLAIM, Ctrl.RELEASE):
+                holding[0] = value == Ctrl.CLAIM
+            if holding[0]:  # between the manager's commands there is nothing to race
+                label, op = moves[ip.count % len(moves)]
+                await ip.poke(sensor.tid, op, label)
 
         racing = Interposer(self.driver.transport, MANAGER, dict.fromkeys(range(1, 4000), poke))
         self.kernel.install("control", payload)
@@ -359,25 +414,28 @@ class _Story:
     async def hijack(self) -> None:
         """comms is hijacked and exfiltrates over IPC; the manager's detector must catch it.
 
-        The detector learns the tasks for DEMO_WARMUP periods (the first of them still carries
-        the two commands sensor was refused in the step before: a one-off a training window
-        absorbs).  Then the kernel swaps comms's program for one that does its usual work and
-        also sends chunks of its memory to logger, over a capability comms holds but never
-        used, as an attacker controlling its data path would.  The step passes only if comms
-        (and nothing else) is flagged within DEMO_MAX_DELAY periods, SET_ANOMALY makes its next
-        TASK_MAC fail and attestation report exactly comms failed, and reloading the genuine
-        program clears ANOMALY and the detector's verdict on comms (its model, learned from the
-        genuine program, is kept: see :meth:`Manager.reload`).
+        Every task is judged from the detector's first period against the behaviour profile
+        its image carries (the manager believes it because the HSM says the image is the
+        authorised one).  One period runs first, so that the two commands sensor was refused in
+        the step before are counted before the detector watches.  DEMO_QUIET periods of genuine
+        behaviour must flag nothing.  Then the kernel swaps comms's program for one that does
+        its usual work and also sends chunks of its memory to logger, over a capability comms
+        holds but never used, as an attacker controlling its data path would.  The step passes
+        only if comms (and nothing else) is flagged within DEMO_MAX_DELAY periods, SET_ANOMALY
+        makes its next TASK_MAC fail and attestation report exactly comms failed, and reloading
+        the genuine program clears ANOMALY and the detector's verdict on comms.
         """
         comms = self.kernel.task("comms")
         genuine = comms.program
         assert genuine is not None
-        detector = AnomalyDetector(DetectorConfig(warmup=DEMO_WARMUP))
-        self.manager.watch(detector)
+        await self.kernel.run_period()
+        detector = AnomalyDetector()
+        await self.manager.watch(detector)
         self.kernel.grant("comms", "logger")
-        for _ in range(DEMO_WARMUP):
+        for _ in range(DEMO_QUIET):
             await self.manager.run_period()
         quiet = not self.manager.detections
+        bound = all(detector.state(t.tid).bound for t in self.kernel.tasks.values())
 
         comms.program = exfiltrating(genuine, "logger", self.rng)
         delay = 0
@@ -414,15 +472,17 @@ class _Story:
                 v.verdict is Verdict.TRUSTED for c, v in report.verdicts.items() if c != comms.tid
             )
             and info.ok
+            and bound
             and state.trained
             and not state.flagged
             and state.cusum == 0,
-            f"detector trained {DEMO_WARMUP} periods: "
-            f"{'no task flagged' if quiet else 'a task was flagged while training'}\n{found}\n"
+            f"tasks judged against the profiles in their images "
+            f"({'verified' if bound else 'NOT all verified'}); {DEMO_QUIET} genuine periods: "
+            f"{'no task flagged' if quiet else 'a task was flagged'}\n{found}\n"
             f"SET_ANOMALY; comms's next TASK_MAC -> "
             f"{last.status.name if last is not None else 'none'}\n"
             f"{self.verdicts(report)}\n"
-            f"reloaded: comms ok={info.ok}; detector re-armed on comms (model kept)",
+            f"reloaded: comms ok={info.ok}; detector re-armed on comms (same profile)",
         )
 
 

@@ -61,10 +61,13 @@ class Interposer(Transport):
         self.moves = dict(moves)
         self.count = 0
         self.seen: list[tuple[str, int | str | None]] = []
+        #: the victim's last access: (byte offset, value written, or None for a read)
+        self.last: tuple[int, int | None] = (0, None)
 
-    async def _after(self, caller: int) -> None:
+    async def _after(self, caller: int, addr: int, value: int | None) -> None:
         if caller == self.victim:
             self.count += 1
+            self.last = (addr, value)
             move = self.moves.get(self.count)
             if move is not None:
                 await move(self)
@@ -77,12 +80,12 @@ class Interposer(Transport):
 
     async def read(self, addr: int, caller: int) -> int:
         value = await self.inner.read(addr, caller)
-        await self._after(caller)
+        await self._after(caller, addr, None)
         return value
 
     async def write(self, addr: int, value: int, caller: int) -> None:
         await self.inner.write(addr, value, caller)
-        await self._after(caller)
+        await self._after(caller, addr, value)
 
     async def write_burst(self, addr: int, values: Sequence[int], caller: int) -> None:
         for value in values:

@@ -11,9 +11,17 @@ What matters for the protocol, and what this model keeps:
   to its own id and has no way to name another context;
 - at the end of every scheduling period the kernel tells the HSM (NEW_PERIOD), whose monitor
   limits how many commands a task may issue per period;
+- the kernel mediates every HSM command of a task, so it also enforces a **budget per command
+  kind** (per period and per sliding window) that the manager sets from the task's behaviour
+  profile (:mod:`mchsm.sw.profile`): a command over budget is refused (``ERR_DENIED``) without
+  reaching the HSM and counted.  This is the fine-grained half of the HSM's own monitor, kept in
+  the kernel because the iCE40 build has no logic cells left for per-kind counters;
+- device interrupts reach a task through the kernel (:meth:`Microkernel.interrupt`), so they
+  are an input no task can forge;
 - per scheduling period the kernel counts what each task did (CPU time, IPC messages and bytes
-  per peer, system calls by kind, HSM commands and how many failed, faults): the behaviour
-  features anomaly detection (:mod:`mchsm.sw.anomaly`) watches.
+  per peer, system calls by kind, HSM commands by kind and how many failed or were refused,
+  faults) and what it was given (messages per peer, interrupts): the behaviour features anomaly
+  detection (:mod:`mchsm.sw.anomaly`) watches.
 
 The kernel is async because its HSM driver is: it runs the same over the golden model and over
 RTL simulations.
@@ -26,24 +34,29 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from mchsm.constants import MANAGER, Cmd, Status
+from mchsm.constants import KERNEL_BUDGET_WINDOW, MANAGER, Cmd, Status
 from mchsm.sw.driver import HsmDriver, HsmPort, Reply
 from mchsm.sw.errors import MchsmError
 
 __all__ = [
+    "HSM_BUDGET_WINDOW",
     "AddressSpace",
     "Capability",
     "CapabilityError",
     "Features",
+    "HsmBudget",
     "MemoryFault",
     "Microkernel",
     "Task",
     "TaskApi",
     "TaskState",
+    "command_kind",
 ]
 
 #: bytes of data memory every task gets after its code
 DATA_SIZE = 4096
+#: periods of the sliding window of the kernel's HSM command budgets
+HSM_BUDGET_WINDOW = KERNEL_BUDGET_WINDOW
 
 
 class CapabilityError(MchsmError):
@@ -97,7 +110,8 @@ class Features:
 
     cpu: int = 0  #: work units executed
     ipc_sent: Counter[int] = field(default_factory=Counter)  #: messages sent, per peer
-    ipc_received: Counter[int] = field(default_factory=Counter)  #: messages received, per peer
+    #: messages the task took from its inbox, per sender (an input: what peers gave it)
+    ipc_received: Counter[int] = field(default_factory=Counter)
     syscalls: Counter[str] = field(default_factory=Counter)  #: system calls, by kind
     hsm_commands: int = 0
     faults: int = 0
@@ -105,6 +119,12 @@ class Features:
     ipc_bytes: Counter[int] = field(default_factory=Counter)
     #: HSM commands that did not answer OK: probing other contexts or keys fails loudly
     hsm_failures: int = 0
+    #: HSM commands by kind (the command's name, e.g. ``TASK_MAC``)
+    hsm_kinds: Counter[str] = field(default_factory=Counter)
+    #: HSM commands the kernel refused because they were over the task's budget, by kind
+    hsm_refused: Counter[str] = field(default_factory=Counter)
+    #: device interrupts delivered to the task (an input: the hardware's doing, not the task's)
+    irqs: int = 0
 
     def vector(self, peers: list[int]) -> list[float]:
         """A fixed-order numeric vector of these features."""
@@ -122,6 +142,28 @@ class Features:
 Program = Callable[["TaskApi"], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class HsmBudget:
+    """How many HSM commands of each kind a task may issue: per period, and per sliding window
+    of ``window`` periods (this one included).
+
+    A kind that is not listed has a budget of 0: a task that never needed ``HASH`` has its
+    first ``HASH`` refused.  The manager derives budgets from the task's behaviour profile,
+    which is part of its measured image; they are the kernel's, so a hijacked task cannot
+    raise them.
+    """
+
+    per_period: dict[str, int]
+    per_window: dict[str, int]
+    window: int = HSM_BUDGET_WINDOW
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"a budget window is at least 1 period, not {self.window}")
+        if any(v < 0 for v in (*self.per_period.values(), *self.per_window.values())):
+            raise ValueError("HSM budgets are counts: none may be negative")
+
+
 class Task:
     """A task: a name, a context id, an address space and a program."""
 
@@ -134,6 +176,10 @@ class Task:
         self.state = TaskState.CREATED
         self.inbox: deque[tuple[int, bytes]] = deque()
         self.capabilities: dict[str, Capability] = {}
+        self.irqs = 0  #: interrupts delivered and not yet taken
+        self.budget: HsmBudget | None = None  #: the kernel's HSM budget for this task
+        #: HSM commands by kind in the last ``budget.window - 1`` periods (the budget's memory)
+        self.hsm_history: deque[Counter[str]] = deque()
 
     def __repr__(self) -> str:
         return f"Task({self.tid}, {self.name!r}, {self.state.value})"
@@ -176,6 +222,20 @@ class TaskApi:
     def write(self, addr: int, data: bytes) -> None:
         self._kernel._memory(self._task, "write", addr, data)
 
+    def interrupts(self) -> int:
+        """Take the device interrupts delivered since the last call (a notification wait)."""
+        self._kernel._account(self._task, "wait")
+        pending, self._task.irqs = self._task.irqs, 0
+        return pending
+
+
+def command_kind(cmd: Cmd | int) -> str:
+    """The name a command is counted and budgeted under: ``TASK_MAC``, or ``0x99`` if unknown."""
+    try:
+        return Cmd(cmd).name
+    except ValueError:
+        return f"0x{int(cmd):02x}"
+
 
 class _KernelPort(HsmPort):
     """A task's HSM port: tagged with the task's id, and every command counted as a feature."""
@@ -194,6 +254,13 @@ class _KernelPort(HsmPort):
     ) -> Reply:
         features = self._kernel._account(self._task, "hsm")
         features.hsm_commands += 1
+        kind = command_kind(cmd)
+        features.hsm_kinds[kind] += 1
+        if self._kernel._over_budget(self._task, kind, features.hsm_kinds[kind]):
+            features.hsm_refused[kind] += 1
+            features.hsm_failures += 1
+            self.last = Reply(cmd, Status.ERR_DENIED, b"", 0)  # the HSM never sees it
+            return self.last
         reply = await super().call(cmd, ctx, data, length)
         if reply.status is not Status.OK:
             features.hsm_failures += 1
@@ -245,6 +312,20 @@ class Microkernel:
                 return task
         raise KeyError(f"no task {name_or_id!r}")
 
+    def set_hsm_budget(self, name_or_id: str | int, budget: HsmBudget | None) -> None:
+        """Limit the task's HSM commands per kind (``None``: no kernel budget, only the HSM's
+        own monitor).  Only the manager calls this, from the task's verified profile."""
+        task = self.task(name_or_id)
+        task.budget = budget
+        task.hsm_history.clear()
+
+    def interrupt(self, name_or_id: str | int, count: int = 1) -> None:
+        """Deliver ``count`` device interrupts to a task (the hardware's side of a driver)."""
+        task = self.task(name_or_id)
+        if task.state is TaskState.RUNNING and count > 0:
+            task.irqs += count
+            self._features[task.tid].irqs += count
+
     def grant(self, holder: str | int, target: str | int, endpoint: str | None = None) -> None:
         """Give ``holder`` the capability to send to ``target`` under the name ``endpoint``."""
         src, dst = self.task(holder), self.task(target)
@@ -262,6 +343,8 @@ class Microkernel:
         task.state = TaskState.STOPPED
         task.space = AddressSpace(task.image)
         task.inbox.clear()
+        task.irqs = 0
+        task.hsm_history.clear()
         await self.manager_port.reset(task.tid)
         digest = await self.manager_port.measure(task.tid, task.space.code)
         task.state = TaskState.RUNNING
@@ -291,6 +374,11 @@ class Microkernel:
                 except (MemoryFault, CapabilityError):
                     pass  # counted where it happened; the task's period ends there
         features, self._features = self._features, {tid: Features() for tid in self.tasks}
+        for tid, task in self.tasks.items():
+            if task.budget is not None:
+                task.hsm_history.append(features[tid].hsm_kinds)
+                while len(task.hsm_history) >= task.budget.window:
+                    task.hsm_history.popleft()
         # the HSM's monitor counts each task's commands per period: tell it a new one starts
         await self.manager_port.new_period()
         for hook in self._period_hooks:
@@ -304,6 +392,16 @@ class Microkernel:
         features = self._features[task.tid]
         features.syscalls[kind] += 1
         return features
+
+    def _over_budget(self, task: Task, kind: str, this_period: int) -> bool:
+        """Would the ``this_period``-th command of ``kind`` in this period break the budget?"""
+        budget = task.budget
+        if budget is None:
+            return False
+        if this_period > budget.per_period.get(kind, 0):
+            return True
+        window = this_period + sum(counts[kind] for counts in task.hsm_history)
+        return window > budget.per_window.get(kind, 0)
 
     def _hsm_port(self, task: Task) -> HsmPort:
         port = self._ports.get(task.tid)
@@ -323,11 +421,14 @@ class Microkernel:
         target.inbox.append((cap.badge, bytes(message)))
         features.ipc_sent[cap.target] += 1
         features.ipc_bytes[cap.target] += len(message)
-        self._features[cap.target].ipc_received[task.tid] += 1
 
     def _receive(self, task: Task) -> tuple[int, bytes] | None:
-        self._account(task, "receive")
-        return task.inbox.popleft() if task.inbox else None
+        features = self._account(task, "receive")
+        if not task.inbox:
+            return None
+        message = task.inbox.popleft()
+        features.ipc_received[message[0]] += 1  # counted when taken: the work it causes is now
+        return message
 
     def _memory(self, task: Task, kind: str, addr: int, arg: int | bytes) -> bytes:
         features = self._account(task, kind)

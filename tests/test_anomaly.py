@@ -1,14 +1,13 @@
-"""The anomaly detector: its model, the labelled traces, the evaluation targets, and the whole
-path on the golden model (a hijacked task's programs run in the kernel, the detector flags it,
-the manager sets ANOMALY in the HSM, attestation reports it failed, a reload clears it)."""
+"""The anomaly detector: its sequential tests against profiles, bounded excuses, the global CPU
+factor, the evaluation (its fixed-seed subset is the ``make test`` run of ``mchsm anomaly-eval``)
+and the whole path on the golden model and in the demo."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-import time
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,386 +15,443 @@ from click.testing import CliRunner
 
 from mchsm.cli import main
 from mchsm.constants import Cmd, Status
-from mchsm.sw import demo
-from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig, feature_map
+from mchsm.sw import anomaly_eval, demo
+from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig, check_trace
+from mchsm.sw.anomaly_eval import Report, Spec, plot_roc, run_spec
 from mchsm.sw.backends import run_on_backend
 from mchsm.sw.driver import HsmDriver, ModelTransport
-from mchsm.sw.kernel import Features, Microkernel
+from mchsm.sw.kernel import Microkernel
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.manager import Manager
 from mchsm.sw.model import HsmModel
-from mchsm.sw.traces import (
-    ATTACKS,
-    TASKS,
-    EvalReport,
-    KindResult,
-    NullHsm,
-    TaskSystem,
-    evaluate,
-    generate,
-    play,
-    run_detector,
-    trace_rng,
-)
+from mchsm.sw.profile import Profile, RecordedTrace, derive, named_features
+from mchsm.sw.traces import TASKS, Images, TaskSystem, exfiltrating, image_of, record, run_sync
 from mchsm.sw.verifier import Verifier
 
-W = DetectorConfig().warmup
+Maps = dict[int, dict[str, float]]
 
 
-def period(
-    cpu: float = 40,
-    sent: dict[int, int] | None = None,
-    received: dict[int, int] | None = None,
-    hsm: int = 0,
-    failures: int = 0,
-    size: int = 16,
-) -> Features:
-    """One task's features in one period, written by hand."""
-    f = Features(cpu=round(cpu), hsm_commands=hsm, hsm_failures=failures)
-    for peer, n in (sent or {}).items():
-        f.ipc_sent[peer] = n
-        f.ipc_bytes[peer] = n * size
-        f.syscalls["send"] += n
-    for peer, n in (received or {}).items():
-        f.ipc_received[peer] = n
-    f.syscalls["compute"] = 1
-    return f
+def sender(rng: random.Random, irq: int, extra: float = 0.0, pad: float = 0.0) -> dict[str, float]:
+    """Task "a": one message of 8..24 bytes to "b" per interrupt, CPU 40 + 3 per interrupt."""
+    sent = irq + extra
+    return {
+        "recv:irq": irq,
+        "cpu": rng.gauss(40 + 3 * irq, 2),
+        "sys:wait": 1,
+        "sent:b": sent,
+        "bytes:b": sum(rng.randint(8, 24) for _ in range(round(sent))) + pad,
+        "sys:send": sent,
+    }
 
 
-def noisy(rng: random.Random) -> Features:
-    return period(cpu=rng.gauss(40, 3), sent={2: 1})
+def receiver(rng: random.Random, got: float, t: int) -> dict[str, float]:
+    """Task "b": writes every message it is given, flushes (2 writes) every 8 periods."""
+    return {
+        "recv:a": got,
+        "recv:all": got,
+        "cpu": rng.gauss(20 + got, 1.5),
+        "sys:receive": got + 1,
+        "sys:write": got + (2 if t % 8 == 7 else 0),
+    }
 
 
-def trained(seed: int = 0) -> tuple[AnomalyDetector, random.Random]:
-    """A detector that has learned task 1 (40 +- 3 CPU units, one message to task 2)."""
+def irq(rng: random.Random) -> int:
+    return rng.choice((1, 1, 1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict[str, Profile]:
+    rng = random.Random(1)
+    a, b = [], []
+    for t in range(2000):
+        n = irq(rng)
+        a.append(sender(rng, n))
+        b.append(receiver(rng, n, t))
+    return {"a": derive("a", a), "b": derive("b", b)}
+
+
+def watching(profiles: dict[str, Profile], config: DetectorConfig | None = None) -> AnomalyDetector:
+    detector = AnomalyDetector(config)
+    detector.bind({1: "a", 2: "b"})
+    detector.set_profile(1, profiles["a"])
+    detector.set_profile(2, profiles["b"])
+    return detector
+
+
+def run(
+    detector: AnomalyDetector,
+    periods: int,
+    make: Callable[[random.Random, int], Maps],
+    seed: int = 7,
+) -> list[tuple[int, int, str]]:
+    """Feed ``periods`` periods; returns (period, tid, what fired) of every flag."""
     rng = random.Random(seed)
-    detector = AnomalyDetector()
-    for t in range(W):
-        assert detector.observe(t, {1: noisy(rng)}) == []
-    return detector, rng
-
-
-# -- the model ------------------------------------------------------------------------------------
-
-
-def test_feature_map_names_every_behaviour() -> None:
-    f = period(cpu=7, sent={3: 2}, received={1: 1}, hsm=4, failures=3)
-    f.faults = 1
-    f.syscalls["hsm"] = 4
-    assert feature_map(f) == {
-        "cpu": 7,
-        "sent:3": 2,
-        "bytes:3": 32,
-        "recv:1": 1,
-        "sys:send": 2,
-        "sys:compute": 1,
-        "hsm": 4,
-        "hsm_fail": 3,
-        "faults": 1,
-    }
-
-
-def test_training_judges_nothing_then_the_task_is_judged() -> None:
-    detector = AnomalyDetector()
-    for t in range(W - 1):  # wild behaviour while training is learned, never flagged
-        assert detector.observe(t, {1: period(cpu=1000 * (t % 2), hsm=50 * (t % 3))}) == []
-        assert not detector.state(1).trained
-    detector.observe(W - 1, {1: period()})
-    state = detector.state(1)
-    assert state.trained and state.features >= 3 and not state.flagged
-
-
-def test_normal_noise_never_flags() -> None:
-    detector, rng = trained()
-    for t in range(W, W + 2000):
-        assert detector.observe(t, {1: noisy(rng)}) == []
-
-
-def test_one_odd_period_is_tolerated_a_persistent_deviation_is_not() -> None:
-    detector, rng = trained()
-    # one period of 65 units (about 8 sigma): evidence, but not enough to flag
-    assert detector.observe(W, {1: period(cpu=65, sent={2: 1})}) == []
-    assert 0 < detector.state(1).cusum < detector.config.threshold
-    for t in range(W + 1, W + 10):  # back to normal: the evidence decays
-        detector.observe(t, {1: noisy(rng)})
-    assert detector.state(1).cusum == 0
-    # the same deviation, every period: flagged within a few periods
     found = []
-    for t in range(W + 10, W + 15):
-        found += detector.observe(t, {1: period(cpu=65, sent={2: 1})})
-    assert [d.tid for d in found] == [1]
-    assert found[0].period > W + 10 and found[0].deviations[0].name == "cpu"
+    for t in range(periods):
+        for d in detector.observe_named(t, make(rng, t)):
+            found.append((t, d.tid, f"{d.deviations[0].name}@{d.deviations[0].scale}"))
+            detector.clear_verdict(d.tid)
+    return found
 
 
-def test_a_peer_never_talked_to_is_judged_against_zero() -> None:
-    detector, _ = trained()
-    odd = period(cpu=40, sent={2: 1, 4: 3}, size=16)
-    odd.ipc_bytes[4] = 384
-    [found] = detector.observe(W, {1: odd})
-    assert [d.name for d in found.deviations[:2]] == ["bytes:4", "sent:4"]
-    assert "bytes:other=384 (expected 0.0" in found.explain(names={4: "other"})
+def system(extra: Callable[[int], float] = lambda t: 0.0) -> Callable[[random.Random, int], Maps]:
+    def make(rng: random.Random, t: int) -> Maps:
+        n = irq(rng)
+        e = extra(t)
+        return {1: sender(rng, n, e), 2: receiver(rng, n + e, t)}
+
+    return make
 
 
-def test_a_flagged_task_stays_flagged_until_reset() -> None:
-    detector, rng = trained()
-    assert detector.observe(W, {1: period(cpu=400)})
-    assert detector.observe(W + 1, {1: period(cpu=400)}) == []  # reported once
-    assert detector.state(1).flagged
-    detector.reset(1, relearn=False)  # a reload of the same image: verdict cleared, model kept
+# -- the tests against a profile ------------------------------------------------------------------
+
+
+def test_normal_behaviour_is_never_flagged(profiles: dict[str, Profile]) -> None:
+    assert run(watching(profiles), 3000, system()) == []
+
+
+def test_a_task_is_judged_from_its_first_period(profiles: dict[str, Profile]) -> None:
+    """No training window: an exfiltration running from period 0 is caught in period 0."""
+    detector = watching(profiles)
+
+    def hijacked(rng: random.Random, t: int) -> Maps:
+        maps = system()(rng, t)
+        maps[1]["sent:c"] = 3
+        maps[1]["bytes:c"] = 600
+        return maps
+
+    found = run(detector, 5, hijacked)
+    assert found[0][:2] == (0, 1) and found[0][2].startswith(("sent:c", "bytes:c"))
+    assert detector.state(1).bound and detector.state(1).trained
+
+
+def test_small_sustained_shifts_add_up(profiles: dict[str, Profile]) -> None:
+    """One extra message every other period (a +40 % channel, 1.7 sd a period on average)
+    flags the sender within tens of periods; the receiver, which forwards what it is given,
+    is excused (its sender's output is not explained) and never flagged."""
+    found = run(watching(profiles), 100, system(lambda t: float(t % 2)))
+    assert found and found[0][1] == 1 and found[0][0] < 40
+    assert all(tid == 1 for _, tid, _ in found)
+
+
+def test_longer_scales_catch_what_single_periods_miss(profiles: dict[str, Profile]) -> None:
+    """Messages padded by 0.45 sd a period: below the per-period test's reference shift (0.5
+    sd), so single periods never add up; the sums over 8 and 32 periods do."""
+    pad = 0.45 * profiles["a"].features["bytes:b"].sd
+
+    def padded(rng: random.Random, t: int) -> Maps:
+        n = irq(rng)
+        return {1: sender(rng, n, pad=pad), 2: receiver(rng, n, t)}
+
+    found = run(watching(profiles), 600, padded)
+    assert found and found[0][1] == 1 and found[0][2] in ("bytes:b@8", "bytes:b@32")
+    single = watching(profiles)
+    for test in single._tasks[1].tests.values():  # one time scale only, as before issue 20
+        test.blocks, test.h, test.s, test.scales = (), [test.h[0], test.h[-1]], [0.0, 0.0], [1, 0]
+    later = run(single, 600, padded)
+    assert not later or later[0][0] > found[0][0]
+
+
+def test_a_periodic_phase_is_expected_and_follows_reloads(profiles: dict[str, Profile]) -> None:
+    detector = watching(profiles)
+    assert run(detector, 100, system()) == []
+    # the receiver flushes at its own periods 7, 15, ...: out of phase it is anomalous
+    shifted = run(detector, 60, lambda rng, t: system()(rng, t + 3))
+    assert shifted and shifted[0][1] == 2 and shifted[0][2].startswith("sys:write")
+    # a reload restarts the task's phase at 0, on the device and in the detector alike
+    detector.reset(2, relearn=False)
+    assert run(detector, 200, system()) == []
+
+
+def test_excuses_are_capped_in_time(profiles: dict[str, Profile]) -> None:
+    """A sender floods the receiver: it is flagged (and, in the test, not reloaded).  The
+    receiver's extra work is excused for excuse_cap periods per window, then judged against
+    its normal input range, so a flood that lasts cannot hide the receiver for ever."""
+    cfg = DetectorConfig()
+    detector = watching(profiles, cfg)
+    flood = system(lambda t: 6.0)
+    found = run(detector, 80, flood)
+    first_b = next(t for t, tid, _ in found if tid == 2)
+    assert found[0][1] == 1 and found[0][0] <= 2
+    assert first_b >= cfg.excuse_cap
+    assert detector.excused[2] >= cfg.excuse_cap
+    # an authorised update of the sender resets the receiver's excuse window
+    detector.peer_updated(1)
+    assert detector.state(2).excused == 0
+
+
+def test_input_explained_by_trusted_input_needs_no_excuse(profiles: dict[str, Profile]) -> None:
+    """A load step: the device interrupts the sender 4 times a period (beyond anything on the
+    rig).  The sender's output is explained by its interrupts, so the receiver's input is
+    trusted and its extra work is expected, for as long as it lasts."""
+    detector = watching(profiles)
+
+    def busy_device(rng: random.Random, t: int) -> Maps:
+        return {1: sender(rng, 4), 2: receiver(rng, 4, t)}
+
+    assert run(detector, 300, busy_device) == []
+    assert detector.excused.get(2, 0) == 0
+
+
+def test_global_cpu_load_is_not_one_tasks_anomaly() -> None:
+    """Every task's CPU time x1.3 (a global load): not flagged; one task's alone: flagged."""
+    rng = random.Random(3)
+    rigs: dict[str, list[dict[str, float]]] = {n: [] for n in "pqrs"}
+    means = {"p": 40, "q": 70, "r": 20, "s": 12}
+    for _ in range(1500):
+        for n, m in means.items():
+            rigs[n].append({"cpu": rng.gauss(m, 0.07 * m), "sys:compute": 1})
+    detector = AnomalyDetector()
+    detector.bind(dict(enumerate("pqrs", 1)))
+    for tid, n in enumerate("pqrs", 1):
+        detector.set_profile(tid, derive(n, rigs[n]))
+
+    def load(factors: dict[str, float]) -> Callable[[random.Random, int], Maps]:
+        def make(r: random.Random, t: int) -> Maps:
+            return {
+                tid: {"cpu": r.gauss(means[n], 0.07 * means[n]) * factors[n], "sys:compute": 1}
+                for tid, n in enumerate("pqrs", 1)
+            }
+
+        return make
+
+    assert run(detector, 300, load(dict.fromkeys("pqrs", 1.3))) == []
+    found = run(detector, 50, load({"p": 1.3, "q": 1, "r": 1, "s": 1}))
+    assert found and {tid for _, tid, _ in found} == {1}
+
+
+def test_refinement_stays_within_its_bound(profiles: dict[str, Profile]) -> None:
+    """The CPU level may be refined by at most refine_sd sd; bytes never are."""
+    cfg = DetectorConfig()
+    detector = watching(profiles, cfg)
+
+    def slow(rng: random.Random, t: int) -> Maps:
+        maps = system()(rng, t)
+        maps[1]["cpu"] += 0.4 * profiles["a"].features["cpu"].sd  # inside the bound
+        return maps
+
+    assert run(detector, 600, slow) == []
+    tests = detector._tasks[1].tests
+    bound = cfg.refine_sd * tests["cpu"].model.sd
+    assert 0 < tests["cpu"].adj <= bound + 1e-9 and tests["bytes:b"].adj == 0
+
+
+def test_a_task_without_a_profile_is_learned_then_judged() -> None:
+    detector = AnomalyDetector(DetectorConfig(warmup=20))
+    rng = random.Random(2)
+    for t in range(20):
+        assert detector.observe_named(t, {1: sender(rng, 1)}) == []
     state = detector.state(1)
-    assert state.trained and not state.flagged and state.cusum == 0
-    assert detector.observe(W + 2, {1: noisy(rng)}) == []
-    assert detector.observe(W + 3, {1: period(cpu=400)})  # hijacked again: caught at once
-    detector.reset(1)  # an update: the model is learned afresh
-    assert not detector.state(1).trained and detector.state(1).training_periods == 0
-
-
-def test_slow_drift_is_followed_not_flagged() -> None:
-    detector, rng = trained()
-    for t in range(W, W + 200):  # CPU work doubles over 200 periods, messages stay
-        grown = 1 + (t - W) / 200
-        assert (
-            detector.observe(t, {1: period(cpu=rng.gauss(40 * grown, 3 * grown), sent={2: 1})})
-            == []
-        )
-
-
-def test_a_flooded_receiver_is_not_blamed_but_colluders_are() -> None:
-    rng = random.Random(5)
-    detector = AnomalyDetector()
-
-    def normal() -> dict[int, Features]:
-        return {
-            1: period(cpu=rng.gauss(40, 3), sent={2: 1}),
-            2: period(cpu=rng.gauss(20, 2), received={1: 1}),
-        }
-
-    for t in range(W):
-        detector.observe(t, normal())
-    # task 1 floods task 2, which works through the flood: only 1 is flagged
-    flood = {1: period(cpu=40, sent={2: 20}), 2: period(cpu=80, received={1: 20})}
-    assert [d.tid for d in detector.observe(W, flood)] == [1]
-    assert detector.observe(W + 1, flood) == [] and detector.excused[2] == 2
-    # two tasks flooding each other cannot excuse each other
-    detector = AnomalyDetector()
-    for t in range(W):
-        detector.observe(t, normal())
-    mutual = {
-        1: period(cpu=40, sent={2: 20}, received={2: 20}),
-        2: period(cpu=20, sent={1: 20}, received={1: 20}),
-    }
-    assert sorted(d.tid for d in detector.observe(W, mutual)) == [1, 2]
+    assert state.trained and not state.bound and state.training_periods == 0
+    found = detector.observe_named(20, {1: {**sender(rng, 1), "sent:z": 5}})
+    assert [d.reason for d in found] == ["new"]
+    detector.reset(1)  # an update of an unprofiled task: learned again
+    assert not detector.state(1).trained
 
 
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError, match="warmup"):
-        DetectorConfig(warmup=1)
-    with pytest.raises(ValueError, match="alpha"):
-        DetectorConfig(alpha=1.5)
-    assert DetectorConfig().variance_floor("sent:3", 0) == pytest.approx(0.25)
-    assert DetectorConfig().variance_floor("cpu", 100) == pytest.approx(100)
+        DetectorConfig(warmup=3)
+    with pytest.raises(ValueError, match="log_arl"):
+        DetectorConfig(log_arl=0)
+    with pytest.raises(ValueError, match="excuse_cap"):
+        DetectorConfig(excuse_cap=-1)
 
 
-# -- the traces -----------------------------------------------------------------------------------
+def test_check_trace_reports_every_deviating_stretch(profiles: dict[str, Profile]) -> None:
+    rng = random.Random(4)
+    periods: list[Maps] = []
+    for t in range(120):
+        maps = system(lambda t: 3.0 if 40 <= t < 45 or 90 <= t < 95 else 0.0)(rng, t)
+        periods.append(maps)
+    trace = RecordedTrace({1: "a", 2: "b"}, periods)
+    found = check_trace(trace, profiles)
+    stretches = {d.period // 50 for d in found if d.tid == 1}
+    assert stretches == {0, 1}
 
 
-def test_traces_are_labelled_and_reproducible() -> None:
-    trace = generate("exfil", 7)
-    again = generate("exfil", 7)
-    assert trace.target is not None and trace.start is not None
-    assert W + 5 <= trace.start <= len(trace.periods) - 6
-    assert trace.names == dict(enumerate(TASKS, 1))
-    assert [{t: feature_map(f) for t, f in p.items()} for p in trace.periods] == [
-        {t: feature_map(f) for t, f in p.items()} for p in again.periods
-    ]
-    before = trace.periods[trace.start - 1][trace.target]
-    after = trace.periods[trace.start][trace.target]
-    assert sum(after.ipc_bytes.values()) > sum(before.ipc_bytes.values()) + 150
+# -- the substrate and the evaluation -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ATTACKS)
-def test_each_attack_is_detected_quickly(kind: str) -> None:
-    expected = {"exfil": ("bytes", "sent"), "busy": ("cpu",), "bruteforce": ("hsm", "hsm_fail")}
-    for seed in range(5):
-        trace = generate(kind, seed)
-        found = run_detector(trace)
-        assert found, f"{kind} seed {seed} not detected"
-        hit = found[-1]
-        assert hit.tid == trace.target and trace.start is not None
-        assert 0 <= hit.period - trace.start < 5
-        assert hit.deviations[0].name.split(":")[0] in expected[kind]
+def test_runs_are_reproducible_and_labelled(images: Images) -> None:
+    spec = Spec("channel", "100", 3)
+    a, b = run_spec(spec, images), run_spec(spec, images)
+    assert a == b and a.start is not None and a.channel and a.delay is not None
+    assert a.rate > 0 and a.mode in ("messages", "size")
 
 
-def test_drift_runs_are_not_flagged() -> None:
-    flagged = sum(len(run_detector(generate("drift", seed))) for seed in range(20))
-    assert flagged == 0
+@pytest.fixture(scope="module")
+def images() -> Images:
+    """The base system's images (the runs here deploy no other variant)."""
+    return Images.build([])
 
 
-def test_null_hsm_answers_like_the_access_rules() -> None:
-    hsm = NullHsm()
-
-    async def run() -> list[Status]:
-        return [
-            (await hsm.run(*args)).status
-            for args in [
-                (1, Cmd.READ_CTX, 2),
-                (1, Cmd.READ_CTX, 1),
-                (1, Cmd.RESET, 1),
-                (0, Cmd.RESET, 1),
-                (1, Cmd.TASK_MAC, 0),
-                (0, Cmd.TASK_MAC, 0),
-                (1, Cmd.HMAC, 0),
-                (0, Cmd.SET_ANOMALY, 1),
-                (1, Cmd.TASK_MAC, 0),
-                (0, Cmd.RESET, 1),
-                (1, Cmd.TASK_MAC, 0),
-                (1, 0x99, 0),
-            ]
-        ]
-
-    assert asyncio.run(run()) == [
-        Status.ERR_DENIED,
-        Status.OK,
-        Status.ERR_DENIED,
-        Status.OK,
-        Status.OK,
-        Status.ERR_DENIED,
-        Status.ERR_NO_KEY,
-        Status.OK,
-        Status.ERR_NOT_TRUSTED,
-        Status.OK,
-        Status.OK,
-        Status.ERR_UNKNOWN_CMD,
-    ]
-
-
-# -- the evaluation -------------------------------------------------------------------------------
-
-
-def test_eval_targets_met_on_fixed_seed_traces() -> None:
-    """The figures of docs/anomaly.md (the informational stealthy kinds left out for time)."""
-    began = time.perf_counter()
-    report = evaluate(kinds=("normal", *ATTACKS, "drift"))
-    assert report.failures() == [], report.render()
-    assert report.results["normal"].monitored == 200 * (60 - W)
-    for kind in ATTACKS:
-        result = report.results[kind]
-        assert result.runs == 100 and result.collateral == 0
-        assert max(result.delays) <= 5
-    assert time.perf_counter() - began < 60
-
-
-def test_eval_report_names_missed_targets() -> None:
-    slow = KindResult("exfil", runs=10, detected=9, late=1, delays=[1] * 9 + [7])
-    noisy_ = KindResult("normal", runs=1, monitored=100, flagged=2)
-    report = EvalReport(DetectorConfig(), 60, 1, {"exfil": slow, "normal": noisy_})
-    failures = report.failures()
-    assert len(failures) == 2 and "exfil: 90.0%" in failures[0] and "normal: 2.00%" in failures[1]
-    assert "TARGETS MISSED" in report.render()
-    assert json.loads(report.to_json())["passed"] is False
-
-
-def test_cli_anomaly_eval_json() -> None:
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
+    """``mchsm anomaly-eval`` on its fixed-seed subset, on two processes: the make-test run."""
+    roc = tmp_path_factory.mktemp("roc") / "roc.png"
     result = CliRunner().invoke(
-        main, ["anomaly-eval", "--normal-runs", "4", "--attack-runs", "3", "--json"]
+        main, ["anomaly-eval", "--json", "--jobs", "2", "--quiet", "--roc", str(roc)]
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
-    assert data["passed"] and data["results"]["exfil"]["runs"] == 3
-    assert data["results"]["normal"]["monitored"] == 4 * (60 - W)
-    assert {"delay_mean", "delay_p95", "delay_max", "detection_rate"} <= data["results"][
-        "busy"
-    ].keys()
-    result = CliRunner().invoke(main, ["anomaly-eval", "--periods", "40", "--warmup", "30"])
-    assert result.exit_code != 0 and "at least 41 periods" in result.output
+    return json.loads(result.output), roc
+
+
+def test_eval_subset_covers_every_class_and_meets_the_targets(
+    subset: tuple[dict[str, object], Path],
+) -> None:
+    data, roc = subset
+    rows = data["rows"]
+    assert isinstance(rows, list)
+    classes = {r["class"] for r in rows}
+    assert classes == {c.name for c in anomaly_eval.CLASSES}
+    targets = data["targets"]
+    assert isinstance(targets, list) and len(targets) == 12
+    # the subset has a few runs per value: every target must be met or missed by less than
+    # two standard errors of its sample (the full sweep, docs/anomaly.md, measures them)
+    far = [t for t in targets if not t["near"]]
+    assert far == [], far
+    assert sum(t["met"] for t in targets) >= 10
+    assert roc.read_bytes().startswith(b"\x89PNG")
+    assert data["roc_png"] == str(roc)
+    roc_points = data["roc"]
+    assert isinstance(roc_points, list) and len(roc_points) == len(anomaly_eval.QUICK_ROC)
+    # a lower threshold never detects less
+    within = [p["within20"] for p in sorted(roc_points, key=lambda p: p["log_arl"])]
+    assert within == sorted(within, reverse=True)
+
+
+def test_eval_subset_leakage_bounds(subset: tuple[dict[str, object], Path]) -> None:
+    data, _ = subset
+    bounds = data["leakage"]
+    assert isinstance(bounds, list)
+    assert [b["channel"] for b in bounds] == [f"{s}->{r}" for s, r in anomaly_eval.CHANNELS]
+    for b in bounds:
+        assert 0 < b["asymptotic"] < b["normal"]
+
+
+def test_report_names_missed_targets() -> None:
+    row = anomaly_eval.Row("channel", "100", False, runs=10, within20=8)
+    report = Report(False, 1, DetectorConfig(), [row], [], [])
+    [target] = report.targets()
+    assert not target.met and target.measured == pytest.approx(0.8)
+    assert "MISSED channel +100 %" in report.render()
+
+
+def test_roc_picture(tmp_path: Path) -> None:
+    report = Report(False, 1, DetectorConfig(), [], [], [])
+    report.roc = [
+        {"log_arl": 6.0, "fp_rate": 0.01, "within20": 0.99, "within50": 1.0, "runs": 5},
+        {"log_arl": 14.0, "fp_rate": 0.0, "within20": 0.9, "within50": 0.97, "runs": 5},
+    ]
+    path = plot_roc(report, tmp_path / "roc.png")
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 5000
 
 
 # -- on the golden model --------------------------------------------------------------------------
 
 
 async def _device(
-    db: Path, kind: str, seed: int
+    db: Path, images: dict[str, bytes], seed: str
 ) -> tuple[HsmModel, Manager, TaskSystem, Verifier, bytes]:
     """A provisioned golden-model HSM with the traced tasks installed (references from a
-    verifier) and loaded: the same system :func:`generate` runs on :class:`NullHsm`.
-
-    The HSM's own monitor (command budget per NEW_PERIOD, failure limit) is another layer with
-    its own tests; it is off here, so that only the manager's detector acts.
-    """
+    verifier) and loaded.  The HSM's own monitor is off: only the manager's detector acts."""
     model = HsmModel(len(TASKS), budget=0, fail_limit=0)
     kernel = Microkernel(HsmDriver(ModelTransport(ModelMailbox(model))), len(TASKS))
     manager = Manager(kernel)
     verifier = Verifier(db)
-    record = verifier.register_device(contexts=len(TASKS), name="traced")
-    await manager.provision(record.dev_id, record.root_key)
-    system = TaskSystem(kernel, trace_rng(kind, seed))
-    system.install()
+    record_ = verifier.register_device(contexts=len(TASKS), name="traced")
+    await manager.provision(record_.dev_id, record_.root_key)
+    system = TaskSystem(kernel, random.Random(seed))
+    system.install(images)
     for task in kernel.tasks.values():
-        package = verifier.register_task(record.dev_id, task.tid, task.name, task.image)
-        verifier.confirm(record.dev_id, await manager.apply_update(package.auth, package.image))
-    return model, manager, system, verifier, record.dev_id
+        package = verifier.register_task(record_.dev_id, task.tid, task.name, task.image)
+        verifier.confirm(record_.dev_id, await manager.apply_update(package.auth, package.image))
+    return model, manager, system, verifier, record_.dev_id
 
 
-def test_traces_on_the_golden_model_equal_the_fast_ones(tmp_path: Path) -> None:
-    """The fast path is faithful: the same programs over the golden model count the same."""
+def test_the_fast_substrate_counts_what_the_golden_model_does(tmp_path: Path) -> None:
+    """The programs over NullHsm and over the golden model give the same features."""
 
-    async def run() -> list[dict[int, dict[str, float]]]:
-        _, manager, system, verifier, _ = await _device(tmp_path / "v.sqlite", "exfil", 3)
+    async def on_model() -> list[dict[int, dict[str, float]]]:
+        images = {n: image_of(n, "v1") for n in TASKS}
+        _, manager, system, verifier, _ = await _device(tmp_path / "v.sqlite", images, "same")
         with verifier:
-            trace = await play(system, "exfil", seed=3)
-        assert manager.kernel.driver.commands > 60  # every TASK_MAC went to the model
-        return [{t: feature_map(f) for t, f in p.items()} for p in trace.periods]
+            out = []
+            for _ in range(40):
+                system.deliver()
+                out.append(await manager.kernel.run_period())
+            assert manager.kernel.driver.commands > 40  # every TASK_MAC went to the model
+            names = {t: n for n, t in system.tids.items()}
+            return [{t: named_features(f, names) for t, f in p.items()} for p in out]
 
-    fast = generate("exfil", 3)
-    assert asyncio.run(run()) == [{t: feature_map(f) for t, f in p.items()} for p in fast.periods]
+    async def on_null() -> list[dict[int, dict[str, float]]]:
+        from mchsm.sw.traces import NullHsm
+
+        kernel = Microkernel(NullHsm(), len(TASKS))
+        system = TaskSystem(kernel, random.Random("same"))
+        system.install()
+        await kernel.load_all()
+        out = []
+        for _ in range(40):
+            system.deliver()
+            out.append(await kernel.run_period())
+        names = {t: n for n, t in system.tids.items()}
+        return [{t: named_features(f, names) for t, f in p.items()} for p in out]
+
+    assert asyncio.run(on_model()) == run_sync(on_null())
 
 
-def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path) -> None:
-    """Real programs in the kernel over the golden model: the sensor is hijacked to exfiltrate
-    to the logger (which works through the flood and is not blamed); the detector flags it,
-    the manager sets ANOMALY in the HSM, attestation reports exactly it failed, its TASK_MAC
+def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path, images: Images) -> None:
+    """Images carrying their profiles, on the golden model: sensor is hijacked to exfiltrate
+    to logger (which works through the flood and is not blamed); the detector flags it, the
+    manager sets ANOMALY in the HSM, attestation reports exactly it failed, its next command
     is refused; a reload clears ANOMALY and the detector's verdict."""
 
-    async def run() -> None:
+    async def go() -> None:
+        deployed = images.deployed(dict.fromkeys(TASKS, "v1"))
         model, manager, system, verifier, dev_id = await _device(
-            tmp_path / "v.sqlite", "normal", 11
+            tmp_path / "v.sqlite", deployed, "golden"
         )
         with verifier:
-            manager.watch(AnomalyDetector())
-            for _ in range(W + 10):
+            await manager.watch(AnomalyDetector())
+            assert all(manager.detector.state(t).bound for t in range(1, 6))  # type: ignore[union-attr]
+            for _ in range(20):
+                system.deliver()
                 assert await manager.run_period() == []
             sensor = system.tids["sensor"]
-            system.hijack("sensor", "exfil", peer="logger")
-            flagged: list[int] = []
-            delay = 0
-            while not flagged and delay < 5:
-                delay += 1
-                flagged = await manager.run_period()
-            assert flagged == [sensor] and delay <= 2
+            system.hijack("sensor", lambda p: exfiltrating(p, "logger", system.rng))
+            system.deliver()
+            assert await manager.run_period() == [sensor]  # a new peer: flagged at once
             assert model.context(sensor).anomaly and not model.context(sensor).ok
-            status = await manager.port.status()
-            assert status.anomaly == 1 << (sensor - 1)
             assert {d.tid for d in manager.detections} == {sensor}
+            assert "sent:logger" in manager.detections[0].explain()
+            system.deliver()
             assert await manager.run_period() == []  # still hijacked: flagged once only
-            port = manager.kernel._hsm_port(manager.kernel.task("sensor"))
-            assert (await port.call(Cmd.TASK_MAC, 0, b"stolen")).status is Status.ERR_NOT_TRUSTED
+            port = manager.kernel._hsm_port(manager.kernel.task("comms"))
+            assert (await port.call(Cmd.TASK_MAC, 0, b"x")).status is Status.OK
             challenge = verifier.challenge(dev_id)
             report = verifier.verify(
                 dev_id, challenge.nonce, await manager.attest(challenge.nonce, challenge.sel)
             )
             assert report.failed == [sensor]
-
             system.restore("sensor")
             await manager.reload("sensor")
             assert model.context(sensor).ok and not manager.flagged
-            assert manager.detector is not None
-            state = manager.detector.state(sensor)
-            assert state.trained and not state.flagged
-            for _ in range(5):
+            for _ in range(10):
+                system.deliver()
                 assert await manager.run_period() == []
-            assert Counter(d.tid for d in manager.detections) == {sensor: 1}
 
-    asyncio.run(run())
+    asyncio.run(go())
+
+
+def test_rig_profiles_bind_every_task_to_its_image() -> None:
+    trace = record(periods=300, seed="mchsm-test")
+    profile = derive("sensor", trace.series("sensor"))
+    assert profile.features["sent:control"].coef == {"recv:irq": pytest.approx(1.0)}
+
+
+# -- the demo -------------------------------------------------------------------------------------
 
 
 def _demo_steps(tmp_path: Path) -> list[demo.Step]:
@@ -411,7 +467,7 @@ def test_demo_step_catches_the_hijacked_comms(tmp_path: Path) -> None:
     step = _demo_steps(tmp_path)[-2]
     assert step.title.startswith("hijack comms") and step.passed, step.detail
     assert "comms flagged after 1 period" in step.detail and "comms=failed" in step.detail
-    assert "ERR_NOT_TRUSTED" in step.detail
+    assert "ERR_NOT_TRUSTED" in step.detail and "(verified)" in step.detail
 
 
 def test_demo_step_fails_if_nothing_is_caught(

@@ -139,3 +139,116 @@ def test_hsm_monitor_flags_a_task_hammering_the_hsm_within_one_period() -> None:
     burst["n"] = MONITOR_BUDGET + 1
     asyncio.run(kernel.run_period())
     assert model.context(1).anomaly
+
+
+# -- the kernel's HSM budgets, interrupts and input counting (docs/anomaly.md) -----------------
+
+
+def test_hsm_budget_per_kind_refuses_without_reaching_the_hsm() -> None:
+    """Over its per-period or per-window budget, or of a kind the budget does not list, a
+    command is refused by the kernel (ERR_DENIED) and counted; the HSM never sees it."""
+    from mchsm.sw.kernel import HsmBudget
+
+    _, kernel = make()
+    plan = {"n": 2, "kind": Cmd.HASH}
+    statuses: list[Status] = []
+
+    async def hasher(api: TaskApi) -> None:
+        for _ in range(plan["n"]):
+            statuses.append((await api.hsm.call(plan["kind"], 0, b"block")).status)
+
+    kernel.create_task("hasher", b"h", hasher)
+    asyncio.run(kernel.load_all())
+    kernel.set_hsm_budget("hasher", HsmBudget({"HASH": 2}, {"HASH": 5}, window=4))
+    features = asyncio.run(kernel.run_period())  # 2 of 2 per period: fine
+    assert statuses == [Status.OK, Status.OK] and not features[1].hsm_refused
+    assert features[1].hsm_kinds == {"HASH": 2}
+    plan["n"] = 3  # the third in one period is over the per-period budget
+    statuses.clear()
+    features = asyncio.run(kernel.run_period())
+    assert statuses == [Status.OK, Status.OK, Status.ERR_DENIED]
+    assert features[1].hsm_refused == {"HASH": 1} and features[1].hsm_failures == 1
+    plan["n"] = 1  # 2 + 3 in the window already: the window budget of 5 is spent
+    statuses.clear()
+    features = asyncio.run(kernel.run_period())
+    assert statuses == [Status.ERR_DENIED]
+    plan["kind"] = Cmd.TASK_MAC  # a kind the budget does not list: budget 0
+    statuses.clear()
+    asyncio.run(kernel.run_period())
+    assert statuses == [Status.ERR_DENIED]
+    asyncio.run(kernel.load("hasher"))  # a reload forgets the window
+    plan["kind"] = Cmd.HASH
+    plan["n"] = 2
+    statuses.clear()
+    asyncio.run(kernel.run_period())
+    assert statuses == [Status.OK, Status.OK]
+    kernel.set_hsm_budget("hasher", None)  # no budget: only the HSM's own monitor
+    plan["n"] = 5
+    statuses.clear()
+    asyncio.run(kernel.run_period())
+    assert statuses == [Status.OK] * 5
+
+
+def test_refused_commands_never_reach_the_hsm() -> None:
+    from mchsm.sw.kernel import HsmBudget
+
+    _, kernel = make()
+    sent: list[int] = []
+    original = kernel.driver.run
+
+    async def counting(caller, cmd, ctx=0, data=b"", length=None):  # type: ignore[no-untyped-def]
+        sent.append(int(cmd))
+        return await original(caller, cmd, ctx, data, length)
+
+    kernel.driver.run = counting  # type: ignore[method-assign]
+
+    async def prober(api: TaskApi) -> None:
+        await api.hsm.call(Cmd.READ_CTX, 2)
+
+    kernel.create_task("prober", b"p", prober)
+    asyncio.run(kernel.load_all())
+    kernel.set_hsm_budget("prober", HsmBudget({}, {}))
+    sent.clear()
+    features = asyncio.run(kernel.run_period())
+    assert int(Cmd.READ_CTX) not in sent and features[1].hsm_refused == {"READ_CTX": 1}
+    with pytest.raises(ValueError, match="negative"):
+        HsmBudget({"HASH": -1}, {})
+
+
+def test_interrupts_reach_only_their_task_and_count_as_input() -> None:
+    _, kernel = make()
+    taken: list[int] = []
+
+    async def driver(api: TaskApi) -> None:
+        taken.append(api.interrupts())
+
+    kernel.create_task("driver", b"d", driver)
+    kernel.create_task("other", b"o")
+    asyncio.run(kernel.load_all())
+    kernel.interrupt("driver", 3)
+    features = asyncio.run(kernel.run_period())
+    assert taken == [3] and features[1].irqs == 3 and features[2].irqs == 0
+    assert features[1].syscalls["wait"] == 1
+    features = asyncio.run(kernel.run_period())
+    assert taken == [3, 0] and features[1].irqs == 0
+
+
+def test_messages_received_count_when_taken_from_the_inbox() -> None:
+    """ipc_received is what the task took (and worked on) in the period, per sender."""
+    _, kernel = make()
+
+    async def late_sender(api: TaskApi) -> None:  # runs after the receiver (higher id)
+        api.send("receiver", b"x")
+
+    async def receiver(api: TaskApi) -> None:
+        while api.receive() is not None:
+            pass
+
+    kernel.create_task("receiver", b"r", receiver)
+    kernel.create_task("sender", b"s", late_sender)
+    kernel.grant("sender", "receiver")
+    asyncio.run(kernel.load_all())
+    first = asyncio.run(kernel.run_period())
+    second = asyncio.run(kernel.run_period())
+    assert first[1].ipc_received[2] == 0 and first[2].ipc_sent[1] == 1
+    assert second[1].ipc_received[2] == 1
