@@ -69,6 +69,10 @@ __all__ = [
     "settle",
 ]
 
+#: the task callers that take part, whatever the number of contexts: honest tasks 1 and 2,
+#: hostile tasks 3 and 4; a hostile caller the HSM does not know is ``contexts + 1``
+HONEST_TASKS = (1, 2)
+HOSTILE_TASKS = (3, 4)
 #: STATUS reads :func:`settle` waits for a computing command (MEASURE of 4 KiB: ~1,500)
 SETTLE_POLLS = 100_000
 #: every register a hostile caller pokes at
@@ -224,7 +228,7 @@ def manager_requests(
     k_upd = derive_upd_key(device.root)
     for _ in range(count):
         kind = rng.choices(range(10), [2, 3, 1, 1, 1, 2, 1, 2, 2, 1])[0]
-        ctx = rng.randrange(1, contexts + 1)
+        ctx = rng.choice([*HONEST_TASKS, *HOSTILE_TASKS, rng.randrange(1, contexts + 1)])
         image = rng.randbytes(rng.randrange(0, 60))
         if kind == 0:  # install an image from the version the manager believes current
             old = device.versions[ctx]
@@ -235,7 +239,7 @@ def manager_requests(
             loaded = device.images.get(ctx, image) if rng.random() < 0.8 else image
             out += [Request(Cmd.RESET, ctx, b""), Request(Cmd.MEASURE, ctx, loaded)]
         elif kind == 2:
-            sel = rng.randrange(1, 1 << contexts)
+            sel = rng.randrange(1, 1 << len(HONEST_TASKS + HOSTILE_TASKS))
             out.append(Request(Cmd.ATTEST, 0, u32(sel) + rng.randbytes(NONCE_SIZE)))
         elif kind == 3:
             out.append(Request(Cmd.HMAC_KEY, 0, rng.randbytes(rng.randrange(1, 80))))
@@ -294,9 +298,9 @@ async def interleave_job(
     """Run one interleaving per seed, back to back on the same HSM (the manager provisions it
     first); the last one carries the final state.
 
-    Callers: the manager, honest tasks ``1 .. contexts - 2``, hostile tasks ``contexts - 1``
-    (every other seed) and ``contexts``, and, every third seed, a hostile caller the HSM does
-    not know (``contexts + 1``).
+    Callers: the manager, the honest tasks :data:`HONEST_TASKS`, the hostile tasks
+    :data:`HOSTILE_TASKS` (the first of them every other seed) and, every third seed, a
+    hostile caller the HSM does not know (``contexts + 1``); ``contexts`` must be at least 4.
     """
     transport = driver.transport
     secrets = random.Random(f"device-{seeds[:1]}")
@@ -312,14 +316,17 @@ async def interleave_job(
             honest(MANAGER, manager_requests(rng, device, contexts, rng.randint(1, commands)), log),
             *(
                 honest(t, task_requests(rng, t, rng.randint(1, commands - 1 or 1)), log)
-                for t in range(1, contexts - 1)
+                for t in HONEST_TASKS
             ),
             hostile(
-                contexts, rng, rng.randrange(hostile_accesses // 2, hostile_accesses), contexts
+                HOSTILE_TASKS[1],
+                rng,
+                rng.randrange(hostile_accesses // 2, hostile_accesses),
+                contexts,
             ),
         ]
         if seed % 2:
-            agents.append(hostile(contexts - 1, rng, hostile_accesses // 3, contexts))
+            agents.append(hostile(HOSTILE_TASKS[0], rng, hostile_accesses // 3, contexts))
         if seed % 3 == 0:
             agents.append(hostile(contexts + 1, rng, hostile_accesses // 3, contexts))
         weights = [rng.choice([1, 2, 4]) for _ in agents]
@@ -360,7 +367,7 @@ async def final_state(driver: HsmDriver, contexts: int) -> list[tuple[Any, ...]]
     for caller, cmd, ctx in [
         (MANAGER, Cmd.STATUS, 0),
         *((MANAGER, Cmd.READ_CTX, i) for i in range(1, contexts + 1)),
-        *((c, Cmd.HMAC, 0) for c in range(contexts + 1)),
+        *((c, Cmd.HMAC, 0) for c in (MANAGER, *HONEST_TASKS, *HOSTILE_TASKS)),
     ]:
         try:
             reply = await driver.run(caller, cmd, ctx, b"final" if cmd is Cmd.HMAC else b"")
@@ -400,7 +407,7 @@ def _check_one(
     log: Interleaving, contexts: int, keys: dict[int, bytes | None], unknown_key: set[int]
 ) -> list[str]:
     problems = []
-    hostile = {contexts - 1, contexts, contexts + 1}
+    hostile = {*HOSTILE_TASKS, contexts + 1}
     for a in log.accesses:
         private = a.addr in _PRIVATE or a.addr >= Reg.RESULT
         if a.value is None and private and a.caller != a.holder and a.outcome != "refused":

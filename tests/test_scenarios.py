@@ -22,7 +22,11 @@ DEV = bytes(range(1, 17))
 ROOT = bytes(range(64, 96))
 
 
-def on(backend: str, commands: list[Command], contexts: int = 4) -> list[tuple[int, bytes]]:
+#: the contexts of every HSM here: 8, like the demo's, so that Verilator builds one design
+CONTEXTS = 8
+
+
+def on(backend: str, commands: list[Command], contexts: int = CONTEXTS) -> list[tuple[int, bytes]]:
     return run_on_backend(backend, run_commands, contexts, job_args={"commands": commands}).value
 
 
@@ -80,11 +84,11 @@ ATTACKS = [
     Command(1, Cmd.TASK_MAC, 2, b"x"),
     Command(2, Cmd.TASK_MAC, 0, b"x"),  # not trusted
     Command(1, Cmd.TASK_MAC, 0, b"x"),  # trusted
-    Command(9, Cmd.STATUS, 0, b""),  # unknown caller id
+    Command(CONTEXTS + 1, Cmd.STATUS, 0, b""),  # unknown caller id
     Command(MANAGER, Cmd.ATTEST, 0, u32(0) + b"N" * 32),
-    Command(MANAGER, Cmd.ATTEST, 0, u32(0b10000) + b"N" * 32),
+    Command(MANAGER, Cmd.ATTEST, 0, u32(1 << CONTEXTS) + b"N" * 32),  # a context beyond N
     Command(MANAGER, Cmd.EXTEND, 1, b"short"),
-    Command(MANAGER, Cmd.EXTEND, 5, bytes(32)),
+    Command(MANAGER, Cmd.EXTEND, CONTEXTS + 1, bytes(32)),
     Command(MANAGER, 0x99, 0, b""),
     Command(MANAGER, Cmd.READ_CTX, 1, b""),
     Command(MANAGER, Cmd.READ_CTX, 2, b""),
@@ -110,7 +114,7 @@ def test_attacks_same_as_model(backend: str) -> None:
 @pytest.mark.parametrize("backend", RTL)
 @pytest.mark.parametrize("seed", [11, 12])
 def test_random_sequences_same_as_model(backend: str, seed: int) -> None:
-    commands = random_commands(seed, 4, 30)
+    commands = random_commands(seed, CONTEXTS, 30)
     assert on(backend, commands) == on("model", commands)
 
 
