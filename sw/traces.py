@@ -104,7 +104,7 @@ class _NoBus(Transport):
 class NullHsm(HsmDriver):
     """An HSM stand-in that answers at once and computes nothing.
 
-        It applies what shapes a task's features: the access rules of every command (a task naming
+    It applies what shapes a task's features: the access rules of every command (a task naming
     another context, or issuing a manager command, is refused), ``SET_ANOMALY``/``RESET`` of the
     ANOMALY bit (TASK_MAC is refused while it is set) and which callers have an HMAC key of
     their own.  ``READ_CTX`` says a context is loaded and matches its reference (``OK`` unless
