@@ -5,11 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-<<<<<<< HEAD
-.PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz clean
-=======
-.PHONY: all install demo test lint bench bitstreams waves prove anomaly clean
->>>>>>> anomaly
+.PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz anomaly clean
 
 all: test
 
