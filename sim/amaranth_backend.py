@@ -37,7 +37,8 @@ class AmaranthTransport(Transport):
     By default it drives ``core``'s own bus and caller sideband.  In a bigger design (a SoC
     with the HSM behind an address decoder, see ``docs/integrate.md``) pass the initiator
     side's ``bus`` and ``caller`` signals and the HSM's ``base`` byte address instead; the
-    transport then adds ``base`` to every register offset.
+    transport then adds ``base`` to every register offset.  ``irq`` (default: the core's) lets
+    the driver wait for a command instead of polling ``STATUS``.
     """
 
     name = "amaranth"
@@ -50,6 +51,7 @@ class AmaranthTransport(Transport):
         bus: Any = None,
         caller: Any = None,
         base: int = 0,
+        irq: Any = None,
     ) -> None:
         if core is None and (bus is None or caller is None):
             raise TypeError("AmaranthTransport needs the core, or both bus and caller")
@@ -58,7 +60,20 @@ class AmaranthTransport(Transport):
         self.bus = bus if bus is not None else core.bus  # type: ignore[union-attr]
         self.caller = caller if caller is not None else core.caller  # type: ignore[union-attr]
         self.base = base
-        self.cycles = 0  #: clock cycles spent in bus accesses
+        self.irq = irq if irq is not None else (core.irq if core is not None else None)
+        self.sees_irq = self.irq is not None
+        self.cycles = 0  #: clock cycles spent in bus accesses and waiting for the interrupt
+
+    async def wait_irq(self) -> bool:
+        """Let the simulator run until the irq line is high.  The driver asks only while its
+        own command computes with the interrupt enabled, so the line does rise; no bus cycle a
+        poll, which is most of what polling costs here."""
+        if self.irq is None:
+            return False
+        while not self.ctx.get(self.irq):
+            await self.ctx.tick()
+            self.cycles += 1
+        return True
 
     async def _cycle(self, addr: int, caller: int, we: bool, value: int = 0) -> int:
         ctx, bus = self.ctx, self.bus

@@ -11,13 +11,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles, First, RisingEdge
 
 from mchsm.sim.wishbone_bfm import WishboneBusError, WishboneError, WishboneMaster
 from mchsm.sw.driver import Transport
 from mchsm.sw.errors import BusRefusedError, TransportError
 
-__all__ = ["CocotbTransport", "reset_and_clock"]
+__all__ = ["IRQ_WAIT_CYCLES", "CocotbTransport", "reset_and_clock"]
+
+#: the longest a command is waited for on the interrupt before the driver polls again
+IRQ_WAIT_CYCLES = 1_000_000
 
 
 class CocotbTransport(Transport):
@@ -25,13 +28,27 @@ class CocotbTransport(Transport):
 
     name = "cocotb"
 
-    def __init__(self, bfm: WishboneMaster) -> None:
+    def __init__(self, bfm: WishboneMaster, irq: Any = None) -> None:
         self.bfm = bfm
+        self.irq = irq
+        self.sees_irq = irq is not None
 
     @classmethod
     def for_dut(cls, dut: Any, *, prefix: str = "bus", **kwargs: Any) -> CocotbTransport:
-        """A transport over a new :class:`WishboneMaster` on ``dut`` (kwargs go to it)."""
-        return cls(WishboneMaster(dut, prefix, **kwargs))
+        """A transport over a new :class:`WishboneMaster` on ``dut`` (kwargs go to it), that
+        waits on ``dut.irq`` when the DUT has one."""
+        return cls(WishboneMaster(dut, prefix, **kwargs), getattr(dut, "irq", None))
+
+    async def wait_irq(self) -> bool:
+        """Let Verilator run until irq rises (or IRQ_WAIT_CYCLES pass): no Python wakes up
+        every cycle, which is what makes polling STATUS slow under cocotb."""
+        if self.irq is None:
+            return False
+        if self.irq.value != 1:
+            clock = self.bfm.clock
+            await First(RisingEdge(self.irq), ClockCycles(clock, IRQ_WAIT_CYCLES))
+            await RisingEdge(clock)  # back on a clock edge, where the bus model starts cycles
+        return self.irq.value == 1
 
     async def read(self, addr: int, caller: int) -> int:
         with _typed_errors():

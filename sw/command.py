@@ -26,6 +26,7 @@ __all__ = [
     "Outcome",
     "Read",
     "Reply",
+    "WaitDone",
     "Write",
     "data_words",
     "run_command",
@@ -65,7 +66,15 @@ class Burst:
     values: tuple[int, ...]
 
 
-Op = Read | Write | Burst
+@dataclass(frozen=True)
+class WaitDone:
+    """Wait until the holder's command is done, if the transport can see the interrupt line
+    (a simulator can; a UART link cannot): then one STATUS read finds it done instead of
+    hundreds of polls each costing a bus cycle.  Its outcome is None; a transport that cannot
+    wait returns at once and the protocol polls."""
+
+
+Op = Read | Write | Burst | WaitDone
 Outcome = int | None | _Refused
 
 
@@ -161,6 +170,8 @@ def _status(cmd: Cmd | int, *, ran: bool) -> Steps:
 
 
 def _wait(cmd: Cmd | int, status: Any, poll_limit: int, *, ran: bool) -> Steps:
+    if status.busy:
+        yield WaitDone()
     for _ in range(poll_limit):
         if not status.busy:
             return status

@@ -24,11 +24,13 @@ from mchsm.constants import (
     Cmd,
     CtxFlag,
     InfoReg,
+    IrqEnReg,
     Reg,
+    pack_reg,
     u32,
     unpack_reg,
 )
-from mchsm.sw.command import REFUSED, Op, Outcome, Read, Reply, Write, run_command
+from mchsm.sw.command import REFUSED, Op, Outcome, Read, Reply, WaitDone, Write, run_command
 from mchsm.sw.errors import BusRefusedError, MailboxBusyError, TransportError
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth
@@ -69,6 +71,14 @@ class Transport(abc.ABC):
         """Write ``values`` to the same address one after the other (the DATA port)."""
         for value in values:
             await self.write(addr, value, caller)
+
+    #: the transport can see the HSM's irq line (:meth:`wait_irq` waits for it)
+    sees_irq = False
+
+    async def wait_irq(self) -> bool:
+        """Wait, within a bound, until the irq line is high; False if it cannot see the line
+        or the bound ran out.  The driver then polls STATUS as it would anyway."""
+        return False
 
 
 class ModelTransport(Transport):
@@ -255,11 +265,22 @@ class HsmDriver:
                 return await t.read(op.addr, caller)
             if isinstance(op, Write):
                 await t.write(op.addr, op.value, caller)
+            elif isinstance(op, WaitDone):
+                if t.sees_irq:
+                    await self._wait_irq()
             else:
                 await t.write_burst(op.addr, op.values, caller)
         except BusRefusedError:
             return REFUSED
         return None
+
+    async def _wait_irq(self) -> None:
+        """Wait for the interrupt instead of polling: the kernel's job, so the manager enables
+        it if it is off (after a reset it is)."""
+        t = self.transport
+        if not unpack_reg(IrqEnReg, await t.read(Reg.IRQ_EN, MANAGER)).done:
+            await t.write(Reg.IRQ_EN, pack_reg(IrqEnReg, done=1), MANAGER)
+        await t.wait_irq()
 
     def port(self, caller: int) -> HsmPort:
         """A handle that issues every command as ``caller`` (what the kernel hands a task)."""

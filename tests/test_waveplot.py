@@ -236,7 +236,7 @@ def test_codes_are_drawn_by_name(run_vcd: tuple[Path, list[tuple[int, ...]]]) ->
             signals=["mailbox.r_code", "mailbox.r_status", "bus__adr"],
         )
         texts |= {t.get_text() for t in fig.axes[0].texts}
-    assert {"HASH", "ATTEST", "ERR_NOT_PROVISIONED", "OK", "DATA", "STATUS"} <= texts, texts
+    assert {"HASH", "ATTEST", "ERR_NOT_PROVISIONED", "OK", "DATA", "CMD"} <= texts, texts
 
 
 def test_signals_are_listed(run_vcd: tuple[Path, list[tuple[int, ...]]]) -> None:
