@@ -41,6 +41,7 @@ def _v1_to_v2(s: Store, kek: Kek) -> None:
         "WHERE new = (SELECT max(new) FROM pending_updates q "
         "WHERE q.dev_id = p.dev_id AND q.ctx = p.ctx)"
     ).fetchall()
+    s.execute("DROP INDEX IF EXISTS audit_device")
     for old in ("devices", "tasks", "pending_updates"):
         s.execute(f"DROP TABLE {old}")
     new_tables = tuple(

@@ -122,6 +122,11 @@ class PostgresStore(Store):
     def execute(self, statement: str, args: Iterable[Any] = ()) -> Any:
         return self.conn.execute(statement.replace("?", "%s"), tuple(args))
 
+    def executemany(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(statement.replace("?", "%s"), rows)
+
     def rows_in(self, statement: str, keys: Iterable[bytes], suffix: str = "") -> list[Any]:
         cur = self.conn.execute(f"{statement} = ANY(%s){suffix}", (list(keys),))
         return list(cur.fetchall())
