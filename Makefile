@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bitstreams waves prove clean
+.PHONY: all install demo test lint bench bench-verifier bitstreams waves prove clean
 
 all: test
 
@@ -35,6 +35,12 @@ lint: install
 bench: install
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m bench.run
+
+# only the verifier's section (SQLite and PostgreSQL, 1k/100k/1M devices, 1 and 2 processes),
+# merged into bench/results.{json,md}: a few minutes, no RTL
+bench-verifier: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m bench.run --only verifier
 
 # bitstreams for both boards with Yosys and nextpnr from PyPI (YoWASP), each with report.md/json
 # in build/<board>/.  About 3 min per board on 2 cores (nextpnr's placement takes most of it and
