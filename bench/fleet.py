@@ -33,7 +33,7 @@ __all__ = ["KEK", "RECIPE", "TASKS", "dev_id", "open_fleet", "root_key", "task_r
 #: every device of a fleet runs this many tasks (the attestation the bench verifies covers all)
 TASKS = 8
 #: changing anything below changes the recipe and so rebuilds cached fleets
-RECIPE = {"version": 2, "tasks": TASKS, "seed": "mchsm-bench-fleet-v1"}
+RECIPE = {"version": 3, "tasks": TASKS, "seed": "mchsm-bench-fleet-v1"}
 _SEED = RECIPE["seed"].encode()
 #: the bench's key-encryption key (a bench fleet holds no secret worth a real one)
 KEK = hashlib.sha256(_SEED + b"/kek").digest()
@@ -171,12 +171,16 @@ def _fill(
         chunk = ids[start : start + _CHUNK]
         names = [f"bench-{d[:4].hex()}" for d in chunk]
         insert(
-            "INSERT INTO devices (dev_id, root_wrapped, contexts, name, last_ctr, task_set, "
-            "created) VALUES (?, ?, ?, ?, ?, ?, ?)".replace("?", mark),
+            "INSERT INTO devices (dev_id, root_wrapped, contexts, name, task_set, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)".replace("?", mark),
             [
-                (d, kek.wrap(d, root_key(d)), TASKS, n, 0, tasks.id, now)
+                (d, kek.wrap(d, root_key(d)), TASKS, n, tasks.id, now)
                 for d, n in zip(chunk, names, strict=True)
             ],
+        )
+        insert(
+            "INSERT INTO counters (dev_id, last_ctr) VALUES (?, ?)".replace("?", mark),
+            [(d, 0) for d in chunk],
         )
         insert(
             "INSERT INTO audit (time, dev_id, kind, ctx, outcome, detail) "

@@ -126,7 +126,10 @@ def _warm(db: str) -> Verifier:
     a long-running verifier pays once)."""
     verifier = Verifier(db, kek=fleet.KEK)
     verifier.store.read(
-        lambda s: s.execute("SELECT sum(last_ctr), sum(length(root_wrapped)) FROM devices")
+        lambda s: s.execute(
+            "SELECT sum(c.last_ctr), sum(length(d.root_wrapped)) FROM devices AS d "
+            "JOIN counters AS c ON c.dev_id = d.dev_id"
+        )
     ).fetchone()
     return verifier
 

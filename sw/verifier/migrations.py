@@ -45,7 +45,9 @@ def _v1_to_v2(s: Store, kek: Kek) -> None:
     for old in ("devices", "tasks", "pending_updates"):
         s.execute(f"DROP TABLE {old}")
     new_tables = tuple(
-        t for t in TABLES if t.name in {"meta", "devices", "task_sets", "pending_updates"}
+        t
+        for t in TABLES
+        if t.name in {"meta", "devices", "counters", "task_sets", "pending_updates"}
     )
     for statement in create_statements(s.dialect, new_tables):
         s.execute(statement)

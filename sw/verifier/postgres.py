@@ -44,7 +44,8 @@ class PostgresStore(Store):
     """A registry in the PostgreSQL database at ``url`` (psycopg 3)."""
 
     dialect = "postgresql"
-    lock_clause = " FOR UPDATE"
+    lock_device = " FOR UPDATE OF d"
+    lock_counter = " FOR UPDATE OF c"
 
     def __init__(self, url: str) -> None:
         super().__init__(redact(url))
@@ -147,8 +148,8 @@ class PostgresStore(Store):
             return
         counters, ids = zip(*pairs, strict=True)
         self.conn.execute(
-            "UPDATE devices AS d SET last_ctr = v.c FROM unnest(%s::bigint[], %s::bytea[]) "
-            "AS v(c, id) WHERE d.dev_id = v.id",
+            "UPDATE counters AS k SET last_ctr = v.c FROM unnest(%s::bigint[], %s::bytea[]) "
+            "AS v(c, id) WHERE k.dev_id = v.id",
             (list(counters), list(ids)),
         )
 

@@ -12,7 +12,8 @@ Version history:
 2. root keys wrapped under a KEK (``devices.root_wrapped``, ``meta.kek_check``); the installed
    tasks of a device are a content-addressed, immutable ``task_sets`` row that many devices
    share (a fleet runs few firmware sets, so verification reads one row per device and the
-   decoded set comes from a cache); at most one pending update per context.
+   decoded set comes from a cache); the last accepted counter in a narrow ``counters`` table;
+   at most one pending update per context.
 """
 
 from __future__ import annotations
@@ -64,10 +65,17 @@ TABLES: tuple[Table, ...] = (
             ("root_wrapped", BYTES, "NOT NULL"),  # nonce || AES-GCM(KEK, K_root, dev_id)
             ("contexts", INT, "NOT NULL"),
             ("name", TEXT, "NOT NULL"),
-            ("last_ctr", INT, "NOT NULL DEFAULT 0"),
             ("task_set", BYTES, ""),  # task_sets.id of the installed tasks, NULL for none
             ("created", REAL, "NOT NULL"),
         ),
+        ("dev_id",),
+    ),
+    # The one value every attestation changes, apart from the device rows: a narrow table
+    # whose pages a large fleet keeps hot, so an attestation rewrites a small page and the
+    # device rows (keys, tasks) are only ever read on the hot path.
+    Table(
+        "counters",
+        (("dev_id", BYTES, "NOT NULL"), ("last_ctr", INT, "NOT NULL DEFAULT 0")),
         ("dev_id",),
     ),
     # id = SHA-256 of body; body = JSON [[ctx, version, name, reference hex], ...] by ctx.

@@ -242,52 +242,55 @@ class Store:
 
     # -- devices ------------------------------------------------------------------------------
 
-    _DEVICE = "SELECT dev_id, root_wrapped, contexts, name, last_ctr, task_set FROM devices"
+    _DEVICE = (
+        "SELECT d.dev_id, d.root_wrapped, d.contexts, d.name, c.last_ctr, d.task_set "
+        "FROM devices AS d LEFT JOIN counters AS c ON c.dev_id = d.dev_id"
+    )
+    #: appended to a SELECT to lock the device rows, or the counter rows, it reads (PostgreSQL);
+    #: SQLite's database-wide write lock covers both
+    lock_device = ""
+    lock_counter = ""
 
     def insert_device(self, row: DeviceRow, created: float) -> bool:
         """Add a device; False if its id is taken."""
         cur = self.execute(
-            "INSERT INTO devices (dev_id, root_wrapped, contexts, name, last_ctr, task_set, "
-            "created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dev_id) DO NOTHING",
-            (
-                row.dev_id,
-                row.root_wrapped,
-                row.contexts,
-                row.name,
-                row.last_ctr,
-                row.task_set,
-                created,
-            ),
+            "INSERT INTO devices (dev_id, root_wrapped, contexts, name, task_set, created) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dev_id) DO NOTHING",
+            (row.dev_id, row.root_wrapped, row.contexts, row.name, row.task_set, created),
         )
-        return bool(cur.rowcount == 1)
+        if cur.rowcount != 1:
+            return False
+        self.execute(
+            "INSERT INTO counters (dev_id, last_ctr) VALUES (?, ?)", (row.dev_id, row.last_ctr)
+        )
+        return True
 
     def device(self, dev_id: bytes, *, lock: bool = False) -> DeviceRow | None:
         """One device; with ``lock``, its row stays locked until the transaction ends."""
-        suffix = self.lock_clause if lock else ""
-        row = self.execute(f"{self._DEVICE} WHERE dev_id = ?{suffix}", (dev_id,)).fetchone()
+        suffix = self.lock_device if lock else ""
+        row = self.execute(f"{self._DEVICE} WHERE d.dev_id = ?{suffix}", (dev_id,)).fetchone()
         return None if row is None else device_row(row)
 
     def devices(self, *, lock: bool = False) -> list[DeviceRow]:
-        suffix = self.lock_clause if lock else ""
-        rows = self.execute(f"{self._DEVICE} ORDER BY dev_id{suffix}").fetchall()
+        suffix = self.lock_device if lock else ""
+        rows = self.execute(f"{self._DEVICE} ORDER BY d.dev_id{suffix}").fetchall()
         return [device_row(r) for r in rows]
-
-    #: appended to a SELECT to lock its rows (PostgreSQL); SQLite's write lock covers it
-    lock_clause = ""
 
     def devices_for_verify(self, keys: Iterable[bytes]) -> dict[bytes, tuple[Any, ...]]:
         """dev_id -> (root_wrapped, last_ctr, task_set) of the registered ones of ``keys``,
-        locked for the transaction; the caller checks the types (this is the hot path)."""
+        their counters locked for the transaction; the caller checks the types (this is the
+        hot path)."""
         rows = self.rows_in(
-            "SELECT dev_id, root_wrapped, last_ctr, task_set FROM devices WHERE dev_id",
+            "SELECT d.dev_id, d.root_wrapped, c.last_ctr, d.task_set FROM devices AS d "
+            "JOIN counters AS c ON c.dev_id = d.dev_id WHERE d.dev_id",
             keys,
-            " ORDER BY dev_id" + self.lock_clause,
+            " ORDER BY d.dev_id" + self.lock_counter if self.lock_counter else "",
         )
         return {r[0]: r[1:] for r in rows}
 
     def set_counters(self, pairs: list[tuple[int, bytes]]) -> None:
         """(last_ctr, dev_id) pairs."""
-        self.executemany("UPDATE devices SET last_ctr = ? WHERE dev_id = ?", pairs)
+        self.executemany("UPDATE counters SET last_ctr = ? WHERE dev_id = ?", pairs)
 
     def set_task_set(self, dev_id: bytes, set_id: bytes | None) -> None:
         self.execute("UPDATE devices SET task_set = ? WHERE dev_id = ?", (set_id, dev_id))
