@@ -344,6 +344,13 @@ def test_an_unreachable_postgresql_is_a_typed_error(tmp_path: Path) -> None:
         assert "secret" not in str(exc)  # the password never lands in a message
 
 
+class Pristine(tuple[bytes, bytes]):
+    """A registry's bytes and KEK, with a short repr (hypothesis prints its arguments)."""
+
+    def __repr__(self) -> str:
+        return f"<registry of {len(self[0])} bytes>"
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
     """A small SQLite registry's bytes (checkpointed into one file) and its KEK."""
@@ -354,7 +361,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
         attest(v, dev)
         v.prepare_update(dev.record.dev_id, 2, b"pending")
         v.store.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return db.read_bytes(), kek
+    return Pristine((db.read_bytes(), kek))
 
 
 def _open_bytes(path: Path, data: bytes, kek: bytes) -> None:

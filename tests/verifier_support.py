@@ -140,14 +140,19 @@ _databases: dict[str, str] = {}
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[LocalPostgres]:
-    """One PostgreSQL server for this session (this xdist worker), stopped at its end."""
+    """One PostgreSQL server for this session (this xdist worker), stopped at its end.
+
+    Each test module that imports this fixture gets its own fixture instance, so the server
+    itself is kept here, started by the first and stopped by the first teardown."""
     global _server
-    server = LocalPostgres(durable=False).start()
-    _server = server
+    if _server is None or not _server.running:
+        _server = LocalPostgres(durable=False).start()
+        _databases.clear()
     try:
-        yield server
+        yield _server
     finally:
-        server.stop()
+        if _server is not None:
+            _server.stop()
         _server = None
         _databases.clear()
 

@@ -64,7 +64,7 @@ class TaskSet:
         )
         self.id: bytes | None = hashlib.sha256(self.body.encode()).digest() if self.tasks else None
         self._digests: dict[int, bytes] = {}
-        self._verdicts: dict[tuple[int, int], dict[int, TaskVerdict]] = {}
+        self._verdicts: dict[tuple[int, int], tuple[dict[int, TaskVerdict], str]] = {}
 
     @classmethod
     def decode(cls, set_id: bytes, body: str) -> TaskSet:
@@ -100,11 +100,12 @@ class TaskSet:
             digest = self._digests[sel] = protocol.select_digest(self.refs, sel)
         return digest
 
-    def verdicts(self, sel: int, ok: int) -> dict[int, TaskVerdict]:
-        """A fresh dict of the verdicts (built once per (sel, ok), copied per report)."""
+    def verdicts(self, sel: int, ok: int) -> tuple[dict[int, TaskVerdict], str]:
+        """A fresh dict of the verdicts, and the failed contexts as ``"2,5"`` for the audit row
+        (built once per (sel, ok), the dict copied per report)."""
         found = self._verdicts.get((sel, ok))
         if found is None:
-            found = {}
+            verdicts = {}
             for ctx, name in sorted(self.names.items()):
                 bit = 1 << (ctx - 1)
                 if not sel & bit:
@@ -113,10 +114,12 @@ class TaskSet:
                     verdict = Verdict.TRUSTED
                 else:
                     verdict = Verdict.FAILED
-                found[ctx] = TaskVerdict(ctx, name, verdict)
+                verdicts[ctx] = TaskVerdict(ctx, name, verdict)
+            failed = ",".join(str(c) for c, v in verdicts.items() if v.verdict is Verdict.FAILED)
+            found = (verdicts, failed)
             if len(self._verdicts) < 1024:  # bounded: an attacker chooses sel and ok
                 self._verdicts[(sel, ok)] = found
-        return dict(found)
+        return dict(found[0]), found[1]
 
 
 EMPTY = TaskSet(())
@@ -147,6 +150,8 @@ class Checked:
     detail: dict[str, Any]
     #: pending updates this evidence proved installed (lost acks), for the caller to record
     recovered: tuple[PendingUpdate, ...] = ()
+    #: the failed contexts of an accepted attempt, as "2,5" (empty if none)
+    failed: str = ""
 
 
 def check_evidence(
@@ -168,10 +173,12 @@ def check_evidence(
     """
     detail: dict[str, Any] = {}
     try:
-        report, recovered = _check(dev_id, nonce, evidence, found, device, now, pending, detail)
+        report, recovered, failed = _check(
+            dev_id, nonce, evidence, found, device, now, pending, detail
+        )
     except VerifierError as exc:
         return Checked(None, exc, detail)
-    return Checked(report, None, detail, recovered)
+    return Checked(report, None, detail, recovered, failed)
 
 
 def _check(
@@ -183,7 +190,7 @@ def _check(
     now: float,
     pending: Callable[[], Sequence[PendingUpdate]],
     detail: dict[str, Any],
-) -> tuple[AttestationReport, tuple[PendingUpdate, ...]]:
+) -> tuple[AttestationReport, tuple[PendingUpdate, ...], str]:
     if not isinstance(dev_id, bytes) or len(dev_id) != DEVICE_ID_SIZE:
         raise AttestationError(f"a device id is {DEVICE_ID_SIZE} bytes; {_describe(dev_id)}")
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
@@ -225,10 +232,9 @@ def _check(
         raise AttestationError(
             f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed evidence"
         )
-    report = AttestationReport(
-        dev_id, ctr, sel, ok, tasks.verdicts(sel, ok), tuple(u.ctx for u in recovered)
-    )
-    return report, recovered
+    verdicts, failed = tasks.verdicts(sel, ok)
+    report = AttestationReport(dev_id, ctr, sel, ok, verdicts, tuple(u.ctx for u in recovered))
+    return report, recovered, failed
 
 
 def _evidence(evidence: object) -> tuple[int, int, int, bytes]:
@@ -238,8 +244,7 @@ def _evidence(evidence: object) -> tuple[int, int, int, bytes]:
             raise AttestationError(
                 f"malformed evidence: it is {EVIDENCE_SIZE} bytes, not {len(evidence)}"
             )
-        e = Evidence.unpack(evidence)
-        return e.sel, e.ok, e.ctr, e.tag
+        return protocol.unpack_evidence(evidence)
     if isinstance(evidence, Evidence):
         sel, ok, ctr, tag = evidence.sel, evidence.ok, evidence.ctr, evidence.tag
         if not all(type(x) is int and 0 <= x <= _U32_MAX for x in (sel, ok, ctr)):

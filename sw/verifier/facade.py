@@ -20,7 +20,6 @@ verifiers may share one store.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -237,7 +236,9 @@ class Verifier:
         except BaseException:
             self.store.close()
             raise
-        self._k_att = functools.lru_cache(maxsize=ATT_KEY_CACHE)(self._derive_att_key)
+        # dev_id + wrapped root key -> K_att: bytes to bytes, so the garbage collector never
+        # walks it (an lru_cache's linked entries made every full collection walk the cache)
+        self._att_keys: dict[bytes, bytes] = {}
         self._sets: dict[bytes, TaskSet] = {}
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class Verifier:
     def close(self) -> None:
         """Close the store; everything committed is in it."""
         self.store.close()
-        self._k_att.cache_clear()  # derived keys do not outlive the verifier
+        self._att_keys.clear()  # derived keys do not outlive the verifier
         self._sets.clear()
 
     def __enter__(self) -> Verifier:
@@ -363,13 +364,23 @@ class Verifier:
             keymod._sync_dir(old.path.parent)
             new_kek = keymod.Kek(new_kek.key, old.source, old.path)
         self._kek = new_kek
-        self._k_att.cache_clear()
+        self._att_keys.clear()
         return count
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _derive_att_key(self, dev_id: bytes, wrapped: bytes) -> bytes:
-        return protocol.derive_att_key(self._kek.unwrap(dev_id, wrapped))
+    def _att_key(self, dev_id: bytes, wrapped: bytes) -> bytes:
+        """K_att of a device, remembered by id and wrapped key (a pure function of them)."""
+        if type(wrapped) is not bytes:
+            raise StoreError(f"the wrapped root key of device {dev_id.hex()} is damaged")
+        key = dev_id + wrapped
+        k_att = self._att_keys.get(key)
+        if k_att is None:
+            k_att = protocol.derive_att_key(self._kek.unwrap(dev_id, wrapped))
+            if len(self._att_keys) >= ATT_KEY_CACHE:
+                del self._att_keys[next(iter(self._att_keys))]  # the oldest
+            self._att_keys[key] = k_att
+        return k_att
 
     def _task_set(self, s: Store, set_id: bytes | None) -> TaskSet:
         if set_id is None:
@@ -709,7 +720,15 @@ class Verifier:
             )
         batch = []
         for item in attempts:
-            batch.append(_attempt(item))
+            if (  # the common case, already as wanted
+                type(item) is tuple
+                and len(item) == 3
+                and type(item[0]) is bytes
+                and type(item[1]) is bytes
+            ):
+                batch.append(item)
+            else:
+                batch.append(_attempt(item))
             if len(batch) > MAX_BATCH:
                 raise InvalidArgumentError(f"at most {MAX_BATCH} attempts per verify_many call")
         if not batch:
@@ -764,7 +783,7 @@ class Verifier:
                 if checked.recovered:
                     device.tasks = self._recover(s, dev_id, device.tasks, checked, audit, now)
                 results.append(report)
-                failed = report.failed
+                failed = checked.failed
                 audit.append(
                     (
                         now,
@@ -772,14 +791,7 @@ class Verifier:
                         KIND_ATTEST,
                         None,
                         OUTCOME_FAILED if failed else OUTCOME_TRUSTED,
-                        _ACCEPTED
-                        % (
-                            report.sel,
-                            report.ok,
-                            report.ctr,
-                            ",".join(map(str, failed)),
-                            nonce_hex,
-                        ),
+                        _ACCEPTED % (report.sel, report.ok, report.ctr, failed, nonce_hex),
                     )
                 )
             else:
@@ -808,11 +820,9 @@ class Verifier:
         wrapped, last_ctr, set_id = row
         if type(last_ctr) is not int:
             raise StoreError(f"the registry is damaged: the counter of device {dev_id.hex()}")
-        try:
-            k_att = self._k_att(dev_id, wrapped)
-        except TypeError:  # an unhashable value where the wrapped key should be
-            raise StoreError(f"the wrapped root key of device {dev_id.hex()} is damaged") from None
-        return DeviceState(dev_id, k_att, last_ctr, self._task_set(s, set_id))
+        return DeviceState(
+            dev_id, self._att_key(dev_id, wrapped), last_ctr, self._task_set(s, set_id)
+        )
 
     def _recover(
         self,

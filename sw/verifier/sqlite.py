@@ -63,7 +63,8 @@ class SqliteStore(Store):
     """A registry in the SQLite file ``path``."""
 
     dialect = "sqlite"
-    db_errors = (sqlite3.Error,)
+    #: UnicodeDecodeError: a TEXT value that is not UTF-8 (a damaged file) fails to fetch
+    db_errors = (sqlite3.Error, UnicodeDecodeError)
 
     def __init__(self, path: Path) -> None:
         super().__init__(str(path))
@@ -90,7 +91,7 @@ class SqliteStore(Store):
             raise StoreError(f"cannot open the registry {path}: {exc}") from None
         try:
             self._configure()
-        except sqlite3.Error as exc:
+        except self.db_errors as exc:
             self.conn.close()
             raise self._translate(exc) from None
         except BaseException:
@@ -138,7 +139,9 @@ class SqliteStore(Store):
 
     def _translate(self, exc: BaseException) -> StoreError:
         text = str(exc)
-        if "file is not a database" in text:
+        if isinstance(exc, UnicodeDecodeError):
+            why = "it is damaged (a text value that is not UTF-8)"
+        elif "file is not a database" in text:
             why = "it is not a SQLite database (a damaged registry, or some other file)"
         elif "malformed" in text or "corrupt" in text:
             why = "the file is damaged (SQLite says: database disk image is malformed)"
