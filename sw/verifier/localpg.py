@@ -44,6 +44,40 @@ def binaries() -> Path:
     return bin_dir
 
 
+def _reachable(path: Path) -> bool:
+    """Whether another user can reach ``path``: every directory above it searchable by all."""
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _public_copy(bin_dir: Path) -> Path:
+    """The server's programs copied where ``nobody`` can run them (a checkout under /root is
+    not), once per installed build; the copy is readable by all, like any system install."""
+    install = bin_dir.parent  # site-packages/pgserver/pginstall
+    site = install.parent.parent
+    stamp = f"{install.stat().st_mtime_ns:x}{len(str(install)):x}"
+    target = Path(tempfile.gettempdir()) / f"mchsm-pginstall-{stamp}"
+    inner = Path("pgserver") / "pginstall"  # the binaries find their libraries by RPATH
+    if not (target / inner / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="mchsm-pginstall-"))
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(install / part, staging / inner / part, symlinks=True)
+        if (site / "pgserver.libs").is_dir():
+            shutil.copytree(site / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
+        for root, dirs, files in os.walk(staging):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o755)
+            for name in files:
+                p = Path(root) / name
+                if not p.is_symlink():
+                    os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
+        staging.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # another process made it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / inner / "bin"
+
+
 class LocalPostgres:
     """One PostgreSQL server in ``directory`` (a new temporary one by default).
 
@@ -75,6 +109,8 @@ class LocalPostgres:
 
             nobody = pwd.getpwnam("nobody")
             self._user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+            if not _reachable(self.bin):
+                self.bin = _public_copy(self.bin)
         self.running = False
 
     def _run(self, *args: str, timeout: float = 120) -> None:
