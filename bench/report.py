@@ -303,8 +303,10 @@ def markdown(r: dict[str, Any]) -> str:
             for n, f in sorted(fleets.items()):
                 server = ""
                 if store == "postgresql":
+                    b = f["batched"]
                     server = (
-                        f"; server backend {f['batched']['server_us_cpu_each']:.0f} µs CPU each"
+                        f"; server backend {b['server_us_cpu_each']:.0f} µs CPU each: "
+                        f"{b.get('per_total_cpu_s', 0):,.0f}/s per CPU s of both"
                     )
                 row(
                     s,

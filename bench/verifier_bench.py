@@ -230,6 +230,8 @@ def measure_store(
                 "per_wall_s": statistics.median(n / wall for _, wall, _ in m),
                 "us_cpu_each": statistics.median(cpu / n * 1e6 for cpu, _, _ in m),
                 "server_us_cpu_each": statistics.median(srv / n * 1e6 for _, _, srv in m),
+                # the verifier's CPU and, for PostgreSQL, its server backends' together
+                "per_total_cpu_s": statistics.median(n / (cpu + srv) for cpu, _, srv in m),
             }
         _reset(db)
         out[str(devices)] = figures
@@ -245,7 +247,8 @@ def measure_store(
                 else ""
             )
             + (
-                f"; server {figures['batched']['server_us_cpu_each']:.0f} µs CPU each"
+                f"; server {figures['batched']['server_us_cpu_each']:.0f} µs CPU each, "
+                f"{figures['batched']['per_total_cpu_s']:,.0f}/s per CPU s with it"
                 if pg is not None
                 else ""
             )

@@ -95,7 +95,9 @@ class LocalPostgres:
     ) -> None:
         self.bin = binaries()
         self._own_dir = directory is None
-        self.root = Path(tempfile.mkdtemp(prefix="mchsm-pg-")) if directory is None else directory
+        self.root = (
+            Path(tempfile.mkdtemp(prefix="mchsm-pg-")) if directory is None else directory.resolve()
+        )
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.socket_dir = self.root
