@@ -135,6 +135,17 @@ class LocalPostgres:
         self.root.mkdir(parents=True, exist_ok=True)
         self._own(self.root)
         self._own(self.socket_dir)
+        try:
+            self._start()
+        except BaseException:
+            if self._own_dir:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        self.running = True
+        atexit.register(self.stop)
+        return self
+
+    def _start(self) -> None:
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
@@ -147,9 +158,6 @@ class LocalPostgres:
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
             "-t", "60", "start",
         )  # fmt: skip
-        self.running = True
-        atexit.register(self.stop)
-        return self
 
     def url(self, dbname: str = "postgres") -> str:
         """A ``postgresql://`` URL of database ``dbname`` on this server."""
