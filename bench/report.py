@@ -89,17 +89,21 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         for n, f in sorted(fleets.items()):
             for mode, procs in (("batched", "1 process"), ("batched_2proc", "2 processes")):
                 if mode in f:
+                    # PostgreSQL: the CPU of the verifier and of its server backend together
+                    key = "per_total_cpu_s" if "per_total_cpu_s" in f[mode] else "per_cpu_s"
                     out.append(
                         _check(
                             f"{store} verify_many({ver['batch']}) /s per CPU s, {n:,} devices, "
                             f"{procs}",
-                            f[mode]["per_cpu_s"],
+                            f[mode][key],
                             25_000,
                             "min",
                             "verifications/s",
                         )
                     )
-        rates = [f["batched"]["per_cpu_s"] for f in fleets.values()]
+        rates = [
+            f["batched"].get("per_total_cpu_s", f["batched"]["per_cpu_s"]) for f in fleets.values()
+        ]
         if len(rates) > 1:
             out.append(
                 _check(
@@ -301,13 +305,6 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{keylime:,} quotes verified/s",
             )
             for n, f in sorted(fleets.items()):
-                server = ""
-                if store == "postgresql":
-                    b = f["batched"]
-                    server = (
-                        f"; server backend {b['server_us_cpu_each']:.0f} µs CPU each: "
-                        f"{b.get('per_total_cpu_s', 0):,.0f}/s per CPU s of both"
-                    )
                 row(
                     s,
                     f"{n:,} devices × 8 tasks: verify (1 transaction each)",
@@ -318,12 +315,22 @@ def markdown(r: dict[str, Any]) -> str:
                     if mode not in f:
                         continue
                     m = f[mode]
+                    if store == "postgresql" and "per_total_cpu_s" in m:
+                        figure = (
+                            f"{m['per_total_cpu_s']:,.0f}/s per CPU s of verifier and server "
+                            f"({m['per_cpu_s']:,.0f}/s per verifier CPU s, server "
+                            f"{m['server_us_cpu_each']:.0f} µs each; {m['per_wall_s']:,.0f}/s "
+                            f"wall, {m['per_wall_s'] / keylime:,.1f}× Keylime)"
+                        )
+                    else:
+                        figure = (
+                            f"{m['per_cpu_s']:,.0f}/s per CPU s ({m['per_wall_s']:,.0f}/s wall, "
+                            f"{m['per_wall_s'] / keylime:,.1f}× Keylime)"
+                        )
                     row(
                         s,
                         f"{n:,} devices × 8 tasks: verify_many, batches of {ver['batch']}, {procs}",
-                        f"{m['per_cpu_s']:,.0f}/s per CPU s ({m['per_wall_s']:,.0f}/s wall, "
-                        f"{m['per_cpu_s'] / keylime:,.1f}× Keylime)"
-                        + (server if mode == "batched" else ""),
+                        figure,
                         "≥ 25,000/s",
                         f"{store} verify_many({ver['batch']}) /s per CPU s, {n:,} devices, {procs}",
                     )
