@@ -3,6 +3,7 @@
 A subpackage of small modules, each with one job:
 
 - :mod:`.facade`: :class:`Verifier`, the API the demo, the CLI and the bench use;
+- :mod:`.args`: the checks of every argument of that API, before any work;
 - :mod:`.check`: the check of one attestation, a function that returns its result;
 - :mod:`.store`, :mod:`.sqlite`, :mod:`.postgres`: every SQL statement, over a SQLite file or a
   PostgreSQL database shared by many verifier processes;

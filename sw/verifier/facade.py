@@ -46,9 +46,11 @@ from mchsm.sw.errors import (
     UpdateError,
     VerifierError,
 )
-from mchsm.sw.protocol import UPDATE_ACK_SIZE, UpdateAck, UpdateAuth
+from mchsm.sw.protocol import UpdateAck, UpdateAuth
 
+from . import args
 from . import keys as keymod
+from .args import MAX_NAME
 from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence
 from .postgres import PostgresStore, is_url
 from .records import (
@@ -88,8 +90,6 @@ TASK_SET_CACHE = 4096
 #: attempts in one verify_many call: its transaction holds the write lock (SQLite) or the rows'
 #: locks (PostgreSQL) until it commits
 MAX_BATCH = 4096
-#: UTF-8 bytes of a device or task name
-MAX_NAME = 128
 #: bytes of an image to authorise (hashed in full before anything is written)
 MAX_IMAGE = 256 << 20
 #: bytes a task may have MAC'd for check_task_mac
@@ -137,61 +137,6 @@ def open_store(db: str | os.PathLike[str]) -> Store:
     raise InvalidArgumentError(
         f"db must be a file path or a postgresql:// URL, not {type(db).__name__} {db!r:.40}"
     )
-
-
-def _bytes(value: object, what: str, size: int | None = None, limit: int | None = None) -> bytes:
-    """``value`` as bytes if it is bytes-like (and ``size`` long, or at most ``limit``)."""
-    if not isinstance(value, bytes | bytearray | memoryview) or isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} must be bytes, not {type(value).__name__}")
-    if isinstance(value, memoryview):
-        value = value.cast("B") if value.ndim == 1 else value
-        n = value.nbytes
-    else:
-        n = len(value)
-    if size is not None and n != size:
-        raise InvalidArgumentError(f"{what} is {size} bytes, not {n}")
-    if limit is not None and n > limit:
-        raise InvalidArgumentError(f"{what} is at most {limit:,} bytes, not {n:,}")
-    return bytes(value)
-
-
-def _dev_id(value: object) -> bytes:
-    if isinstance(value, bytes | bytearray | memoryview) and len(value) != DEVICE_ID_SIZE:
-        raise InvalidArgumentError(f"a device id is {DEVICE_ID_SIZE} bytes, not {len(value)}")
-    return _bytes(value, "a device id", DEVICE_ID_SIZE)
-
-
-def _int(value: object, what: str, low: int, high: int) -> int:
-    if type(value) is not int:  # bool is an int subclass, and no count of anything
-        raise InvalidArgumentError(f"{what} must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise InvalidArgumentError(f"{what} must be in {low}..{high}, not {value}")
-    return value
-
-
-def _name(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{what} must be a str, not {type(value).__name__}")
-    try:
-        size = len(value.encode())
-    except UnicodeEncodeError:
-        raise InvalidArgumentError(f"{what} is not valid Unicode text") from None
-    if size > MAX_NAME:
-        raise InvalidArgumentError(f"{what} is at most {MAX_NAME} bytes of UTF-8, not {size}")
-    return value
-
-
-def _attempt(item: object) -> tuple[object, object, object]:
-    """One attempt with bytes-likes made bytes; a malformed one keeps its place (it is judged
-    and rejected like any other attempt) but never reaches a lookup as anything but bytes."""
-    if not isinstance(item, tuple | list) or len(item) != 3:
-        return (None, None, item)
-    out = []
-    for value in item:
-        if type(value) is not bytes and isinstance(value, bytearray | memoryview):
-            value = bytes(value)
-        out.append(value)
-    return out[0], out[1], out[2]
 
 
 class Verifier:
@@ -431,9 +376,9 @@ class Verifier:
         self, contexts: int = DEFAULT_CONTEXTS, dev_id: bytes | None = None, name: str = ""
     ) -> DeviceRecord:
         """Add a device and make its root key; the caller hands both to ``PROVISION`` once."""
-        contexts = _int(contexts, "contexts", 1, MAX_CONTEXTS)
-        dev_id = secrets.token_bytes(DEVICE_ID_SIZE) if dev_id is None else _dev_id(dev_id)
-        name = _name(name, "the device name")
+        contexts = args.integer(contexts, "contexts", 1, MAX_CONTEXTS)
+        dev_id = secrets.token_bytes(DEVICE_ID_SIZE) if dev_id is None else args.dev_id(dev_id)
+        name = args.name(name, "the device name")
         root = secrets.token_bytes(ROOT_KEY_SIZE)
         row = DeviceRow(dev_id, self._kek.wrap(dev_id, root), contexts, name, 0, None)
         now = self._clock()
@@ -449,7 +394,7 @@ class Verifier:
 
     def device(self, dev_id: bytes) -> DeviceRecord:
         """The registered device ``dev_id``; :class:`UnknownDeviceError` if there is none."""
-        dev_id = _dev_id(dev_id)
+        dev_id = args.dev_id(dev_id)
         row = self.store.read(lambda s: self._row(s, dev_id))
         return DeviceRecord(
             row.dev_id, self._kek.unwrap(row.dev_id, row.root_wrapped), row.contexts, row.name
@@ -465,14 +410,14 @@ class Verifier:
 
     def tasks(self, dev_id: bytes) -> list[TaskRecord]:
         """The installed tasks of a device, by context.  Pending updates are not tasks yet."""
-        dev_id = _dev_id(dev_id)
+        dev_id = args.dev_id(dev_id)
         return self.store.read(
             lambda s: list(self._task_set(s, self._row(s, dev_id).task_set).tasks)
         )
 
     def pending_updates(self, dev_id: bytes) -> list[PendingUpdate]:
         """The authorised, unconfirmed updates of a device, by context (at most one each)."""
-        dev_id = _dev_id(dev_id)
+        dev_id = args.dev_id(dev_id)
 
         def read(s: Store) -> list[PendingUpdate]:
             self._row(s, dev_id)
@@ -485,7 +430,7 @@ class Verifier:
     def register_task(self, dev_id: bytes, ctx: int, name: str, image: bytes) -> UpdatePackage:
         """Install a task: the protocol has no separate "set reference", only an update from
         version 0, so this is :meth:`prepare_update` with a name."""
-        return self.prepare_update(dev_id, ctx, image, name=_name(name, "the task name"))
+        return self.prepare_update(dev_id, ctx, image, name=args.name(name, "the task name"))
 
     def prepare_update(
         self, dev_id: bytes, ctx: int, image: bytes, *, name: str | None = None
@@ -500,11 +445,11 @@ class Verifier:
         live authorisations would let the network choose which one lands, and the HSM cannot
         be told that one was revoked.  ``name`` defaults to the task's current name.
         """
-        dev_id = _dev_id(dev_id)
-        ctx = _int(ctx, "the context", -(1 << 63), 1 << 63)
-        image = _bytes(image, "the image", limit=MAX_IMAGE)
+        dev_id = args.dev_id(dev_id)
+        ctx = args.integer(ctx, "the context", -(1 << 63), 1 << 63)
+        image = args.byte_string(image, "the image", limit=MAX_IMAGE)
         if name is not None:
-            name = _name(name, "the task name")
+            name = args.name(name, "the task name")
         ref = protocol.reference(image)
         now = self._clock()
 
@@ -551,8 +496,8 @@ class Verifier:
         Only for one that never reached the device: the HSM would still accept it (it cannot be
         told), and if it does, its ack is refused and the context attests as failed.
         """
-        dev_id = _dev_id(dev_id)
-        ctx = _int(ctx, "the context", 1, MAX_CONTEXTS)
+        dev_id = args.dev_id(dev_id)
+        ctx = args.integer(ctx, "the context", 1, MAX_CONTEXTS)
         now = self._clock()
 
         def cancel(s: Store) -> PendingUpdate:
@@ -574,7 +519,7 @@ class Verifier:
         A failed ack leaves the pending update alone: a forgery from the network must not be
         able to cancel a genuine update.  Either way the attempt is audit-logged.
         """
-        dev_id = _dev_id(dev_id)
+        dev_id = args.dev_id(dev_id)
         if type(ack) is not UpdateAck and isinstance(ack, bytearray | memoryview):
             ack = bytes(ack)
         now = self._clock()
@@ -583,7 +528,7 @@ class Verifier:
             detail: dict[str, Any] = {}
             ctx: int | None = None
             try:
-                parsed = _ack(ack)
+                parsed = args.ack(ack)
                 ctx = parsed.ctx
                 detail["new"] = parsed.new
                 record = self._confirm(s, dev_id, parsed, detail, now)
@@ -641,7 +586,7 @@ class Verifier:
     def challenge(self, dev_id: bytes, sel: int | None = None) -> Challenge:
         """Issue a fresh single-use nonce for ``dev_id``; ``sel`` defaults to every installed
         task, because a verdict is only worth asking for where a reference exists."""
-        dev_id = _dev_id(dev_id)
+        dev_id = args.dev_id(dev_id)
         if sel is not None and type(sel) is not int:
             raise InvalidArgumentError(f"the selection must be an integer mask, not {sel!r:.40}")
         now = self._clock()
@@ -681,7 +626,7 @@ class Verifier:
         size of the nonces in flight.
         """
         if limit is not None:
-            limit = _int(limit, "limit", 0, 1 << 62)
+            limit = args.integer(limit, "limit", 0, 1 << 62)
         now = self._clock()
         return self.store.write(lambda s: s.purge_nonces(now, limit))
 
@@ -728,7 +673,7 @@ class Verifier:
             ):
                 batch.append(item)
             else:
-                batch.append(_attempt(item))
+                batch.append(args.attempt(item))
             if len(batch) > MAX_BATCH:
                 raise InvalidArgumentError(f"at most {MAX_BATCH} attempts per verify_many call")
         if not batch:
@@ -852,8 +797,8 @@ class Verifier:
     def task_key(self, dev_id: bytes, ctx: int) -> bytes:
         """K_task of the installed task of ``ctx``: what the device's ``TASK_MAC`` uses while the
         task is in its reference state, so a relying party can check what the task sends."""
-        dev_id = _dev_id(dev_id)
-        ctx = _int(ctx, "the context", -(1 << 63), 1 << 63)
+        dev_id = args.dev_id(dev_id)
+        ctx = args.integer(ctx, "the context", -(1 << 63), 1 << 63)
 
         def read(s: Store) -> tuple[DeviceRow, TaskSet]:
             row = self._row(s, dev_id)
@@ -869,8 +814,8 @@ class Verifier:
 
     def check_task_mac(self, dev_id: bytes, ctx: int, data: bytes, mac: bytes) -> bool:
         """Whether ``mac`` is the installed task's ``TASK_MAC`` of ``data`` (constant time)."""
-        data = _bytes(data, "the data", limit=MAX_TASK_DATA)
-        mac = _bytes(mac, "the MAC", limit=1024)
+        data = args.byte_string(data, "the data", limit=MAX_TASK_DATA)
+        mac = args.byte_string(mac, "the MAC", limit=1024)
         expected = protocol.hmac_sha256(self.task_key(dev_id, ctx), data)
         return len(mac) == len(expected) and protocol.tags_equal(expected, mac)
 
@@ -879,35 +824,11 @@ class Verifier:
     def audit(self, dev_id: bytes | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries, oldest first; with ``limit``, the newest ``limit`` of them."""
         if dev_id is not None:
-            dev_id = _dev_id(dev_id)
+            dev_id = args.dev_id(dev_id)
         if limit is not None:
-            limit = _int(limit, "limit", 0, 1 << 62)
+            limit = args.integer(limit, "limit", 0, 1 << 62)
         rows = self.store.read(lambda s: s.audit(dev_id, limit))
         return [_entry(r) for r in reversed(rows)]
-
-
-def _ack(ack: object) -> UpdateAck:
-    if isinstance(ack, bytes):
-        if len(ack) != UPDATE_ACK_SIZE:
-            raise UpdateError(
-                f"malformed update acknowledgement: it is {UPDATE_ACK_SIZE} bytes, not {len(ack)}"
-            )
-        return UpdateAck.unpack(ack)
-    if isinstance(ack, UpdateAck):
-        if not (
-            type(ack.ctx) is int
-            and type(ack.new) is int
-            and 0 <= ack.ctx <= _U32_MAX
-            and 0 <= ack.new <= _U32_MAX
-            and isinstance(ack.ack, bytes)
-            and len(ack.ack) == 32
-        ):
-            raise UpdateError("malformed update acknowledgement: u32 ctx, u32 new, 32-byte MAC")
-        return ack
-    raise UpdateError(
-        f"malformed update acknowledgement: {UPDATE_ACK_SIZE} bytes or an UpdateAck, "
-        f"not {type(ack).__name__}"
-    )
 
 
 def _entry(r: tuple[Any, ...]) -> AuditEntry:
