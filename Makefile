@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bench-verifier bitstreams waves prove clean
+.PHONY: all install demo test lint bench bitstreams waves prove clean
 
 all: test
 
@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m bench.run
 
+.PHONY: bench-verifier
 # only the verifier's section (SQLite and PostgreSQL, 1k/100k/1M devices, 1 and 2 processes),
 # merged into bench/results.{json,md}: a few minutes, no RTL
 bench-verifier: install

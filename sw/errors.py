@@ -12,10 +12,7 @@ from mchsm.constants import Cmd, Status
 __all__ = [
     "AttestationError",
     "HsmError",
-    "InvalidArgumentError",
-    "KekError",
     "MchsmError",
-    "StoreError",
     "TransportError",
     "UnknownDeviceError",
     "UpdateError",
@@ -95,3 +92,6 @@ class StoreError(VerifierError):
 class KekError(VerifierError):
     """The key-encryption key that wraps the root keys is missing, unsafe or not the one the
     registry was wrapped with."""
+
+
+__all__ += ["InvalidArgumentError", "KekError", "StoreError"]
