@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["simulators"]["seconds"] = time.perf_counter() - t
 
-    results["runtime_seconds"] = time.perf_counter() - began
+    results["runtime_seconds"] = runtime = time.perf_counter() - began
     results["load_average_end"] = os.getloadavg()[0]
     if args.only and (OUT / "results.json").exists():
         # one section measured now, the others as the last full run left them
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         results = merged
     _write(results)
     _progress(
-        f"== done in {results['runtime_seconds']:.0f} s: {OUT / 'results.md'}, "
+        f"== done in {runtime:.0f} s: {OUT / 'results.md'}, "
         f"{OUT / 'results.json'}, {OUT / 'attest.png'}"
     )
     for t in results["targets"]:

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from typing import Any
 
+import pytest
 from verifier_support import (  # noqa: F401  (fixtures)
     Device,
     Registry,
@@ -220,3 +221,31 @@ def _check_consistent(
         )[0]
         assert last == (accepted[-1] if accepted else 0)
         assert accepted == sorted(accepted)
+
+
+def test_a_counter_another_verifier_moved_reruns_the_batch(registry: Registry) -> None:
+    """PostgreSQL holds no lock on a counter while a batch computes; the compare-and-set that
+    writes it back finds the counter another verifier moved meanwhile, and the batch is run
+    again against the new value.  (SQLite's write lock makes the race impossible there.)"""
+    if registry.kind != "postgresql":
+        pytest.skip("SQLite holds its write lock for the whole batch: the race cannot happen")
+    with registry.open() as a, registry.open() as b:
+        dev = provisioned(a)
+        d = dev.record.dev_id
+        first, second = a.challenge(d), a.challenge(d)
+        early, late = dev.attest(first), dev.attest(second)  # ctr 1, ctr 2
+        real = b.store.set_counters
+        raced: list[int] = []
+
+        def racing(rows: list[tuple[int, bytes, int]]) -> None:
+            if not raced:  # between b's read of the counter and its write: a accepts ctr 2
+                raced.append(a.verify(d, second.nonce, late).ctr)
+            real(rows)
+
+        b.store.set_counters = racing  # type: ignore[method-assign]
+        with pytest.raises(AttestationError, match="counter 1 is not above the last accepted 2"):
+            b.verify(d, first.nonce, early)
+        assert raced == [2]
+        assert registry.sql("SELECT last_ctr FROM counters WHERE dev_id = ?", (d,)) == [(2,)]
+        outcomes = [e.outcome for e in a.audit(d) if e.kind == "attest"]
+        assert outcomes == ["trusted", "rejected"]  # the rerun batch left one row, not two

@@ -65,7 +65,7 @@ from .records import (
 )
 from .schema import SCHEMA_VERSION
 from .sqlite import SqliteStore
-from .store import DeviceRow, Store
+from .store import Conflict, DeviceRow, Store
 
 __all__ = [
     "ATT_KEY_CACHE",
@@ -757,7 +757,7 @@ class Verifier:
                         _json(detail),
                     )
                 )
-        s.set_counters([(c, d) for d, c in counters.items()])
+        s.set_counters([(c, d, rows[d][1]) for d, c in counters.items()])
         s.append_audit(audit)
         return results
 
@@ -790,6 +790,9 @@ class Verifier:
             audit.append(
                 (now, dev_id, KIND_UPDATE_CONFIRM, u.ctx, OUTCOME_RECOVERED, _json(detail))
             )
+        row = s.device(dev_id, lock=True)  # another process may have installed meanwhile
+        if row is None or row.task_set != tasks.id:
+            raise Conflict("the device's tasks changed since this batch read them")
         return self._install(s, dev_id, tasks, checked.recovered)
 
     # -- task keys ----------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """The fleet store: a PostgreSQL database shared by any number of verifier processes.
 
 Tables live in their own namespace (``mchsm``), so the database may hold other things.  Each
-change is one READ COMMITTED transaction that locks the rows it judges, nonces first and then
-devices, each in key order: a nonce is consumed by exactly one transaction, a device's counter
-is read and advanced by one at a time, and two batches cannot deadlock on each other (a
-deadlock that an attacker arranges, such as a nonce presented for another device, is detected
-by PostgreSQL and the batch is rerun; see :data:`~mchsm.sw.verifier.store.WRITE_RETRIES`).
+change is one READ COMMITTED transaction.  A batch consumes its nonces with one ``UPDATE ...
+WHERE used = 0``: the row lock and the re-check of ``used = 0`` after waiting for it make each
+nonce consumed by exactly one transaction.  It reads its devices' counters without a lock and
+writes them back with a compare-and-set (``WHERE last_ctr = <as read>``): if another verifier
+moved one meanwhile, the batch is rolled back and run again, so an accepted counter is never
+written over a higher one and no lock is held while the batch computes.  Deadlocks an attacker
+could arrange (the same nonces in two batches) are detected by PostgreSQL and the batch is rerun
+too (:data:`~mchsm.sw.verifier.store.WRITE_RETRIES`).  Updates, confirmations and lost-ack
+recoveries lock the device row.
 
 Durability is the server's: with its defaults (``fsync = on``, ``synchronous_commit = on``) a
 commit returns once its WAL is flushed, so nothing committed is lost to a crash or power loss.
@@ -20,7 +24,7 @@ from typing import Any
 
 from mchsm.sw.errors import StoreError
 
-from .store import Store
+from .store import Conflict, Store
 
 __all__ = ["NAMESPACE", "PostgresStore", "is_url", "redact"]
 
@@ -45,7 +49,6 @@ class PostgresStore(Store):
 
     dialect = "postgresql"
     lock_device = " FOR UPDATE OF d"
-    lock_counter = " FOR UPDATE OF c"
 
     def __init__(self, url: str) -> None:
         super().__init__(redact(url))
@@ -137,26 +140,32 @@ class PostgresStore(Store):
         return list(cur.fetchall())
 
     def consume_rows(self, keys: set[bytes]) -> list[tuple[Any, ...]]:
-        # lock in key order first (no deadlock between batches), then flip; a row another
-        # transaction flipped meanwhile fails `used = 0` when re-checked after its lock
+        # the update locks each row it flips; a transaction that waited for another's lock
+        # re-checks `used = 0` on the committed row and leaves it alone.  The index scan takes
+        # the keys in sorted order, so two batches lock common nonces in the same order.
         cur = self.conn.execute(
-            "UPDATE nonces SET used = 1 WHERE nonce IN (SELECT nonce FROM nonces "
-            "WHERE nonce = ANY(%b) AND used = 0 ORDER BY nonce FOR UPDATE) "
+            "UPDATE nonces SET used = 1 WHERE nonce = ANY(%b) AND used = 0 "
             "RETURNING nonce, dev_id, sel, expires, used",
-            (list(keys),),
+            (sorted(keys),),
             binary=True,
         )
         return list(cur.fetchall())
 
-    def set_counters(self, pairs: list[tuple[int, bytes]]) -> None:
-        if not pairs:
+    def set_counters(self, rows: list[tuple[int, bytes, int]]) -> None:
+        """Compare and set: a counter another verifier moved since this batch read it is left
+        alone and the batch is run again (:class:`Conflict`), so an accepted counter is never
+        written over a higher one.  No lock is held on a counter while the batch computes."""
+        if not rows:
             return
-        counters, ids = zip(*pairs, strict=True)
-        self.conn.execute(
-            "UPDATE counters AS k SET last_ctr = v.c FROM unnest(%b::bigint[], %b::bytea[]) "
-            "AS v(c, id) WHERE k.dev_id = v.id",
-            (list(counters), list(ids)),
+        rows = sorted(rows, key=lambda r: r[1])  # the same lock order in every batch
+        new, ids, old = (list(c) for c in zip(*rows, strict=True))
+        cur = self.conn.execute(
+            "UPDATE counters AS k SET last_ctr = v.c FROM unnest(%b::bigint[], %b::bytea[], "
+            "%b::bigint[]) AS v(c, id, old) WHERE k.dev_id = v.id AND k.last_ctr = v.old",
+            (new, ids, old),
         )
+        if cur.rowcount != len(rows):
+            raise Conflict("a counter moved since this batch read it")
 
     def append_audit(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:

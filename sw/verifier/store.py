@@ -31,8 +31,13 @@ from .schema import SCHEMA_VERSION, TABLE_NAMES, create_statements
 __all__ = ["DeviceRow", "NonceRow", "Store"]
 
 T = TypeVar("T")
-#: attempts to run a transaction that PostgreSQL aborted for a deadlock or serialization failure
+#: attempts to run a transaction that lost a race (a deadlock or serialization failure that
+#: PostgreSQL reported, or a counter another process moved meanwhile)
 WRITE_RETRIES = 8
+
+
+class Conflict(Exception):
+    """Another transaction changed what this one read; it is rolled back and run again."""
 
 
 @dataclass(slots=True)
@@ -168,11 +173,18 @@ class Store:
                     raise
                 self._commit()
                 return result
-            except self.db_errors as exc:
-                if self._retryable(exc) and attempt + 1 < WRITE_RETRIES:
+            except (*self.db_errors, Conflict) as exc:
+                if (isinstance(exc, Conflict) or self._retryable(exc)) and (
+                    attempt + 1 < WRITE_RETRIES
+                ):
                     self._after_failure()
                     continue
                 self._after_failure()
+                if isinstance(exc, Conflict):
+                    raise StoreError(
+                        f"the registry {self.location} is too busy: a batch lost "
+                        f"{WRITE_RETRIES} races in a row to other verifiers"
+                    ) from None
                 raise self._translate(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -246,10 +258,9 @@ class Store:
         "SELECT d.dev_id, d.root_wrapped, d.contexts, d.name, c.last_ctr, d.task_set "
         "FROM devices AS d LEFT JOIN counters AS c ON c.dev_id = d.dev_id"
     )
-    #: appended to a SELECT to lock the device rows, or the counter rows, it reads (PostgreSQL);
-    #: SQLite's database-wide write lock covers both
+    #: appended to a SELECT to lock the device rows it reads (PostgreSQL); SQLite's database-wide
+    #: write lock covers them
     lock_device = ""
-    lock_counter = ""
 
     def insert_device(self, row: DeviceRow, created: float) -> bool:
         """Add a device; False if its id is taken."""
@@ -277,20 +288,20 @@ class Store:
         return [device_row(r) for r in rows]
 
     def devices_for_verify(self, keys: Iterable[bytes]) -> dict[bytes, tuple[Any, ...]]:
-        """dev_id -> (root_wrapped, last_ctr, task_set) of the registered ones of ``keys``,
-        their counters locked for the transaction; the caller checks the types (this is the
-        hot path)."""
+        """dev_id -> (root_wrapped, last_ctr, task_set) of the registered ones of ``keys``; the
+        caller checks the types (this is the hot path).  :meth:`set_counters` is told the
+        counters as read here, and refuses to write over one that moved since."""
         rows = self.rows_in(
             "SELECT d.dev_id, d.root_wrapped, c.last_ctr, d.task_set FROM devices AS d "
             "JOIN counters AS c ON c.dev_id = d.dev_id WHERE d.dev_id",
             keys,
-            " ORDER BY d.dev_id" + self.lock_counter if self.lock_counter else "",
         )
         return {r[0]: r[1:] for r in rows}
 
-    def set_counters(self, pairs: list[tuple[int, bytes]]) -> None:
-        """(last_ctr, dev_id) pairs."""
-        self.executemany("UPDATE counters SET last_ctr = ? WHERE dev_id = ?", pairs)
+    def set_counters(self, rows: list[tuple[int, bytes, int]]) -> None:
+        """(new last_ctr, dev_id, last_ctr as read) rows.  SQLite's write lock was held since
+        the read; a store without one raises :class:`Conflict` if a counter moved meanwhile."""
+        self.executemany("UPDATE counters SET last_ctr = ? WHERE dev_id = ?", [r[:2] for r in rows])
 
     def set_task_set(self, dev_id: bytes, set_id: bytes | None) -> None:
         self.execute("UPDATE devices SET task_set = ? WHERE dev_id = ?", (set_id, dev_id))
