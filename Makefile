@@ -36,13 +36,6 @@ bench: install
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m bench.run
 
-.PHONY: bench-verifier
-# only the verifier's section (SQLite and PostgreSQL, 1k/100k/1M devices, 1 and 2 processes),
-# merged into bench/results.{json,md}: a few minutes, no RTL
-bench-verifier: install
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
-	$(BIN)/python -m bench.run --only verifier
-
 # bitstreams for both boards with Yosys and nextpnr from PyPI (YoWASP), each with report.md/json
 # in build/<board>/.  About 3 min per board on 2 cores (nextpnr's placement takes most of it and
 # can take twice as long on a loaded machine); the first run also compiles the WebAssembly tools
@@ -70,3 +63,10 @@ waves: install
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache
+
+.PHONY: bench-verifier
+# only the verifier's section (SQLite and PostgreSQL, 1k/100k/1M devices, 1 and 2 processes),
+# merged into bench/results.{json,md}: a few minutes, no RTL
+bench-verifier: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m bench.run --only verifier
