@@ -82,3 +82,10 @@ waves: install
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache
+
+.PHONY: bench-verifier
+# only the verifier's section (SQLite and PostgreSQL, 1k/100k/1M devices, 1 and 2 processes),
+# merged into bench/results.{json,md}: a few minutes, no RTL
+bench-verifier: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m bench.run --only verifier

@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.run                 # everything (~3 min with warm caches, 6-16 cold)
     .venv/bin/python -m bench.run --quick         # fewer sizes and repeats, no cold build
     .venv/bin/python -m bench.run --report-only   # redraw table and plot from results.json
+    .venv/bin/python -m bench.run --only verifier # one section, merged into results.json
 
 Sections, each printing progress lines as it goes:
 
@@ -12,7 +13,8 @@ Sections, each printing progress lines as it goes:
    HMAC of 64 bytes, ATTEST for N = 1..32, UPDATE, MEASURE 1-64 KiB; times at 12 MHz and Fmax.
 2. Bytes on the wire: mchsm's attestation and update beside a TPM 2.0 quote of 8 PCRs.
 3. A TPM 2.0 (swtpm + tpm2-tools) quoting and verifying, when installed; one line otherwise.
-4. Verifier throughput for fleets of 1k, 100k and 1M devices (built once, cached in .cache/).
+4. Verifier throughput for fleets of 1k, 100k and 1M devices (built once, cached in .cache/),
+   on SQLite and on PostgreSQL (a local server from the pgserver wheel), 1 and 2 processes.
 5. Simulator speed (Amaranth, cocotb + Verilator, the model) and Verilator build times.
 
 It writes ``bench/results.json``, ``bench/results.md`` and ``bench/attest.png``.  A bench
@@ -197,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
         help="leave a section out (repeatable)",
     )
     parser.add_argument(
+        "--only",
+        choices=["hsm", "tpm", "verifier", "simulators"],
+        help="run only this section and merge it into the existing results.json",
+    )
+    parser.add_argument(
+        "--stores",
+        type=lambda s: tuple(s.split(",")),
+        default=("sqlite", "postgresql"),
+        help="verifier stores to measure (default sqlite,postgresql)",
+    )
+    parser.add_argument(
         "--fleets",
         type=lambda s: tuple(int(x) for x in s.split(",")),
         help="comma-separated fleet sizes (default 1000,100000,1000000)",
@@ -234,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     skip = set(args.skip)
     if args.quick:
         skip.add("cold-build")
+    if args.only:
+        skip |= {"hsm", "tpm", "verifier", "simulators", "cold-build"} - {args.only}
 
     def section(title: str) -> float:
         _progress(f"== {title} [{time.perf_counter() - began:.0f} s]")
@@ -279,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if "verifier" not in skip:
-        t = section("4. Verifier throughput (SQLite WAL, one core)")
+        t = section("4. Verifier throughput (SQLite and PostgreSQL; 1 and 2 processes)")
         fleets = args.fleets or ((1_000, 100_000) if args.quick else verifier_bench.FLEETS)
         kwargs = {"single": 500, "batched": 2048, "repeats": 2} if args.quick else {}
         results["verifier"] = verifier_bench.measure_verifier(
-            _progress, cache, fleets=fleets, **kwargs
+            _progress, cache, fleets=fleets, stores=args.stores, **kwargs
         )
         results["verifier"]["seconds"] = time.perf_counter() - t
 
@@ -294,11 +309,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["simulators"]["seconds"] = time.perf_counter() - t
 
-    results["runtime_seconds"] = time.perf_counter() - began
+    results["runtime_seconds"] = runtime = time.perf_counter() - began
     results["load_average_end"] = os.getloadavg()[0]
+    if args.only and (OUT / "results.json").exists():
+        # one section measured now, the others as the last full run left them
+        merged = json.loads((OUT / "results.json").read_text())
+        merged[args.only] = results[args.only]
+        merged.setdefault("notes", []).append(
+            f"Section {args.only!r} re-measured alone at {results['commit']} on {results['date']}."
+        )
+        results = merged
     _write(results)
     _progress(
-        f"== done in {results['runtime_seconds']:.0f} s: {OUT / 'results.md'}, "
+        f"== done in {runtime:.0f} s: {OUT / 'results.md'}, "
         f"{OUT / 'results.json'}, {OUT / 'attest.png'}"
     )
     for t in results["targets"]:

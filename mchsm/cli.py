@@ -97,9 +97,9 @@ def main() -> None:
 )
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Verifier registry file (default: a fresh temporary file).",
+    help="Verifier registry: a SQLite file, or a postgresql:// URL (default: a fresh "
+    "temporary file).  See docs/verifier.md.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of task behaviour.")
 @waves_option
@@ -121,7 +121,7 @@ def demo(
     ctx: click.Context,
     backend: str,
     contexts: int,
-    db: Path | None,
+    db: str | None,
     seed: int,
     waves: Path | None,
     port: str | None,
@@ -158,7 +158,7 @@ def demo(
     if backend != "model":
         click.echo(f"running the demo on the RTL ({backend})...", err=True)
     with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
-        path = db if db is not None else Path(tmp) / "verifier.sqlite"
+        path = db if db is not None else str(Path(tmp) / "verifier.sqlite")
         run = run_on_backend(
             backend,
             run_story,
@@ -502,7 +502,7 @@ def waves(
 BOARD_NAMES = ("icebreaker", "ulx3s")
 
 
-def _demo_on_board(port: str, baud: int | None, db: Path | None, seed: int) -> None:
+def _demo_on_board(port: str, baud: int | None, db: str | None, seed: int) -> None:
     """The demo story against the HSM on a board, over its UART (``mchsm demo --port``)."""
     import asyncio
     import time
@@ -533,7 +533,7 @@ def _demo_on_board(port: str, baud: int | None, db: Path | None, seed: int) -> N
                 f"running the demo on the board at {port} ({info.contexts} contexts)...", err=True
             )
             with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
-                path = db if db is not None else Path(tmp) / "verifier.sqlite"
+                path = db if db is not None else str(Path(tmp) / "verifier.sqlite")
                 report = asyncio.run(
                     run_story(
                         driver, path, backend=f"board ({port})", contexts=info.contexts, seed=seed
@@ -601,3 +601,95 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     click.echo(report.to_markdown())
     click.echo(f"report: {shown(out / 'report.md')}, {shown(out / 'report.json')}", err=True)
     sys.exit(0 if report.passed else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The verifier's registry: `mchsm verifier ...` (see docs/verifier.md)
+# ---------------------------------------------------------------------------------------------
+
+
+@main.group()
+def verifier() -> None:
+    """Look after the verifier's registry and the key that wraps its root keys."""
+
+
+def _verifier_db_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--db", required=True, help="The registry: a SQLite file or a postgresql:// URL."
+    )(fn)
+
+
+def _kek_option(fn):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--kek-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File holding the current KEK [default: $MCHSM_VERIFIER_KEK, "
+        "$MCHSM_VERIFIER_KEK_FILE, or (SQLite) the .kek file beside the registry].",
+    )(fn)
+
+
+@verifier.command("rotate-kek")
+@_verifier_db_option
+@_kek_option
+@click.option(
+    "--new-kek-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the new KEK (make one with `mchsm verifier new-kek`) [default: a new "
+    "random KEK replaces the current KEK file once every key is re-wrapped].",
+)
+def verifier_rotate_kek(db: str, kek_file: Path | None, new_kek_file: Path | None) -> None:
+    """Re-wrap every root key under a new key-encryption key, in one transaction."""
+    from mchsm.sw.errors import MchsmError
+    from mchsm.sw.verifier import Verifier
+
+    try:
+        with Verifier(db, kek=kek_file) as v:
+            count = v.rotate_kek(new_kek_file)
+            source = v.kek_source
+    except MchsmError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"re-wrapped {count} root key(s) of {db} under {source}")
+
+
+@verifier.command("new-kek")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def verifier_new_kek(path: Path) -> None:
+    """Make a new random KEK in PATH (owner-only; never overwrites)."""
+    from mchsm.sw.errors import MchsmError
+    from mchsm.sw.verifier.keys import write_kek_file
+
+    try:
+        write_kek_file(path)
+    except MchsmError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote a new KEK to {path} (mode 0600); point $MCHSM_VERIFIER_KEK_FILE at it")
+
+
+@verifier.command("info")
+@_verifier_db_option
+@_kek_option
+def verifier_info(db: str, kek_file: Path | None) -> None:
+    """What the registry holds: schema version, devices, pending updates, audit rows."""
+    from mchsm.sw.errors import MchsmError
+    from mchsm.sw.verifier import SCHEMA_VERSION, Verifier
+
+    def count(s, table: str) -> int:  # type: ignore[no-untyped-def]
+        return int(s.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    try:
+        with Verifier(db, kek=kek_file) as v:
+            counts = v.store.read(
+                lambda s: {
+                    t: count(s, t) for t in ("devices", "pending_updates", "nonces", "audit")
+                }
+            )
+            source = v.kek_source
+            where = v.location
+    except MchsmError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"registry:  {where} (schema version {SCHEMA_VERSION})")
+    click.echo(f"KEK:       {source}")
+    for table, n in counts.items():
+        click.echo(f"{table + ':':<16}{n:,}")

@@ -487,9 +487,10 @@ class _Story:
 
 
 async def run_story(
-    driver: HsmDriver, db_path: Path, *, backend: str, contexts: int, seed: int = 1
+    driver: HsmDriver, db_path: Path | str, *, backend: str, contexts: int, seed: int = 1
 ) -> DemoReport:
-    """Tell the whole story on ``driver``; the verifier's registry lives in ``db_path``."""
+    """Tell the whole story on ``driver``; the verifier's registry lives in ``db_path`` (a
+    SQLite file, its KEK beside it unless the environment names one, or a postgresql:// URL)."""
     report = DemoReport(backend=backend, contexts=contexts)
     with Verifier(db_path) as verifier:
         story = _Story(driver, verifier, report, contexts, seed)

@@ -115,3 +115,23 @@ class AttestationError(VerifierError):
 
 class UpdateError(VerifierError):
     """An update could not be prepared or its acknowledgement did not verify."""
+
+
+class InvalidArgumentError(VerifierError, ValueError):
+    """A verifier call got an argument of the wrong type, size or range; nothing was done.
+
+    Also a :class:`ValueError`, which is what such calls raised before they had a typed error.
+    """
+
+
+class StoreError(VerifierError):
+    """The registry cannot be used: damaged, truncated, foreign, of a newer schema, unreachable,
+    or a file whose permissions would leak it.  The message says which, and what to do."""
+
+
+class KekError(VerifierError):
+    """The key-encryption key that wraps the root keys is missing, unsafe or not the one the
+    registry was wrapped with."""
+
+
+__all__ += ["InvalidArgumentError", "KekError", "StoreError"]

@@ -46,6 +46,7 @@ __all__ = [
     "select_digest",
     "sha256",
     "tags_equal",
+    "unpack_evidence",
     "upd_message",
 ]
 
@@ -117,12 +118,33 @@ def pack(fields: tuple[Field, ...], values: dict[str, bytes | int]) -> bytes:
     return bytes(out)
 
 
+def _att_layout() -> tuple[struct.Struct, bytes, tuple[int, ...]]:
+    """ATT_FIELDS as one struct: the verifier builds this message for every attestation it
+    checks, and :func:`pack`'s field loop would be a good part of that check's cost."""
+    names = [name for name, _ in ATT_FIELDS]
+    if names != ["ATT_LABEL", "dev_id", "nonce", "sel", "ok", "ctr", "D"]:
+        raise AssertionError("ATT_FIELDS changed: update protocol._att_layout")
+    sizes = dict(ATT_FIELDS)
+    layout = struct.Struct(
+        f">{sizes['ATT_LABEL']}s{sizes['dev_id']}s{sizes['nonce']}sIII{sizes['D']}s"
+    )
+    return layout, LABELS["ATT_LABEL"], (sizes["dev_id"], sizes["nonce"], sizes["D"])
+
+
+_ATT, _ATT_LABEL, _ATT_SIZES = _att_layout()
+
+
 def att_message(dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest: bytes) -> bytes:
     """ "ATT1" || dev_id || nonce || u32 sel || u32 ok || u32 ctr || D (MAC'd under K_att)."""
-    return pack(
-        ATT_FIELDS,
-        {"dev_id": dev_id, "nonce": nonce, "sel": sel, "ok": ok, "ctr": ctr, "D": digest},
-    )
+    if (len(dev_id), len(nonce), len(digest)) != _ATT_SIZES:  # struct would pad or cut
+        return pack(
+            ATT_FIELDS,
+            {"dev_id": dev_id, "nonce": nonce, "sel": sel, "ok": ok, "ctr": ctr, "D": digest},
+        )
+    try:
+        return _ATT.pack(_ATT_LABEL, dev_id, nonce, sel, ok, ctr, digest)
+    except struct.error as exc:
+        raise ValueError(f"attestation message: {exc}") from None
 
 
 def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
@@ -159,9 +181,18 @@ class Evidence:
 
     @classmethod
     def unpack(cls, data: bytes) -> Evidence:
-        _check_len("evidence", data, EVIDENCE_SIZE)
-        sel, ok, ctr = struct.unpack(">III", data[:12])
-        return cls(sel=sel, ok=ok, ctr=ctr, tag=bytes(data[12:]))
+        sel, ok, ctr, tag = unpack_evidence(data)
+        return cls(sel=sel, ok=ok, ctr=ctr, tag=tag)
+
+
+_EVIDENCE = struct.Struct(f">III{EVIDENCE_SIZE - 12}s")
+
+
+def unpack_evidence(data: bytes) -> tuple[int, int, int, bytes]:
+    """(sel, ok, ctr, tag) of the 44 wire bytes of an :class:`Evidence`, without building one
+    (the verifier does this for every attestation it checks)."""
+    _check_len("evidence", data, EVIDENCE_SIZE)
+    return _EVIDENCE.unpack(data)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,43 @@ def test_hash_reports_missing_files_and_bad_keys(tmp_path: Path) -> None:
 def test_unknown_backend_is_refused() -> None:
     result = CliRunner().invoke(main, ["hash", "--backend", "fpga", "x"])
     assert result.exit_code != 0 and "fpga" in result.output
+
+
+def test_verifier_commands_rotate_the_kek_and_say_what_is_wrong_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCHSM_VERIFIER_KEK", raising=False)
+    monkeypatch.delenv("MCHSM_VERIFIER_KEK_FILE", raising=False)
+    db = tmp_path / "v.sqlite"
+    with Verifier(db) as verifier:
+        dev = verifier.register_device(4)
+    runner = CliRunner()
+    result = runner.invoke(main, ["verifier", "info", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "devices:" in result.output and "v.sqlite.kek" in result.output
+    old = (tmp_path / "v.sqlite.kek").read_text()
+    result = runner.invoke(main, ["verifier", "rotate-kek", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "re-wrapped 1 root key(s)" in result.output
+    assert (tmp_path / "v.sqlite.kek").read_text() != old
+    new = tmp_path / "new.kek"
+    assert runner.invoke(main, ["verifier", "new-kek", str(new)]).exit_code == 0
+    assert os.stat(new).st_mode & 0o777 == 0o600
+    result = runner.invoke(
+        main, ["verifier", "rotate-kek", "--db", str(db), "--new-kek-file", str(new)]
+    )
+    assert result.exit_code == 0, result.output
+    with Verifier(db, kek=new) as verifier:
+        assert verifier.device(dev.dev_id).root_key == dev.root_key
+    # the default KEK file no longer matches: one line that says so, no traceback
+    for args in (
+        ["verifier", "info", "--db", str(db)],
+        ["verifier", "new-kek", str(new)],
+        ["verifier", "info", "--db", str(tmp_path / "missing" / "x.sqlite")],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output and result.output.count("\n") == 1, result.output
+    os.chmod(db, 0o644)
+    result = runner.invoke(main, ["verifier", "info", "--db", str(db), "--kek-file", str(new)])
+    assert result.exit_code == 1 and f"chmod 600 {db}" in result.output

@@ -2,124 +2,54 @@
 
 Every device here is an :class:`HsmModel` behind :class:`ModelMailbox` and the one host driver,
 provisioned with a root key the verifier made, so a round trip exercises the same bytes a board
-would send.  Each driver call runs in its own ``asyncio.run``: the model transport never blocks.
+would send.  Every test that takes ``v`` or ``registry`` runs on both stores: a SQLite file and a
+database on a real PostgreSQL server (``verifier_support``).
 """
 
+# ruff: noqa: F811  (the store fixtures are imported from verifier_support and then used)
 from __future__ import annotations
 
-import asyncio
 import os
-import sqlite3
-import stat
-from collections.abc import Coroutine, Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from verifier_support import (  # noqa: F401  (fixtures)
+    IMAGES,
+    Device,
+    FakeClock,
+    Registry,
+    attest,
+    install,
+    nonces,
+    pending,
+    pg_server,
+    provisioned,
+    registry,
+    run,
+    v,
+)
 
-from mchsm.constants import MANAGER, NONCE_SIZE
+from mchsm.constants import NONCE_SIZE
 from mchsm.sw import protocol
-from mchsm.sw import verifier as verifier_module
-from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.errors import (
     AttestationError,
     HsmError,
+    InvalidArgumentError,
     UnknownDeviceError,
     UpdateError,
     VerifierError,
 )
-from mchsm.sw.mailbox import ModelMailbox
-from mchsm.sw.model import HsmModel
 from mchsm.sw.protocol import Evidence, UpdateAck
 from mchsm.sw.verifier import (
+    SCHEMA_VERSION,
     AttestationReport,
-    Challenge,
-    DeviceRecord,
-    UpdatePackage,
     Verdict,
     Verifier,
 )
-
-T = TypeVar("T")
-
-IMAGES = {
-    1: ("sensor", b"sensor task image v1" * 7),
-    2: ("control", b"control loop image v1" * 11),
-    3: ("telemetry", b"telemetry image v1" * 5),
-}
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-class Device:
-    """A golden-model HSM behind the mailbox and the real driver, driven like the kernel would."""
-
-    def __init__(self, record: DeviceRecord) -> None:
-        self.record = record
-        self.model = HsmModel(record.contexts)
-        self.driver = HsmDriver(ModelTransport(ModelMailbox(self.model)))
-        self.port = self.driver.port(MANAGER)
-        run(self.port.provision(record.dev_id, record.root_key))
-
-    def update(self, package: UpdatePackage) -> UpdateAck:
-        return run(self.port.update(package.auth))
-
-    def load(self, ctx: int, image: bytes) -> None:
-        """What the kernel does after an update (and at every reload): RESET, then MEASURE."""
-        run(self.port.reset(ctx))
-        run(self.port.measure(ctx, image))
-
-    def attest(self, challenge: Challenge, sel: int | None = None) -> Evidence:
-        return run(self.port.attest(challenge.nonce, challenge.sel if sel is None else sel))
-
-    def task_mac(self, ctx: int, data: bytes) -> bytes:
-        return run(self.driver.port(ctx).task_mac(data))
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def install(v: Verifier, dev: Device, ctx: int, name: str, image: bytes) -> None:
-    """register_task -> UPDATE -> confirm -> RESET + MEASURE."""
-    package = v.register_task(dev.record.dev_id, ctx, name, image)
-    v.confirm(dev.record.dev_id, dev.update(package))
-    dev.load(ctx, package.image)
-
-
-def provisioned(
-    v: Verifier, contexts: int = 8, tasks: dict[int, tuple[str, bytes]] = IMAGES, name: str = ""
-) -> Device:
-    dev = Device(v.register_device(contexts, name=name))
-    for ctx, (task_name, image) in tasks.items():
-        install(v, dev, ctx, task_name, image)
-    return dev
-
-
-def attest(v: Verifier, dev: Device, sel: int | None = None) -> AttestationReport:
-    challenge = v.challenge(dev.record.dev_id, sel)
-    return v.verify(dev.record.dev_id, challenge.nonce, dev.attest(challenge))
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "registry.db"
-
-
-@pytest.fixture
-def v(db: Path) -> Iterator[Verifier]:
-    with Verifier(db) as verifier:
-        yield verifier
-
+from mchsm.sw.verifier import facade as facade_module
 
 # ---------------------------------------------------------------------------------------------
 # Round trips
@@ -235,9 +165,9 @@ def test_a_rejected_attempt_consumes_the_nonce(v: Verifier) -> None:
         v.verify(dev.record.dev_id, challenge.nonce, evidence)
 
 
-def test_expired_nonce_is_rejected(db: Path) -> None:
+def test_expired_nonce_is_rejected(registry: Registry) -> None:
     clock = FakeClock()
-    with Verifier(db, nonce_ttl=30.0, clock=clock) as v:
+    with registry.open(nonce_ttl=30.0, clock=clock) as v:
         dev = provisioned(v)
         dev_id = dev.record.dev_id
         fresh = v.challenge(dev_id)
@@ -370,28 +300,58 @@ def test_update_moves_reference_version_and_verdicts(v: Verifier) -> None:
     assert attest(v, dev).all_trusted
 
 
-def test_versions_increase_over_pending_updates(v: Verifier, db: Path) -> None:
+def test_one_outstanding_authorisation_per_context(v: Verifier, registry: Registry) -> None:
+    """While an update of a context is outstanding, asking for another image is refused (two
+    live authorisations would let the network pick which lands); asking for the same one again
+    hands out the same authorisation, so a lost one can be resent."""
     dev = provisioned(v)
     dev_id = dev.record.dev_id
     first = v.prepare_update(dev_id, 1, b"candidate a")
-    second = v.prepare_update(dev_id, 1, b"candidate b", name="sensor-b")
     assert (first.auth.old, first.auth.new) == (1, 2)
-    assert (second.auth.old, second.auth.new) == (1, 3)
-    assert pending(db, dev_id) == [(1, 1, 2), (1, 1, 3)]
+    with pytest.raises(UpdateError, match="already has an outstanding update to version 2"):
+        v.prepare_update(dev_id, 1, b"candidate b")
+    with pytest.raises(UpdateError, match="outstanding"):
+        v.prepare_update(dev_id, 1, b"candidate a", name="renamed")
+    again = v.prepare_update(dev_id, 1, b"candidate a")
+    assert again.auth == first.auth
+    assert v.prepare_update(dev_id, 2, b"other context").auth.new == 2  # contexts are separate
+    assert pending(registry, dev_id) == [(1, 1, 2), (2, 1, 2)]
+    outcomes = [e.outcome for e in v.audit(dev_id) if e.kind == "update.prepare" and e.ctx == 1]
+    assert outcomes[-2:] == ["ok", "reissued"]
+    # withdrawn (it never reached the device): the next one may be prepared, and the withdrawn
+    # one's ack, should it turn up after all, is refused
+    cancelled = v.cancel_update(dev_id, 1)
+    assert (cancelled.new, cancelled.reference) == (2, first.auth.ref)
+    with pytest.raises(UpdateError, match="no pending update"):
+        v.cancel_update(dev_id, 1)
+    second = v.prepare_update(dev_id, 1, b"candidate b", name="sensor-b")
+    assert (second.auth.old, second.auth.new) == (1, 2) and second.auth.ref != first.auth.ref
+    root = dev.record.root_key  # the ack a device that had installed the first would send
+    late_ack = UpdateAck(
+        1,
+        2,
+        protocol.hmac_sha256(
+            protocol.derive_upd_key(root), protocol.ack_message(dev_id, 1, 1, 2, first.auth.ref)
+        ),
+    )
+    with pytest.raises(UpdateError, match="does not verify"):
+        v.confirm(dev_id, late_ack)
     record = v.confirm(dev_id, dev.update(second))
-    assert (record.version, record.name) == (3, "sensor-b")
-    assert pending(db, dev_id) == []  # the superseded authorisation is dropped too
-    with pytest.raises(HsmError, match="ERR_VERSION"):  # and the device refuses it anyway
+    assert (record.version, record.name) == (2, "sensor-b")
+    assert pending(registry, dev_id) == [(2, 1, 2)]
+    with pytest.raises(HsmError, match="ERR_VERSION"):  # the device refuses the withdrawn one
         dev.update(first)
 
 
-def test_forged_ack_is_rejected_and_the_update_stays_pending(v: Verifier, db: Path) -> None:
+def test_forged_ack_is_rejected_and_the_update_stays_pending(
+    v: Verifier, registry: Registry
+) -> None:
     dev = provisioned(v)
     dev_id = dev.record.dev_id
     ack = dev.update(v.prepare_update(dev_id, 3, b"telemetry v2"))
     with pytest.raises(UpdateError, match="does not verify"):
         v.confirm(dev_id, replace(ack, ack=bytes(32)))
-    assert pending(db, dev_id) == [(3, 1, 2)]
+    assert pending(registry, dev_id) == [(3, 1, 2)]
     assert v.tasks(dev_id)[2].version == 1
     assert v.confirm(dev_id, ack).version == 2
 
@@ -447,18 +407,6 @@ def test_task_key_checks_the_devices_task_mac(v: Verifier) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def pending(db: Path, dev_id: bytes) -> list[tuple[int, int, int]]:
-    """Pending updates straight from the file (the API has no reader for them)."""
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT ctx, old, new FROM pending_updates WHERE dev_id = ? ORDER BY ctx, new",
-            (dev_id,),
-        ).fetchall()
-    finally:
-        conn.close()
-
-
 def test_audit_records_every_attestation_and_update(v: Verifier) -> None:
     dev = provisioned(v)
     dev_id = dev.record.dev_id
@@ -499,9 +447,9 @@ def test_audit_records_every_attestation_and_update(v: Verifier) -> None:
     assert len(v.audit()) == len(v.audit(dev_id)) + 7
 
 
-def test_registry_survives_a_restart(db: Path) -> None:
+def test_registry_survives_a_restart(registry: Registry) -> None:
     clock = FakeClock()
-    with Verifier(db, clock=clock) as v:
+    with registry.open(clock=clock) as v:
         dev = provisioned(v, name="plc-7")
         dev_id = dev.record.dev_id
         v.confirm(dev_id, dev.update(v.prepare_update(dev_id, 1, b"sensor v2")))
@@ -516,13 +464,13 @@ def test_registry_survives_a_restart(db: Path) -> None:
         outstanding = v.challenge(dev_id)  # issued before the restart, answered after it
         late = v.challenge(dev_id)
         assert v.verify(dev_id, late.nonce, dev.attest(late)).ctr == 4
-        before = (v.devices(), v.tasks(dev_id), v.audit(), pending(db, dev_id))
+        before = (v.devices(), v.tasks(dev_id), v.audit(), pending(registry, dev_id))
 
-    with Verifier(db, clock=clock) as v:
-        assert (v.devices(), v.tasks(dev_id), v.audit(), pending(db, dev_id)) == before
+    with registry.open(clock=clock) as v:
+        assert (v.devices(), v.tasks(dev_id), v.audit(), pending(registry, dev_id)) == before
         assert v.device(dev_id).root_key == dev.record.root_key
         assert v.tasks(dev_id)[0].version == 2
-        assert pending(db, dev_id) == [(3, 1, 2)]
+        assert pending(registry, dev_id) == [(3, 1, 2)]
         with pytest.raises(AttestationError, match="nonce already used"):
             v.verify(dev_id, used.nonce, used_evidence)
         with pytest.raises(AttestationError, match="counter 3 is not above the last accepted 4"):
@@ -533,8 +481,8 @@ def test_registry_survives_a_restart(db: Path) -> None:
         assert len(v.audit()) == len(before[2]) + 3
 
 
-def test_two_verifiers_on_one_file_share_nonces(db: Path) -> None:
-    with Verifier(db) as one, Verifier(db) as two:
+def test_two_verifiers_on_one_store_share_nonces(registry: Registry) -> None:
+    with registry.open() as one, registry.open() as two:
         dev = provisioned(one)
         challenge = one.challenge(dev.record.dev_id)
         evidence = dev.attest(challenge)
@@ -568,10 +516,10 @@ def test_register_device_validates_and_hides_the_root_key(v: Verifier) -> None:
     assert v.register_device().root_key != record.root_key
     with pytest.raises(VerifierError, match="already registered"):
         v.register_device(dev_id=bytes(16))
-    with pytest.raises(ValueError, match="16 bytes"):
+    with pytest.raises(InvalidArgumentError, match="16 bytes"):
         v.register_device(dev_id=bytes(15))
     for contexts in (0, 33):
-        with pytest.raises(ValueError, match=r"1\.\.32"):
+        with pytest.raises(InvalidArgumentError, match=r"1\.\.32"):
             v.register_device(contexts)
     assert len(v.devices()) == 2
 
@@ -586,9 +534,9 @@ def test_challenge_validates_the_selection(v: Verifier) -> None:
     assert v.challenge(dev_id, 0b1111).sel == 0b1111
 
 
-def test_expired_nonces_are_purged(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expired_nonces_are_purged(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
-    with Verifier(db, nonce_ttl=10.0, clock=clock) as v:
+    with registry.open(nonce_ttl=10.0, clock=clock) as v:
         dev = provisioned(v)
         dev_id = dev.record.dev_id
         used = v.challenge(dev_id)
@@ -602,47 +550,21 @@ def test_expired_nonces_are_purged(db: Path, monkeypatch: pytest.MonkeyPatch) ->
             v.verify(dev_id, unused.nonce, dev.attest(unused))
         assert v.verify(dev_id, live.nonce, dev.attest(live)).all_trusted
     # challenge purges on its own every PURGE_EVERY calls (counted per instance)
-    monkeypatch.setattr(verifier_module, "PURGE_EVERY", 3)
+    monkeypatch.setattr(facade_module, "PURGE_EVERY", 3)
     clock.now += 100.0  # `live` has expired
-    with Verifier(db, nonce_ttl=10.0, clock=clock) as w:
+    with registry.open(nonce_ttl=10.0, clock=clock) as w:
         fresh = [w.challenge(dev_id).nonce for _ in range(2)]
-        assert nonces(db) == {live.nonce, *fresh}
+        assert nonces(registry) == {live.nonce, *fresh}
         fresh.append(w.challenge(dev_id).nonce)
-        assert nonces(db) == set(fresh)
+        assert nonces(registry) == set(fresh)
 
 
-def nonces(db: Path) -> set[bytes]:
-    conn = sqlite3.connect(db)
-    try:
-        return {row[0] for row in conn.execute("SELECT nonce FROM nonces")}
-    finally:
-        conn.close()
-
-
-def test_schema_is_versioned(db: Path, tmp_path: Path) -> None:
-    Verifier(db).close()
-    conn = sqlite3.connect(db)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [
-        (verifier_module.SCHEMA_VERSION,)
-    ]
-    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    conn.execute("UPDATE schema_version SET version = version + 1")
-    conn.commit()
-    conn.close()
+def test_schema_is_versioned(registry: Registry) -> None:
+    registry.open().close()
+    assert registry.sql("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    registry.sql("UPDATE schema_version SET version = version + 1")
     with pytest.raises(VerifierError, match="newer than this verifier"):
-        Verifier(db)
-    foreign = tmp_path / "other.db"
-    conn = sqlite3.connect(foreign)
-    conn.execute("CREATE TABLE t (x)")
-    conn.close()
-    with pytest.raises(VerifierError, match="not an mchsm registry"):
-        Verifier(foreign)
-
-
-@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
-def test_registry_file_is_owner_only(db: Path) -> None:
-    Verifier(db).close()
-    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        registry.open()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,28 +700,28 @@ def test_verify_many_rolls_back_the_whole_batch_on_an_unexpected_error(
     challenges = [v.challenge(dev_id) for _ in range(3)]
     batch = [(dev_id, c.nonce, dev.attest(c)) for c in challenges]
     before = v.audit()
-    real = Verifier._check
+    real = facade_module.check_evidence
     calls = []
 
-    def flaky(self: Verifier, *args: Any, **kwargs: Any) -> AttestationReport:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("disk on fire")
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(Verifier, "_check", flaky)
+    monkeypatch.setattr(facade_module, "check_evidence", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         v.verify_many(batch)
-    monkeypatch.setattr(Verifier, "_check", real)
+    monkeypatch.setattr(facade_module, "check_evidence", real)
     assert v.audit() == before
     assert [r.ctr for r in v.verify_many(batch) if isinstance(r, AttestationReport)] == [1, 2, 3]
 
 
-def test_verify_many_sees_other_verifiers_writes(db: Path) -> None:
+def test_verify_many_sees_other_verifiers_writes(registry: Registry) -> None:
     """Nothing is cached across transactions but pure functions of the registry's values: a
     device updated through another verifier on the same file is verified against its new
     references at once."""
-    with Verifier(db) as one, Verifier(db) as two:
+    with registry.open() as one, registry.open() as two:
         dev = provisioned(one)
         dev_id = dev.record.dev_id
         c = two.challenge(dev_id)
