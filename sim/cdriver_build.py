@@ -77,14 +77,15 @@ def _testbench_text() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class BenchBuild:
-    """The testbench executable in the cache."""
+    """The testbench in the cache: the Verilated core and ``main`` (``directory``, by design
+    hash), linked with the C driver (``executable``, by driver hash)."""
 
     hash: str
-    directory: Path
-    executable: Path
-    cached: bool  #: found in the cache by this call
+    directory: Path  #: the cache entry of the Verilated core and the testbench's objects
+    executable: Path  #: linked with the package's mchsm_hsm.c
+    cached: bool  #: nothing had to be compiled or linked by this call
     seconds: float  #: what this call took
-    cold_seconds: float  #: what the build took when it was made
+    cold_seconds: float  #: what the Verilator build took when it was made
 
 
 def c_compiler() -> str:
@@ -96,36 +97,29 @@ def c_compiler() -> str:
     raise VerilatorBuildError("the C driver needs a C compiler (cc, gcc or clang); install one")
 
 
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _material(verilog: str, header: str, contexts: int) -> dict[str, Any]:
-    cc = c_compiler()
-    cc_version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
-    sources = {TESTBENCH_SOURCE: _testbench_text(), **c_driver_sources(), "mchsm_regs.h": header}
+    """What the Verilated core and the testbench's objects depend on: not the driver's .c,
+    which is linked in afterwards (editing the driver costs a link, not a Verilator build)."""
+    sources = {
+        TESTBENCH_SOURCE: _testbench_text(),
+        "mchsm_hsm.h": c_driver_sources()["mchsm_hsm.h"],
+        "mchsm_regs.h": header,
+    }
     return {
-        "verilog_sha256": hashlib.sha256(verilog.encode()).hexdigest(),
-        "sources": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in sorted(sources.items())},
+        "verilog_sha256": _sha(verilog),
+        "sources": {name: _sha(text) for name, text in sorted(sources.items())},
         "contexts": contexts,
         "verilator": verilator_version(),
         "verilator_root": str(verilator_root()),
         "cxx": list(compiler()[:2]),
-        "cc": [cc, (cc_version.stdout or "").splitlines()[:1]],
-        "c_flags": list(C_FLAGS),
         "args": list(DEFAULT_VERILATOR_ARGS),
         "make": [v for v in make_variables() if not v.startswith(("PYTHON3=", "PERL=", "AR="))],
-        "env": {k: os.environ.get(k, "") for k in ("CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS")},
+        "env": {k: os.environ.get(k, "") for k in ("CXXFLAGS", "CPPFLAGS", "LDFLAGS")},
     }
-
-
-def _load(entry: Path, *, cached: bool, began: float) -> BenchBuild | None:
-    try:
-        meta = json.loads((entry / "build.json").read_text())
-    except (OSError, ValueError):
-        return None
-    exe = entry / "obj" / EXECUTABLE
-    if not os.access(exe, os.X_OK):
-        return None
-    return BenchBuild(
-        meta["hash"], entry, exe, cached, time.perf_counter() - began, meta["cold_seconds"]
-    )
 
 
 def _run_logged(cmd: Sequence[str], log: Path, what: str, cwd: Path) -> None:
@@ -140,120 +134,124 @@ def _run_logged(cmd: Sequence[str], log: Path, what: str, cwd: Path) -> None:
         raise VerilatorBuildError(f"{what} (exit {done.returncode})\nlog: {log}\n{tail(log)}")
 
 
+def _verilate(entry: Path, verilog: str, header: str) -> None:
+    """The Verilated core, the testbench's main and the Verilator runtime, as objects."""
+    entry.mkdir(parents=True)
+    (entry / "design.v").write_text(verilog)
+    (entry / "mchsm_regs.h").write_text(header)
+    (entry / "mchsm_hsm.h").write_text(c_driver_sources()["mchsm_hsm.h"])
+    (entry / TESTBENCH_SOURCE).write_text(_testbench_text())
+    log = entry / "build.log"
+    progress(f"cold Verilator build of the C driver testbench; log: {log}")
+    verilate = [
+        str(verilator_root() / "bin" / "verilator"),
+        "--cc",
+        "--exe",
+        "-Mdir",
+        "obj",
+        "--top-module",
+        TOP_NAME,
+        "--prefix",
+        PREFIX,
+        "-o",
+        EXECUTABLE,
+        "-CFLAGS",
+        f"-I{entry}",
+        *DEFAULT_VERILATOR_ARGS,
+        "--verilate-jobs",
+        str(build_jobs()),
+        "design.v",
+        TESTBENCH_SOURCE,
+    ]
+    _run_logged(verilate, log, "Verilator failed on the exported core", entry)
+    targets = [f"{PREFIX}__ALL.a", *(f"{name}.o" for name in _objects(entry))]
+    make = ["make", "-j", str(build_jobs()), "-C", "obj", "-f", f"{PREFIX}.mk"]
+    _run_logged(
+        [*make, *make_variables(), *targets], log, "the C++ build of the testbench failed", entry
+    )
+    for pch in (entry / "obj").glob("*.gch"):
+        pch.unlink()  # 180 MB of precompiled headers that nothing reads again
+
+
+def _objects(entry: Path) -> list[str]:
+    """The testbench's own object and the Verilator runtime's (names without ``.o``)."""
+    classes = _parse_mk((entry / "obj" / f"{PREFIX}_classes.mk").read_text())
+    return [
+        Path(TESTBENCH_SOURCE).stem,
+        *classes.get("VM_GLOBAL_FAST", []),
+        *classes.get("VM_GLOBAL_SLOW", []),
+    ]
+
+
+def _link(entry: Path, driver_c: str, out_dir: Path) -> Path:
+    """Compile ``driver_c`` as strict C99 and link it with the objects of ``entry``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "mchsm_hsm.c").write_text(driver_c)
+    log = out_dir / "build.log"
+    compile_c = [c_compiler(), *C_FLAGS, f"-I{entry}", "-c", "mchsm_hsm.c", "-o", "mchsm_hsm.o"]
+    _run_logged(compile_c, log, "the C driver does not compile as strict C99", out_dir)
+    obj = entry / "obj"
+    exe = out_dir / EXECUTABLE
+    link = [
+        compiler()[0],
+        *(str(obj / f"{name}.o") for name in _objects(entry)),
+        str(obj / f"{PREFIX}__ALL.a"),
+        str(out_dir / "mchsm_hsm.o"),
+        "-pthread",
+        "-o",
+        str(exe),
+    ]
+    _run_logged(link, log, "linking the C driver testbench failed", out_dir)
+    return exe
+
+
 def build_testbench(contexts: int = CONTEXTS, *, cache_dir: Path | None = None) -> BenchBuild:
-    """Verilate the exported core with ``sim/cdriver_tb.cpp`` and the C driver, or return the
-    cached build (``$MCHSM_CACHE/cdriver/<hash>/``, beside the cocotb builds)."""
+    """The testbench for the core with ``contexts`` contexts, from the cache if it is there.
+
+    The Verilated core and the testbench's objects are cached by design hash in
+    ``$MCHSM_CACHE/cdriver/<hash>/`` (beside the cocotb builds), the executable linked with the
+    package's C driver in ``driver-<hash of the driver>/`` under it.
+    """
     began = time.perf_counter()
     setup_environment()
     verilog = normalise_verilog(verilog_text(contexts))
     header = c_header(contexts)
     material = _material(verilog, header, contexts)
-    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    key = _sha(json.dumps(material, sort_keys=True))
     root = (cache_dir.resolve() if cache_dir is not None else cache_root()) / "cdriver"
     entry = root / key
-    hit = _load(entry, cached=True, began=began)
-    if hit is not None:
-        return hit
+    driver_c = c_driver_sources()["mchsm_hsm.c"]
+    cc = c_compiler()
+    cc_version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    link_key = _sha(json.dumps([driver_c, cc, cc_version.stdout, C_FLAGS, material["cxx"]]))
+    exe = entry / f"driver-{link_key[:16]}" / EXECUTABLE
+    done = entry / "build.json"
+    if done.is_file() and os.access(exe, os.X_OK):
+        meta = json.loads(done.read_text())
+        return BenchBuild(key, entry, exe, True, time.perf_counter() - began, meta["cold_seconds"])
     with flock(root / f"{key}.lock", f"the C driver testbench ({key[:12]})"):
-        hit = _load(entry, cached=True, began=began)  # built while we waited
-        if hit is not None:
-            return hit
-        if entry.exists():
-            shutil.rmtree(entry)  # a crashed earlier attempt
-        entry.mkdir(parents=True)
-        (entry / "design.v").write_text(verilog)
-        (entry / "mchsm_regs.h").write_text(header)
-        for name, text in c_driver_sources().items():
-            (entry / name).write_text(text)
-        (entry / TESTBENCH_SOURCE).write_text(_testbench_text())
-        log = entry / "build.log"
-        progress(f"cold build of the C driver testbench (hash {key[:12]}); log: {log}")
-        _run_logged(
-            [c_compiler(), *C_FLAGS, "-c", "mchsm_hsm.c", "-o", "mchsm_hsm.o"],
-            log,
-            "the C driver does not compile as strict C99",
-            entry,
-        )
-        _run_logged(
-            [
-                str(verilator_root() / "bin" / "verilator"),
-                "--cc",
-                "--exe",
-                "-Mdir",
-                "obj",
-                "--top-module",
-                TOP_NAME,
-                "--prefix",
-                PREFIX,
-                "-o",
-                EXECUTABLE,
-                "-CFLAGS",
-                f"-I{entry}",
-                *DEFAULT_VERILATOR_ARGS,
-                "--verilate-jobs",
-                str(build_jobs()),
-                "design.v",
-                TESTBENCH_SOURCE,
-                str(entry / "mchsm_hsm.o"),
-            ],
-            log,
-            "Verilator failed on the exported core",
-            entry,
-        )
-        _run_logged(
-            ["make", "-j", str(build_jobs()), "-C", "obj", "-f", f"{PREFIX}.mk", *make_variables()],
-            log,
-            "the C++ build of the C driver testbench failed",
-            entry,
-        )
-        for pch in (entry / "obj").glob("*.gch"):
-            pch.unlink()  # 180 MB of precompiled headers that nothing reads again
-        cold = round(time.perf_counter() - began, 3)
-        tmp = entry / ".build.json.tmp"
-        tmp.write_text(json.dumps({"hash": key, "cold_seconds": cold, "material": material}))
-        os.replace(tmp, entry / "build.json")
-        progress(f"built the C driver testbench in {cold:.1f} s")
-    built = _load(entry, cached=False, began=began)
-    if built is None:  # pragma: no cover - we just wrote it
-        raise VerilatorBuildError(f"the build in {entry} vanished")
-    return built
+        if not done.is_file():
+            if entry.exists():
+                shutil.rmtree(entry)  # a crashed earlier attempt
+            _verilate(entry, verilog, header)
+            cold = round(time.perf_counter() - began, 3)
+            tmp = entry / ".build.json.tmp"
+            tmp.write_text(json.dumps({"hash": key, "cold_seconds": cold, "material": material}))
+            os.replace(tmp, done)
+            progress(f"built the C driver testbench's core in {cold:.1f} s")
+        if not os.access(exe, os.X_OK):
+            linked = Path(tempfile.mkdtemp(prefix=".driver-", dir=entry))
+            _link(entry, driver_c, linked)
+            shutil.rmtree(exe.parent, ignore_errors=True)
+            os.replace(linked, exe.parent)
+    meta = json.loads(done.read_text())
+    return BenchBuild(key, entry, exe, False, time.perf_counter() - began, meta["cold_seconds"])
 
 
 def relink(build: BenchBuild, driver_c: str, out_dir: Path) -> Path:
-    """The cached testbench linked with another ``mchsm_hsm.c`` (a mutant: the test suite shows
-    that the comparison catches a planted bug); only the driver is compiled, in a second."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in c_driver_sources().items():
-        (out_dir / name).write_text(text)
-    (out_dir / "mchsm_hsm.c").write_text(driver_c)
-    shutil.copy2(build.directory / "mchsm_regs.h", out_dir / "mchsm_regs.h")
-    log = out_dir / "build.log"
-    _run_logged(
-        [c_compiler(), *C_FLAGS, "-c", "mchsm_hsm.c", "-o", "mchsm_hsm.o"],
-        log,
-        "the C driver does not compile as strict C99",
-        out_dir,
-    )
-    obj = build.directory / "obj"
-    classes = _parse_mk((obj / f"{PREFIX}_classes.mk").read_text())
-    globals_ = [*classes.get("VM_GLOBAL_FAST", []), *classes.get("VM_GLOBAL_SLOW", [])]
-    exe = out_dir / EXECUTABLE
-    _run_logged(
-        [
-            compiler()[0],
-            str(obj / f"{Path(TESTBENCH_SOURCE).stem}.o"),
-            *(str(obj / f"{name}.o") for name in globals_),
-            str(obj / f"{PREFIX}__ALL.a"),
-            str(out_dir / "mchsm_hsm.o"),
-            "-pthread",
-            "-o",
-            str(exe),
-        ],
-        log,
-        "linking the testbench failed",
-        out_dir,
-    )
-    return exe
+    """The cached testbench linked with another ``mchsm_hsm.c`` in ``out_dir`` (a mutant: the
+    test suite shows that the comparison catches a planted bug); about a second."""
+    return _link(build.directory, driver_c, out_dir)
 
 
 @dataclasses.dataclass(frozen=True)

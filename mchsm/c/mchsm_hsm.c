@@ -8,6 +8,8 @@
 
 #define BYTE_BITS 8u              /* a property of C's uint8_t, not of the HSM */
 #define WORD_BYTES MCHSM_U32_SIZE /* DATA and RESULT words */
+/* a field of a register or result word: FIELD(info, MCHSM_INFO_CONTEXTS) */
+#define FIELD(word, name) (((word) & name##_MASK) >> name##_SHIFT)
 
 /* -- bytes and words (big-endian, like DATA and RESULT) -------------------------------------- */
 
@@ -128,10 +130,10 @@ mchsm_rc_t mchsm_probe(mchsm_t *h, uint8_t *contexts)
     rc = rd(h, MCHSM_REG_INFO, &info, MCHSM_RC_NO_DEVICE);
     if (rc != MCHSM_RC_OK)
         return rc;
-    if ((info & MCHSM_INFO_VERSION_MASK) >> MCHSM_INFO_VERSION_SHIFT != MCHSM_PROTOCOL_VERSION)
+    if (FIELD(info, MCHSM_INFO_VERSION) != MCHSM_PROTOCOL_VERSION)
         return MCHSM_RC_NO_DEVICE;
     if (contexts)
-        *contexts = (uint8_t)((info & MCHSM_INFO_CONTEXTS_MASK) >> MCHSM_INFO_CONTEXTS_SHIFT);
+        *contexts = (uint8_t)FIELD(info, MCHSM_INFO_CONTEXTS);
     return MCHSM_RC_OK;
 }
 
@@ -272,7 +274,7 @@ mchsm_rc_t mchsm_end(mchsm_t *h, uint8_t *result, uint32_t cap)
     rc = wait_done(h, 1, &word);
     if (rc != MCHSM_RC_OK)
         return rc;
-    reslen = (word & MCHSM_STATUS_RESLEN_MASK) >> MCHSM_STATUS_RESLEN_SHIFT;
+    reslen = FIELD(word, MCHSM_STATUS_RESLEN);
     for (i = 0u; i < reslen && i < cap; i += WORD_BYTES) {
         rc = rd(h, MCHSM_REG_RESULT + i, &value, MCHSM_RC_LOST_RAN);
         if (rc != MCHSM_RC_OK)
@@ -283,7 +285,7 @@ mchsm_rc_t mchsm_end(mchsm_t *h, uint8_t *result, uint32_t cap)
     rc = rd(h, MCHSM_REG_CYCLES, &cycles, MCHSM_RC_LOST_RAN);
     if (rc != MCHSM_RC_OK)
         return rc;
-    h->status = (uint8_t)((word & MCHSM_STATUS_STATUS_MASK) >> MCHSM_STATUS_STATUS_SHIFT);
+    h->status = (uint8_t)FIELD(word, MCHSM_STATUS_STATUS);
     h->result_len = reslen;
     h->cycles = cycles;
     if (reslen > cap)
@@ -343,6 +345,16 @@ mchsm_rc_t mchsm_call(mchsm_t *h, uint8_t cmd, uint8_t ctx, const uint8_t *data,
 
 /* -- typed commands -------------------------------------------------------------------------- */
 
+/* mchsm_call for a result of exactly `size` bytes: a shorter one (an HSM of another protocol,
+ * a bus that lies) would leave stale bytes in the caller's buffer. */
+static mchsm_rc_t call_exact(mchsm_t *h, uint8_t cmd, uint8_t ctx, const uint8_t *data,
+                             uint32_t len, uint8_t *result, uint32_t size)
+{
+    mchsm_rc_t rc = mchsm_call(h, cmd, ctx, data, len, result, size);
+
+    return rc == MCHSM_RC_OK && h->result_len != size ? MCHSM_RC_PROTOCOL : rc;
+}
+
 mchsm_rc_t mchsm_provision(mchsm_t *h, const uint8_t *dev_id, const uint8_t *root_key)
 {
     uint8_t data[MCHSM_CMD_PROVISION_DATA_SIZE];
@@ -363,16 +375,13 @@ mchsm_rc_t mchsm_status(mchsm_t *h, mchsm_status_t *out)
 
     if (!out)
         return MCHSM_RC_ARG;
-    rc = mchsm_call(h, MCHSM_CMD_STATUS, 0u, NULL, 0u, r, sizeof r);
+    rc = call_exact(h, MCHSM_CMD_STATUS, 0u, NULL, 0u, r, sizeof r);
     if (rc != MCHSM_RC_OK)
         return rc;
     info = get_u32(r + MCHSM_STATUS_RESULT_INFO_OFFSET);
-    out->provisioned =
-        (uint8_t)((info & MCHSM_STATUS_INFO_PROVISIONED_MASK) >> MCHSM_STATUS_INFO_PROVISIONED_SHIFT);
-    out->contexts =
-        (uint8_t)((info & MCHSM_STATUS_INFO_CONTEXTS_MASK) >> MCHSM_STATUS_INFO_CONTEXTS_SHIFT);
-    out->version =
-        (uint8_t)((info & MCHSM_STATUS_INFO_VERSION_MASK) >> MCHSM_STATUS_INFO_VERSION_SHIFT);
+    out->provisioned = (uint8_t)FIELD(info, MCHSM_STATUS_INFO_PROVISIONED);
+    out->contexts = (uint8_t)FIELD(info, MCHSM_STATUS_INFO_CONTEXTS);
+    out->version = (uint8_t)FIELD(info, MCHSM_STATUS_INFO_VERSION);
     out->counter = get_u32(r + MCHSM_STATUS_RESULT_COUNTER_OFFSET);
     out->ok = get_u32(r + MCHSM_STATUS_RESULT_OK_OFFSET);
     out->loaded = get_u32(r + MCHSM_STATUS_RESULT_LOADED_OFFSET);
@@ -388,7 +397,7 @@ mchsm_rc_t mchsm_read_ctx(mchsm_t *h, uint8_t ctx, mchsm_ctx_t *out)
 
     if (!out)
         return MCHSM_RC_ARG;
-    rc = mchsm_call(h, MCHSM_CMD_READ_CTX, ctx, NULL, 0u, r, sizeof r);
+    rc = call_exact(h, MCHSM_CMD_READ_CTX, ctx, NULL, 0u, r, sizeof r);
     if (rc != MCHSM_RC_OK)
         return rc;
     out->flags = get_u32(r + MCHSM_READ_CTX_RESULT_FLAGS_OFFSET);
@@ -408,7 +417,7 @@ mchsm_rc_t mchsm_reset(mchsm_t *h, uint8_t ctx)
 mchsm_rc_t mchsm_measure(mchsm_t *h, uint8_t ctx, const uint8_t *image, uint32_t len,
                          uint8_t *digest)
 {
-    return mchsm_call(h, MCHSM_CMD_MEASURE, ctx, image, len, digest,
+    return call_exact(h, MCHSM_CMD_MEASURE, ctx, image, len, digest,
                       MCHSM_CMD_MEASURE_RESULT_SIZE);
 }
 
@@ -427,9 +436,13 @@ mchsm_rc_t mchsm_measure_begin(mchsm_t *h, uint8_t ctx, uint32_t len)
 
 mchsm_rc_t mchsm_measure_end(mchsm_t *h, uint8_t *digest)
 {
+    mchsm_rc_t rc;
+
     if (!digest)
         return MCHSM_RC_ARG;
-    return release_after(h, mchsm_end(h, digest, MCHSM_CMD_MEASURE_RESULT_SIZE));
+    rc = release_after(h, mchsm_end(h, digest, MCHSM_CMD_MEASURE_RESULT_SIZE));
+    return rc == MCHSM_RC_OK && h->result_len != MCHSM_CMD_MEASURE_RESULT_SIZE ? MCHSM_RC_PROTOCOL
+                                                                              : rc;
 }
 
 mchsm_rc_t mchsm_attest(mchsm_t *h, const uint8_t *nonce, uint32_t sel, mchsm_evidence_t *out)
@@ -442,7 +455,7 @@ mchsm_rc_t mchsm_attest(mchsm_t *h, const uint8_t *nonce, uint32_t sel, mchsm_ev
         return MCHSM_RC_ARG;
     put_u32(data + MCHSM_ATTEST_DATA_SEL_OFFSET, sel);
     copy(data + MCHSM_ATTEST_DATA_NONCE_OFFSET, nonce, MCHSM_ATTEST_DATA_NONCE_SIZE);
-    rc = mchsm_call(h, MCHSM_CMD_ATTEST, 0u, data, sizeof data, r, sizeof r);
+    rc = call_exact(h, MCHSM_CMD_ATTEST, 0u, data, sizeof data, r, sizeof r);
     if (rc != MCHSM_RC_OK)
         return rc;
     out->sel = get_u32(r + MCHSM_ATTEST_RESULT_SEL_OFFSET);
@@ -466,7 +479,7 @@ mchsm_rc_t mchsm_update(mchsm_t *h, uint8_t ctx, const mchsm_update_auth_t *auth
     copy(data + MCHSM_UPDATE_DATA_REFERENCE_OFFSET, auth->reference,
          MCHSM_UPDATE_DATA_REFERENCE_SIZE);
     copy(data + MCHSM_UPDATE_DATA_TAG_OFFSET, auth->tag, MCHSM_UPDATE_DATA_TAG_SIZE);
-    rc = mchsm_call(h, MCHSM_CMD_UPDATE, ctx, data, sizeof data, r, sizeof r);
+    rc = call_exact(h, MCHSM_CMD_UPDATE, ctx, data, sizeof data, r, sizeof r);
     if (rc != MCHSM_RC_OK)
         return rc;
     ack->new_version = get_u32(r + MCHSM_UPDATE_RESULT_NEW_OFFSET);
@@ -476,12 +489,12 @@ mchsm_rc_t mchsm_update(mchsm_t *h, uint8_t ctx, const mchsm_update_auth_t *auth
 
 mchsm_rc_t mchsm_task_mac(mchsm_t *h, const uint8_t *data, uint32_t len, uint8_t *tag)
 {
-    return mchsm_call(h, MCHSM_CMD_TASK_MAC, 0u, data, len, tag, MCHSM_CMD_TASK_MAC_RESULT_SIZE);
+    return call_exact(h, MCHSM_CMD_TASK_MAC, 0u, data, len, tag, MCHSM_CMD_TASK_MAC_RESULT_SIZE);
 }
 
 mchsm_rc_t mchsm_hash(mchsm_t *h, const uint8_t *data, uint32_t len, uint8_t *digest)
 {
-    return mchsm_call(h, MCHSM_CMD_HASH, 0u, data, len, digest, MCHSM_CMD_HASH_RESULT_SIZE);
+    return call_exact(h, MCHSM_CMD_HASH, 0u, data, len, digest, MCHSM_CMD_HASH_RESULT_SIZE);
 }
 
 mchsm_rc_t mchsm_hmac_key(mchsm_t *h, const uint8_t *key, uint32_t len)
@@ -491,7 +504,7 @@ mchsm_rc_t mchsm_hmac_key(mchsm_t *h, const uint8_t *key, uint32_t len)
 
 mchsm_rc_t mchsm_hmac(mchsm_t *h, const uint8_t *data, uint32_t len, uint8_t *tag)
 {
-    return mchsm_call(h, MCHSM_CMD_HMAC, 0u, data, len, tag, MCHSM_CMD_HMAC_RESULT_SIZE);
+    return call_exact(h, MCHSM_CMD_HMAC, 0u, data, len, tag, MCHSM_CMD_HMAC_RESULT_SIZE);
 }
 
 const char *mchsm_rc_name(mchsm_rc_t rc)

@@ -63,7 +63,8 @@ typedef enum {
     MCHSM_RC_ARG = 7,       /* a bad argument (context, length, data beyond the declared length,
                                too little data: that command was aborted and changed nothing) */
     MCHSM_RC_NO_DEVICE = 8, /* probe: no mchsm HSM of this protocol version answers */
-    MCHSM_RC_PROTOCOL = 9,  /* a result longer than the buffer given for it (not read beyond) */
+    MCHSM_RC_PROTOCOL = 9,  /* a result longer than the buffer given for it (not read beyond),
+                               or, for a typed command, of another length than its own */
     MCHSM_RC_STATE = 10     /* a call out of order (mchsm_data without mchsm_begin ...) */
 } mchsm_rc_t;
 
