@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mchsm.constants import DEFAULT_CONTEXTS
 from mchsm.export import TOP_NAME, c_driver_sources, c_header, verilog_text
 from mchsm.sim.verilator_build import (
     DEFAULT_VERILATOR_ARGS,
@@ -59,8 +60,8 @@ __all__ = [
     "run_testbench",
 ]
 
-#: contexts of the core the scenario runs on (few: a quicker cold build)
-CONTEXTS = 4
+#: contexts of the core the scenario runs on: the demo's, like every other Verilator build
+CONTEXTS = DEFAULT_CONTEXTS
 TESTBENCH_SOURCE = "cdriver_tb.cpp"
 #: the Verilated model's class prefix, as the testbench includes it
 PREFIX = "Vhsm"

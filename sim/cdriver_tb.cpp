@@ -3,9 +3,9 @@
 //     cdriver_tb INPUTS
 //
 // main() clocks the Verilated core and implements the driver's two access functions as
-// Wishbone B4 classic cycles (the same timing as mchsm/sim/wishbone_bfm.py: drive after a
+// Wishbone B4 classic cycles (the same timing as sim/wishbone_bfm.py: drive after a
 // rising edge, sample ack/err/dat_r before the next one, err = refused). It runs the scenario
-// of mchsm/sim/cdriver.py and prints one line per result; mchsm/sim/cdriver.py runs the same
+// of sim/cdriver.py and prints one line per result; sim/cdriver.py runs the same
 // scenario through the Python driver and the test suite compares the two, line by line.
 // INPUTS holds one "name value..." line per input (hex bytes, or decimal numbers); the Python
 // side writes it, including the verifier's update authorisations: nothing here is
@@ -241,7 +241,7 @@ void arm(Bench &b, uint8_t victim, uint32_t offset, bool write, int nth, bool re
     b.hook.release = release;
 }
 
-// -- the scenario (mchsm/sim/cdriver.py has the same, for the Python driver) --------------------
+// -- the scenario (sim/cdriver.py has the same, for the Python driver) --------------------
 
 void scenario(Bench &b) {
     mchsm_t mgr, t[MCHSM_MAX_CONTEXTS + 1];

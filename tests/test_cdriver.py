@@ -231,3 +231,25 @@ def test_driver_is_freestanding_c99_without_magic_numbers(tmp_path: Path) -> Non
         if m.group().rstrip("uUlL") not in ("0", "1")
     ]
     assert literals == [], f"magic numbers in mchsm_hsm.c (line, literal): {literals}"
+
+
+def test_the_porting_example_in_the_docs_compiles(tmp_path: Path) -> None:
+    """docs/integrate.md's port (the two access functions and a measurement) compiles with the
+    driver and the header as strict C99."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrate.md").read_text()
+    section = text[text.index("## C driver") :]
+    example = re.search(r"```c\n(.*?)```", section, re.DOTALL)
+    assert example is not None and "mchsm_init" in example[1]
+    for name, source in c_driver_sources().items():
+        (tmp_path / name).write_text(source)
+    (tmp_path / "mchsm_regs.h").write_text(c_header(CONTEXTS))
+    (tmp_path / "port.c").write_text(example[1])
+    for source in ("port.c", "mchsm_hsm.c"):
+        done = subprocess.run(
+            [c_compiler(), *C_FLAGS, "-c", source, "-o", source.replace(".c", ".o")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr

@@ -1,8 +1,8 @@
 /* mchsm_hsm.c: the mchsm HSM driver (see mchsm_hsm.h). C99, no allocation, no libc.
  *
- * The steps and the lost-mailbox rules follow mchsm/sw/command.py, the Python driver's
+ * The steps and the lost-mailbox rules follow mchsm.sw.command, the Python driver's
  * protocol, line for line; the test suite runs this file against the RTL under Verilator and
- * compares every result with the Python driver's (mchsm/sim/cdriver.py).
+ * compares every result with the Python driver's (mchsm.sim.cdriver).
  */
 #include "mchsm_hsm.h"
 

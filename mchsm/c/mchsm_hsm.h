@@ -2,7 +2,7 @@
  *
  * C99, no dynamic allocation, no libc (only <stdint.h> and <stddef.h>). It speaks the mailbox
  * protocol of docs/protocol.md section 9.3 - claim, LEN, CMD, DATA, poll STATUS, read RESULT
- * and CYCLES, release - exactly as the Python driver does (mchsm/sw/command.py), with the same
+ * and CYCLES, release - exactly as the Python driver does (mchsm.sw.command), with the same
  * rules when the mailbox is lost: a command that lost it before its last data word was taken
  * changed nothing and is issued again; one that ran is never repeated.
  *
