@@ -316,7 +316,7 @@ def rtl() -> None:
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory for NAME.v, mchsm_regs.h and NAME.core (FuseSoC).",
+    help="Directory for NAME.v, mchsm_regs.h, the C driver mchsm_hsm.[ch] and NAME.core (FuseSoC).",
 )
 @click.option(
     "--name",
@@ -347,7 +347,8 @@ def rtl() -> None:
 def rtl_export(
     contexts: int, out_dir: Path, name: str, budget: int, fail_limit: int, lint: bool
 ) -> None:
-    """Write the core as Verilog, a C header of its registers and a FuseSoC core file."""
+    """Write the core as Verilog, a C header of its registers, a C driver and a FuseSoC core
+    file."""
     from mchsm import export
 
     try:

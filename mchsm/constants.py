@@ -327,6 +327,39 @@ __all__ += ["RESULT_SIZE"]
 
 CONTEXT_COMMANDS = frozenset(cmd for cmd, spec in _SPECS.items() if spec.context)
 
+#: The data and results of the commands that carry more than one field, field by field (name,
+#: bytes) in order; the C header's ``MCHSM_<MESSAGE>_<FIELD>_OFFSET`` and ``_SIZE`` come from
+#: here, so a C driver parses results without counting bytes by hand.  Each adds up to the
+#: command's data length (``command_spec``) or ``RESULT_SIZE`` (a test checks).  Every integer
+#: is a big-endian u32, like DATA and RESULT words.
+MESSAGE_LAYOUTS: dict[str, tuple[Field, ...]] = {
+    "PROVISION_DATA": (("dev_id", DEVICE_ID_SIZE), ("root_key", ROOT_KEY_SIZE)),
+    "STATUS_RESULT": (
+        ("info", U32_SIZE),  #: StatusInfoWord
+        ("counter", U32_SIZE),  #: attestations so far
+        ("ok", U32_SIZE),  #: contexts in their reference state (a task sees only its own bit)
+        ("loaded", U32_SIZE),
+        ("anomaly", U32_SIZE),
+        ("dev_id", DEVICE_ID_SIZE),
+    ),
+    "READ_CTX_RESULT": (
+        ("flags", U32_SIZE),  #: CtxFlag
+        ("version", U32_SIZE),
+        ("measurement", DIGEST_SIZE),
+        ("reference", DIGEST_SIZE),
+    ),
+    "ATTEST_DATA": (("sel", U32_SIZE), ("nonce", NONCE_SIZE)),
+    "ATTEST_RESULT": EVIDENCE_FIELDS,
+    "UPDATE_DATA": (
+        ("old", U32_SIZE),
+        ("new", U32_SIZE),
+        ("reference", DIGEST_SIZE),
+        ("tag", DIGEST_SIZE),
+    ),
+    "UPDATE_RESULT": (("new", U32_SIZE), ("ack", DIGEST_SIZE)),
+}
+__all__ += ["MESSAGE_LAYOUTS"]
+
 
 # ---------------------------------------------------------------------------------------------
 # Register map of the mailbox (byte offsets on a 32-bit Wishbone bus; word address = offset/4)
@@ -384,6 +417,15 @@ IrqEnReg = data.FlexibleLayout(32, {"done": data.Field(unsigned(1), 0)})
 #: ``OWNER``: who holds the mailbox (public: every caller can see that it is held, and by whom)
 OwnerReg = data.FlexibleLayout(
     32, {"caller": data.Field(unsigned(CALLER_BITS), 0), "held": data.Field(unsigned(1), 8)}
+)
+#: the first word of the STATUS command's result (``MESSAGE_LAYOUTS["STATUS_RESULT"]``, info)
+StatusInfoWord = data.FlexibleLayout(
+    32,
+    {
+        "provisioned": data.Field(unsigned(1), 0),
+        "contexts": data.Field(unsigned(8), 8),
+        "version": data.Field(unsigned(8), 16),
+    },
 )
 
 
@@ -449,6 +491,10 @@ REG_LAYOUTS: dict[Reg, data.FlexibleLayout] = {
     Reg.OWNER: OwnerReg,
 }
 
+#: words inside command results that are packed fields, by the C header's prefix
+#: (``MCHSM_STATUS_INFO_CONTEXTS_MASK``)
+WORD_LAYOUTS: dict[str, data.FlexibleLayout] = {"STATUS_INFO": StatusInfoWord}
+
 #: access and meaning of every register: the source of docs/registers.md and the C header
 REG_DOC: dict[Reg, tuple[str, str]] = {
     Reg.ID: ("R", '`MAGIC` (0x4D434853, "MCHS"): there is an mchsm HSM here'),
@@ -504,10 +550,12 @@ __all__ += [
     "REFUSED_DOC",
     "REG_DOC",
     "REG_LAYOUTS",
+    "WORD_LAYOUTS",
     "CmdReg",
     "Ctrl",
     "InfoReg",
     "OwnerReg",
+    "StatusInfoWord",
     "StatusReg",
 ]
 

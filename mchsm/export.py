@@ -1,5 +1,5 @@
-"""What an integrator takes away: the core as Verilog, a C header, a FuseSoC core file, and the
-register documentation.
+"""What an integrator takes away: the core as Verilog, a C header, a C driver, a FuseSoC core
+file, and the register documentation.
 
 All of it is generated from :mod:`mchsm.constants`, so the Verilog someone drops into their SoC,
 the header their firmware includes, the core file their build tool reads and
@@ -28,8 +28,11 @@ import re
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
+
+from amaranth.lib import data
 
 from mchsm import __version__
 from mchsm import constants as default_constants
@@ -51,15 +54,18 @@ from mchsm.constants import (
 )
 
 __all__ = [
+    "C_DRIVER_FILES",
     "GENERATED_CODE_WAIVERS",
     "HEADER_NAME",
     "TOP_NAME",
     "LintResult",
+    "c_driver_sources",
     "c_header",
     "export",
     "fusesoc_core",
     "header_macros",
     "lint",
+    "message_fields",
     "register_fields",
     "register_markdown",
     "verilog_text",
@@ -67,6 +73,8 @@ __all__ = [
 
 TOP_NAME = "mchsm_core"
 HEADER_NAME = "mchsm_regs.h"
+#: the C driver, written beside the header (its header first)
+C_DRIVER_FILES = ("mchsm_hsm.h", "mchsm_hsm.c")
 #: the FuseSoC VLNV's vendor and library: ``mchsm:hsm:<name>:<version>``
 FUSESOC_VENDOR_LIBRARY = "mchsm:hsm"
 
@@ -162,7 +170,7 @@ def lint(path: Path, top: str = TOP_NAME) -> LintResult:
 # ---------------------------------------------------------------------------------------------
 
 #: register fields that are widths or positions, not bit patterns: written in decimal
-_DECIMAL_SUFFIXES = ("_SHIFT", "_WIDTH", "_BITS", "_SHAPE", "_SIZE", "_WORDS")
+_DECIMAL_SUFFIXES = ("_SHIFT", "_WIDTH", "_BITS", "_SHAPE", "_SIZE", "_WORDS", "_OFFSET")
 #: other constants that are bit patterns: written in hex (the rest is counted in decimal)
 _HEX_SUFFIXES = ("_MASK", "MAGIC", "_SYNC", "_POLY", "_INIT")
 
@@ -196,10 +204,37 @@ def register_fields(source: ModuleType = default_constants) -> dict[str, dict[st
     ``<REGISTER>_<FIELD>_SHIFT`` and ``<REGISTER>_<FIELD>_MASK`` (in place)."""
     out: dict[str, dict[str, int]] = {r.name: {} for r in source.Reg}
     for reg, layout in source.REG_LAYOUTS.items():
-        for field_name, field in layout:
-            prefix = f"{reg.name}_{field_name.upper()}"
-            out[reg.name][f"{prefix}_SHIFT"] = field.offset
-            out[reg.name][f"{prefix}_MASK"] = ((1 << field.width) - 1) << field.offset
+        out[reg.name] = _layout_fields(reg.name, layout)
+    return out
+
+
+def _layout_fields(prefix: str, layout: data.Layout) -> dict[str, int]:
+    """``<PREFIX>_<FIELD>_SHIFT`` and ``_MASK`` (in place) of every field of a word layout."""
+    out: dict[str, int] = {}
+    for field_name, field in layout:
+        name = f"{prefix}_{field_name.upper()}"
+        out[f"{name}_SHIFT"] = field.offset
+        out[f"{name}_MASK"] = ((1 << field.width) - 1) << field.offset
+    return out
+
+
+def message_fields(source: ModuleType = default_constants) -> dict[str, dict[str, int]]:
+    """Command data and result layouts (``MESSAGE_LAYOUTS``) as ``<MESSAGE>_<FIELD>_OFFSET`` and
+    ``_SIZE`` in bytes, and the packed words inside them (``WORD_LAYOUTS``) as ``_SHIFT`` and
+    ``_MASK``, by section title.  Modules without these tables give none."""
+    out: dict[str, dict[str, int]] = {}
+    for message, fields in getattr(source, "MESSAGE_LAYOUTS", {}).items():
+        rows: dict[str, int] = {}
+        offset = 0
+        for field_name, size in fields:
+            rows[f"{message}_{field_name.upper()}_OFFSET"] = offset
+            rows[f"{message}_{field_name.upper()}_SIZE"] = size
+            offset += size
+        out[f"{message}: byte offsets and sizes of its fields"] = rows
+    for prefix, layout in getattr(source, "WORD_LAYOUTS", {}).items():
+        out[f"{prefix} word: fields (masks in place, shifts in bits)"] = _layout_fields(
+            prefix, layout
+        )
     return out
 
 
@@ -276,6 +311,8 @@ def header_macros(
                     [(n, _field_literal(n, v), "") for n, v in fields[reg.name].items()],
                 )
             )
+    for title, rows in message_fields(source).items():
+        sections.append((title, [(n, _field_literal(n, v), "") for n, v in rows.items()]))
     for cls in _int_enums(source):
         if cls is source.Reg:
             continue
@@ -388,6 +425,10 @@ def fusesoc_core(
             "  sw:",
             "    files:",
             f"      - {HEADER_NAME}: {{is_include_file: true}}",
+            *(
+                f"      - {f}: {{is_include_file: true}}" if f.endswith(".h") else f"      - {f}"
+                for f in C_DRIVER_FILES
+            ),
             "    file_type: cSource",
             "",
             "targets:",
@@ -477,6 +518,17 @@ def register_markdown() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def c_driver_sources() -> dict[str, str]:
+    """The C driver (:data:`C_DRIVER_FILES`, name -> text), shipped in the package's ``c/``.
+
+    It is the same for every build of the core: what differs (the number of contexts, the
+    monitor's limits) it takes from ``mchsm_regs.h``.  ``docs/integrate.md`` says how to port
+    it; the test suite runs it against the RTL (:mod:`mchsm.sim.cdriver`).
+    """
+    base = resources.files("mchsm") / "c"
+    return {name: (base / name).read_text() for name in C_DRIVER_FILES}
+
+
 def export(
     out_dir: Path,
     contexts: int = DEFAULT_CONTEXTS,
@@ -485,14 +537,18 @@ def export(
     budget: int = MONITOR_BUDGET,
     fail_limit: int = MONITOR_FAIL_LIMIT,
 ) -> list[Path]:
-    """Write ``<name>.v``, ``mchsm_regs.h`` and ``<name>.core`` (FuseSoC) into ``out_dir``;
-    return their paths, the Verilog first."""
+    """Write ``<name>.v``, ``mchsm_regs.h``, the C driver (``mchsm_hsm.h``, ``mchsm_hsm.c``)
+    and ``<name>.core`` (FuseSoC) into ``out_dir``; return their paths, the Verilog first."""
     text = verilog_text(contexts, name=name, budget=budget, fail_limit=fail_limit)
     out_dir.mkdir(parents=True, exist_ok=True)
     v = out_dir / f"{name}.v"
     v.write_text(text)
     h = out_dir / HEADER_NAME
     h.write_text(c_header(contexts, budget=budget, fail_limit=fail_limit))
+    driver = []
+    for file_name, source in c_driver_sources().items():
+        driver.append(out_dir / file_name)
+        driver[-1].write_text(source)
     core = out_dir / f"{name}.core"
     core.write_text(fusesoc_core(name, contexts, budget=budget, fail_limit=fail_limit))
-    return [v, h, core]
+    return [v, h, *driver, core]

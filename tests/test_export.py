@@ -3,6 +3,7 @@ documentation."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import re
@@ -22,6 +23,7 @@ from mchsm import constants, export
 from mchsm.cli import main
 from mchsm.constants import (
     MAGIC,
+    MANAGER,
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     RESULT_SIZE,
@@ -29,8 +31,13 @@ from mchsm.constants import (
     CtxFlag,
     Reg,
     Status,
+    StatusInfoWord,
     command_spec,
+    unpack_reg,
 )
+from mchsm.sw.driver import HsmDriver, ModelTransport
+from mchsm.sw.mailbox import ModelMailbox
+from mchsm.sw.model import HsmModel
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "registers.md"
 
@@ -49,8 +56,10 @@ def test_export_lints_clean(tmp_path: Path, contexts: int, options: list[str], t
     assert result.exit_code == 0, result.output
     assert "verilator --lint-only -Wall: clean" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{top}.v", f"{top}.core", "mchsm_regs.h"]
+        [f"{top}.v", f"{top}.core", "mchsm_regs.h", *export.C_DRIVER_FILES]
     )
+    for name, source in export.c_driver_sources().items():
+        assert (tmp_path / name).read_text() == source
     text = (tmp_path / f"{top}.v").read_text()
     assert f"module {top}(" in text and "module mchsm_core(" not in text[text.index("module") :][1:]
     for port in ("bus__adr", "bus__dat_w", "bus__dat_r", "bus__sel", "bus__ack", "caller", "irq"):
@@ -111,6 +120,16 @@ def _expected_macros(contexts: int, budget: int, fail_limit: int) -> dict[str, i
         for name, field in layout:
             out[f"MCHSM_{reg.name}_{name.upper()}_SHIFT"] = field.offset
             out[f"MCHSM_{reg.name}_{name.upper()}_MASK"] = ((1 << field.width) - 1) << field.offset
+    for message, fields in constants.MESSAGE_LAYOUTS.items():
+        offset = 0
+        for name, size in fields:
+            out[f"MCHSM_{message}_{name.upper()}_OFFSET"] = offset
+            out[f"MCHSM_{message}_{name.upper()}_SIZE"] = size
+            offset += size
+    for prefix, layout in constants.WORD_LAYOUTS.items():
+        for name, field in layout:
+            out[f"MCHSM_{prefix}_{name.upper()}_SHIFT"] = field.offset
+            out[f"MCHSM_{prefix}_{name.upper()}_MASK"] = ((1 << field.width) - 1) << field.offset
     out |= {f"MCHSM_LINK_OP_{o.name}": int(o) for o in constants.LinkOp}
     out |= {f"MCHSM_LINK_STATUS_{s.name}": int(s) for s in constants.LinkStatus}
     out |= {
@@ -171,6 +190,27 @@ def test_c_header_compiles_and_agrees_with_the_constants(tmp_path: Path) -> None
     assert values["MCHSM_STATUS_MINE_MASK"] == 1 << 12 and values["MCHSM_CTRL_CLAIM"] == 4
     assert values["MCHSM_EVIDENCE_SIZE"] == 44 and values["MCHSM_NONCE_SIZE"] == 32
     assert values["MCHSM_IRQ_EN_DONE_MASK"] == 1
+    assert values["MCHSM_ATTEST_RESULT_TAG_OFFSET"] == 12
+    assert values["MCHSM_STATUS_INFO_CONTEXTS_MASK"] == 0xFF00
+
+
+def test_message_layouts_fit_the_commands() -> None:
+    """Each command data or result layout of the header adds up to the command's data length
+    or result size, and the STATUS result it describes is what the model answers."""
+    sizes = {
+        "DATA": lambda cmd: command_spec(cmd).length,
+        "RESULT": lambda cmd: RESULT_SIZE[cmd],
+    }
+    for message, fields in constants.MESSAGE_LAYOUTS.items():
+        name, _, part = message.rpartition("_")
+        assert sum(size for _, size in fields) == sizes[part](Cmd[name]), message
+
+    driver = HsmDriver(ModelTransport(ModelMailbox(HsmModel(5))))
+    result = asyncio.run(driver.run(MANAGER, Cmd.STATUS)).check()
+    offset = dict(export.message_fields()["STATUS_RESULT: byte offsets and sizes of its fields"])
+    at = offset["STATUS_RESULT_INFO_OFFSET"]
+    info = unpack_reg(StatusInfoWord, int.from_bytes(result[at : at + 4], "big"))
+    assert (info.provisioned, info.contexts, info.version) == (0, 5, constants.PROTOCOL_VERSION)
 
 
 def test_c_header_follows_new_constants() -> None:
