@@ -54,9 +54,8 @@ async def _install(driver: HsmDriver, contexts: int) -> int:
     k_upd = protocol.derive_upd_key(ROOT)
     update_cycles = 0
     for ctx in range(1, contexts + 1):
-        ref = protocol.reference(image(ctx))
-        tag = protocol.hmac_sha256(k_upd, protocol.upd_message(DEV, ctx, 0, 1, ref))
-        reply = await driver.run(MANAGER, Cmd.UPDATE, ctx, u32(0) + u32(1) + ref + tag)
+        auth = protocol.UpdateAuth.issue(k_upd, DEV, ctx, 0, 1, protocol.reference(image(ctx)))
+        reply = await driver.run(MANAGER, Cmd.UPDATE, ctx, auth.command_data())
         reply.check()
         if ctx == 1:
             update_cycles = reply.cycles

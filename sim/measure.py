@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mchsm.constants import MANAGER, Cmd, u32
 from mchsm.sw.driver import HsmDriver
-from mchsm.sw.protocol import derive_upd_key, hmac_sha256, reference, upd_message
+from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
 
 __all__ = ["DEV", "ROOT", "measure_commands"]
 
@@ -40,8 +40,7 @@ async def measure_commands(
     image = b"task image"
     for ctx in range(1, contexts + 1):
         ref = reference(image)
-        tag = hmac_sha256(k_upd, upd_message(DEV, ctx, 0, 1, ref))
-        data = u32(0) + u32(1) + ref + tag
+        data = UpdateAuth.issue(k_upd, DEV, ctx, 0, 1, ref).command_data()
         out["update" if ctx == 1 else "_update"] = await cycles(Cmd.UPDATE, ctx, data)
         await port.reset(ctx)
         await port.measure(ctx, image)

@@ -24,7 +24,7 @@ from mchsm.constants import (
 )
 from mchsm.sw.driver import HsmDriver
 from mchsm.sw.errors import BusRefusedError
-from mchsm.sw.protocol import derive_upd_key, hmac_sha256, reference, upd_message
+from mchsm.sw.protocol import derive_upd_key, reference, update_tag
 
 __all__ = ["Command", "random_commands", "run_commands", "scan_bus"]
 
@@ -94,7 +94,7 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             if rng.random() < 0.5:
                 images[i] = rng.randbytes(rng.randrange(0, 300))
             ref = reference(images[i])
-            tag = hmac_sha256(k_upd, upd_message(dev_id, i, old, max(new, 0), ref))
+            tag = update_tag(k_upd, dev_id, i, old, max(new, 0), ref)
             if rng.random() < 0.1:
                 tag = bytes(32)
             commands.append(

@@ -32,10 +32,8 @@ from mchsm.sw.profile import Profile, RecordedTrace, derive, embed
 from mchsm.sw.protocol import (
     UpdateAuth,
     derive_upd_key,
-    hmac_sha256,
     reference,
     sha256,
-    upd_message,
 )
 from mchsm.sw.traces import NullHsm, exfiltrating, run_sync
 from mchsm.sw.verifier import AttestationReport, Verdict, Verifier
@@ -319,8 +317,7 @@ class _Story:
 
         old_ref = reference(task_image("control", 1))
         k_upd = derive_upd_key(root_key)  # an insider with K_upd: the version rule still holds
-        tag = hmac_sha256(k_upd, upd_message(self.dev_id, ctx, 2, 1, old_ref))
-        downgrade = UpdateAuth(ctx=ctx, old=2, new=1, ref=old_ref, tag=tag)
+        downgrade = UpdateAuth.issue(k_upd, self.dev_id, ctx, 2, 1, old_ref)
         await self.expect_hsm_refusal(
             "roll control back from v2 to v1 (validly MAC'd)",
             Status.ERR_ROLLBACK,

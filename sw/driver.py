@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from mchsm.constants import (
     CALLER_BITS,
     DEVICE_ID_SIZE,
-    DIGEST_SIZE,
     MAGIC,
     MANAGER,
+    MESSAGE_LAYOUTS,
     NONCE_SIZE,
     ROOT_KEY_SIZE,
     Cmd,
@@ -26,6 +26,7 @@ from mchsm.constants import (
     InfoReg,
     IrqEnReg,
     Reg,
+    StatusInfoWord,
     pack_reg,
     u32,
     unpack_reg,
@@ -33,7 +34,7 @@ from mchsm.constants import (
 from mchsm.sw.command import REFUSED, Op, Outcome, Read, Reply, WaitDone, Write, run_command
 from mchsm.sw.errors import BusRefusedError, MailboxBusyError, TransportError
 from mchsm.sw.mailbox import ModelMailbox
-from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth
+from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth, unpack
 
 __all__ = [
     "CtxInfo",
@@ -117,17 +118,17 @@ class StatusInfo:
 
     @classmethod
     def parse(cls, data: bytes) -> StatusInfo:
-        words = [int.from_bytes(data[i : i + 4], "big") for i in range(0, 20, 4)]
-        info = words[0]
+        fields = unpack(MESSAGE_LAYOUTS["STATUS_RESULT"], data)
+        info = unpack_reg(StatusInfoWord, int(fields["info"]))  # type: ignore[arg-type]
         return cls(
-            provisioned=bool(info & 1),
-            contexts=(info >> 8) & 0xFF,
-            protocol_version=(info >> 16) & 0xFF,
-            counter=words[1],
-            ok=words[2],
-            loaded=words[3],
-            anomaly=words[4],
-            dev_id=data[20 : 20 + DEVICE_ID_SIZE],
+            provisioned=bool(info.provisioned),
+            contexts=info.contexts,
+            protocol_version=info.version,
+            counter=int(fields["counter"]),  # type: ignore[arg-type]
+            ok=int(fields["ok"]),  # type: ignore[arg-type]
+            loaded=int(fields["loaded"]),  # type: ignore[arg-type]
+            anomaly=int(fields["anomaly"]),  # type: ignore[arg-type]
+            dev_id=bytes(fields["dev_id"]),  # type: ignore[arg-type]
         )
 
 
@@ -146,11 +147,12 @@ class CtxInfo:
 
     @classmethod
     def parse(cls, data: bytes) -> CtxInfo:
+        fields = unpack(MESSAGE_LAYOUTS["READ_CTX_RESULT"], data)
         return cls(
-            flags=CtxFlag(int.from_bytes(data[0:4], "big")),
-            version=int.from_bytes(data[4:8], "big"),
-            measurement=data[8 : 8 + DIGEST_SIZE],
-            reference=data[8 + DIGEST_SIZE : 8 + 2 * DIGEST_SIZE],
+            flags=CtxFlag(fields["flags"]),
+            version=int(fields["version"]),  # type: ignore[arg-type]
+            measurement=bytes(fields["measurement"]),  # type: ignore[arg-type]
+            reference=bytes(fields["reference"]),  # type: ignore[arg-type]
         )
 
 
@@ -365,8 +367,11 @@ class HsmPort:
         return Evidence.unpack(await self._ok(Cmd.ATTEST, data=u32(sel) + nonce))
 
     async def update(self, auth: UpdateAuth) -> UpdateAck:
-        result = await self._ok(Cmd.UPDATE, auth.ctx, auth.command_data())
-        return UpdateAck(ctx=auth.ctx, new=int.from_bytes(result[:4], "big"), ack=result[4:])
+        fields = unpack(
+            MESSAGE_LAYOUTS["UPDATE_RESULT"],
+            await self._ok(Cmd.UPDATE, auth.ctx, auth.command_data()),
+        )
+        return UpdateAck(ctx=auth.ctx, new=int(fields["new"]), ack=bytes(fields["ack"]))  # type: ignore[arg-type]
 
     async def task_mac(self, data: bytes | Iterable[bytes], length: int | None = None) -> bytes:
         return await self._ok(Cmd.TASK_MAC, data=data, length=length)

@@ -18,32 +18,38 @@ from cryptography.hazmat.primitives import hmac as _hmac
 from mchsm.constants import (
     DEFAULT_CONTEXTS,
     DEVICE_ID_SIZE,
-    DIGEST_SIZE,
     MANAGER,
+    MESSAGE_LAYOUTS,
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
-    NONCE_SIZE,
     PROTOCOL_VERSION,
     SHA_BLOCK_SIZE,
     Access,
     Cmd,
     CtxFlag,
     Status,
+    StatusInfoWord,
     check_build,
     command_spec,
+    pack_reg,
     u32,
 )
 from mchsm.sw.protocol import (
     ZERO_DIGEST,
+    Evidence,
+    UpdateAuth,
     ack_message,
     att_message,
     derive_att_key,
     derive_task_key,
     derive_upd_key,
     hmac_sha256,
+    pack,
+    select_digest,
     sha256,
     tags_equal,
-    upd_message,
+    unpack,
+    update_tag,
 )
 
 __all__ = ["ContextState", "HsmBusyError", "HsmModel", "HsmState", "Response"]
@@ -346,8 +352,8 @@ class HsmModel:
         self._state = replace(self._state, contexts=tuple(contexts))
 
     def _do_provision(self, run: _Running) -> Response:
-        data = bytes(run.buffer)
-        dev_id, root = data[:DEVICE_ID_SIZE], data[DEVICE_ID_SIZE:]
+        fields = unpack(MESSAGE_LAYOUTS["PROVISION_DATA"], bytes(run.buffer))
+        dev_id, root = bytes(fields["dev_id"]), bytes(fields["root_key"])  # type: ignore[arg-type]
         self._keys = _Keys(root=root, att=derive_att_key(root), upd=derive_upd_key(root))
         self._state = replace(self._state, provisioned=True, dev_id=dev_id)
         return Response(Status.OK)
@@ -355,20 +361,36 @@ class HsmModel:
     def _do_status(self, run: _Running) -> Response:
         state = self._state
         visible = U32_MAX if run.caller == MANAGER else 1 << (run.caller - 1)
-        info = int(state.provisioned) | self.contexts << 8 | PROTOCOL_VERSION << 16
-        result = (
-            u32(info)
-            + u32(state.counter)
-            + u32(state.mask("ok") & visible)
-            + u32(state.mask("loaded") & visible)
-            + u32(state.mask("anomaly") & visible)
-            + state.dev_id
+        info = pack_reg(
+            StatusInfoWord,
+            provisioned=state.provisioned,
+            contexts=self.contexts,
+            version=PROTOCOL_VERSION,
+        )
+        result = pack(
+            MESSAGE_LAYOUTS["STATUS_RESULT"],
+            {
+                "info": info,
+                "counter": state.counter,
+                "ok": state.mask("ok") & visible,
+                "loaded": state.mask("loaded") & visible,
+                "anomaly": state.mask("anomaly") & visible,
+                "dev_id": state.dev_id,
+            },
         )
         return Response(Status.OK, result)
 
     def _do_read_ctx(self, run: _Running) -> Response:
         c = self.context(run.ctx)
-        result = u32(int(c.flags)) + u32(c.version) + c.measurement + c.reference
+        result = pack(
+            MESSAGE_LAYOUTS["READ_CTX_RESULT"],
+            {
+                "flags": int(c.flags),
+                "version": c.version,
+                "measurement": c.measurement,
+                "reference": c.reference,
+            },
+        )
         return Response(Status.OK, result)
 
     def _do_reset(self, run: _Running) -> Response:
@@ -397,32 +419,28 @@ class HsmModel:
 
     def _do_attest(self, run: _Running) -> Response:
         assert self._keys is not None
-        data = bytes(run.buffer)
-        sel = int.from_bytes(data[:4], "big")
-        nonce = data[4 : 4 + NONCE_SIZE]
+        fields = unpack(MESSAGE_LAYOUTS["ATTEST_DATA"], bytes(run.buffer))
+        sel, nonce = int(fields["sel"]), bytes(fields["nonce"])  # type: ignore[arg-type]
         if sel == 0 or sel >> self.contexts:
             return Response(Status.ERR_SELECT)
         if self._state.counter == U32_MAX:
             return Response(Status.ERR_COUNTER)
         ok = sel & self._state.mask("ok")
         ctr = self._state.counter + 1
-        refs = b"".join(c.reference for i, c in enumerate(self._state.contexts) if sel >> i & 1)
-        digest = sha256(refs)
+        refs = {i: c.reference for i, c in enumerate(self._state.contexts, 1)}
+        digest = select_digest(refs, sel)
         tag = hmac_sha256(
             self._keys.att, att_message(self._state.dev_id, nonce, sel, ok, ctr, digest)
         )
         self._state = replace(self._state, counter=ctr)
-        return Response(Status.OK, u32(sel) + u32(ok) + u32(ctr) + tag)
+        return Response(Status.OK, Evidence(sel=sel, ok=ok, ctr=ctr, tag=tag).pack())
 
     def _do_update(self, run: _Running) -> Response:
         assert self._keys is not None
-        data = bytes(run.buffer)
-        old = int.from_bytes(data[0:4], "big")
-        new = int.from_bytes(data[4:8], "big")
-        ref = data[8 : 8 + DIGEST_SIZE]
-        tag = data[8 + DIGEST_SIZE :]
+        auth = UpdateAuth.unpack(u32(run.ctx) + bytes(run.buffer))
+        old, new, ref, tag = auth.old, auth.new, auth.ref, auth.tag
         dev_id = self._state.dev_id
-        expected = hmac_sha256(self._keys.upd, upd_message(dev_id, run.ctx, old, new, ref))
+        expected = update_tag(self._keys.upd, dev_id, run.ctx, old, new, ref)
         if not tags_equal(expected, tag):
             return Response(Status.ERR_AUTH)
         if old != self.context(run.ctx).version:
@@ -432,7 +450,7 @@ class HsmModel:
         # one step: reference, version and LOADED change together
         self._set_context(run.ctx, reference=ref, version=new, loaded=False)
         ack = hmac_sha256(self._keys.upd, ack_message(dev_id, run.ctx, old, new, ref))
-        return Response(Status.OK, u32(new) + ack)
+        return Response(Status.OK, pack(MESSAGE_LAYOUTS["UPDATE_RESULT"], {"new": new, "ack": ack}))
 
     def _do_task_mac(self, run: _Running) -> Response:
         return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]

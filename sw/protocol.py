@@ -23,6 +23,7 @@ from mchsm.constants import (
     LABELS,
     MAX_CONTEXTS,
     TASK_KDF_FIELDS,
+    U32_SIZE,
     UPD_FIELDS,
     Field,
     u32,
@@ -46,8 +47,10 @@ __all__ = [
     "select_digest",
     "sha256",
     "tags_equal",
+    "unpack",
     "unpack_evidence",
     "upd_message",
+    "update_tag",
 ]
 
 ZERO_DIGEST = bytes(DIGEST_SIZE)
@@ -118,6 +121,18 @@ def pack(fields: tuple[Field, ...], values: dict[str, bytes | int]) -> bytes:
     return bytes(out)
 
 
+def unpack(fields: tuple[Field, ...], data: bytes) -> dict[str, bytes | int]:
+    """The fields of a message, by name: the inverse of :func:`pack` (u32 fields as ints)."""
+    _check_len("message", data, sum(size for _, size in fields))
+    out: dict[str, bytes | int] = {}
+    offset = 0
+    for name, size in fields:
+        part = data[offset : offset + size]
+        out[name] = int.from_bytes(part, "big") if size == U32_SIZE else bytes(part)
+        offset += size
+    return out
+
+
 def _att_layout() -> tuple[struct.Struct, bytes, tuple[int, ...]]:
     """ATT_FIELDS as one struct: the verifier builds this message for every attestation it
     checks, and :func:`pack`'s field loop would be a good part of that check's cost."""
@@ -150,6 +165,12 @@ def att_message(dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest
 def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
     """ "UPD1" || dev_id || u32 i || u32 v || u32 v' || R' (MAC'd under K_upd)."""
     return pack(UPD_FIELDS, {"dev_id": dev_id, "i": ctx, "v": old, "v'": new, "R'": ref})
+
+
+def update_tag(k_upd: bytes, dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
+    """tag_u = MAC(K_upd, "UPD1" || dev_id || u32 i || u32 v || u32 v' || R'): what the verifier
+    issues and the HSM recomputes (section 6 of the spec)."""
+    return hmac_sha256(k_upd, upd_message(dev_id, ctx, old, new, ref))
 
 
 def ack_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
@@ -210,8 +231,7 @@ class UpdateAuth:
         cls, k_upd: bytes, dev_id: bytes, ctx: int, old: int, new: int, ref: bytes
     ) -> UpdateAuth:
         """The verifier's side: authorise ``ctx`` from ``old`` to ``new``/``ref`` under K_upd."""
-        tag = hmac_sha256(k_upd, upd_message(dev_id, ctx, old, new, ref))
-        return cls(ctx=ctx, old=old, new=new, ref=ref, tag=tag)
+        return cls(ctx, old, new, ref, update_tag(k_upd, dev_id, ctx, old, new, ref))
 
     def pack(self) -> bytes:
         """On the wire: u32 i || u32 v || u32 v' || R' || tag_u (76 bytes)."""

@@ -30,12 +30,11 @@ from mchsm.sw.driver import CtxInfo, HsmDriver, ModelTransport, StatusInfo
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
 from mchsm.sw.protocol import (
+    UpdateAuth,
     derive_att_key,
     derive_task_key,
     derive_upd_key,
-    hmac_sha256,
     reference,
-    upd_message,
 )
 
 DEV = bytes(range(16))
@@ -84,9 +83,8 @@ def test_hmac_against_stdlib(key_len: int) -> None:
 
 
 def _install(ctx: int, old: int, new: int, image: bytes) -> Command:
-    ref = reference(image)
-    tag = hmac_sha256(derive_upd_key(ROOT), upd_message(DEV, ctx, old, new, ref))
-    return Command(MANAGER, Cmd.UPDATE, ctx, u32(old) + u32(new) + ref + tag)
+    auth = UpdateAuth.issue(derive_upd_key(ROOT), DEV, ctx, old, new, reference(image))
+    return Command(MANAGER, Cmd.UPDATE, ctx, auth.command_data())
 
 
 def test_protocol_story_matches_model_and_keys() -> None:

@@ -15,7 +15,7 @@ from mchsm.constants import MANAGER, Cmd, Status, u32
 from mchsm.sim.scenarios import Command, random_commands, run_commands
 from mchsm.sw.backends import run_on_backend
 from mchsm.sw.demo import run_story
-from mchsm.sw.protocol import derive_upd_key, hmac_sha256, reference, upd_message
+from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
 
 RTL = ["amaranth", "verilator"]
 DEV = bytes(range(1, 17))
@@ -33,9 +33,8 @@ def on(backend: str, commands: list[Command], contexts: int = CONTEXTS) -> list[
 def install(
     ctx: int, old: int, new: int, image: bytes, dev: bytes = DEV, root: bytes = ROOT
 ) -> Command:
-    ref = reference(image)
-    tag = hmac_sha256(derive_upd_key(root), upd_message(dev, ctx, old, new, ref))
-    return Command(MANAGER, Cmd.UPDATE, ctx, u32(old) + u32(new) + ref + tag)
+    auth = UpdateAuth.issue(derive_upd_key(root), dev, ctx, old, new, reference(image))
+    return Command(MANAGER, Cmd.UPDATE, ctx, auth.command_data())
 
 
 @pytest.fixture(scope="module")

@@ -483,7 +483,7 @@ class Verifier:
                 outcome = OUTCOME_OK
             detail = {"old": p.old, "new": p.new, "reference": ref.hex(), "name": p.name}
             self._log(s, dev_id, KIND_UPDATE_PREPARE, ctx, outcome, detail, now)
-            tag = protocol.hmac_sha256(k_upd, protocol.upd_message(dev_id, ctx, p.old, p.new, ref))
+            tag = protocol.update_tag(k_upd, dev_id, ctx, p.old, p.new, ref)
             return p, tag
 
         p, tag = self.store.write(prepare)
