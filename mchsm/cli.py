@@ -300,44 +300,15 @@ def demo(
 
 
 def _check_registry(db: Path) -> Path:
-    """Open the verifier's registry once before the story, so that a damaged one, or one in a
-    directory that is not there, is one line now (the story would report it as a failed step,
-    or a simulator would run for nothing).  What the verifier raises for a file that is not a
-    registry is caught here: ``sqlite3.DatabaseError`` (not a database, malformed), the
-    verifier's own errors (a foreign or newer schema) and ``OSError``."""
-    import sqlite3
+    """The registry is checked before the story (:mod:`mchsm.registry`): a damaged one, or one
+    in a directory that is not there, is one line now, not a failed step later."""
+    from mchsm.registry import check_registry
+    from mchsm.sw.errors import InputError
 
-    from mchsm.sw.errors import MchsmError
-    from mchsm.sw.verifier import Verifier
-
-    what = "choose a new file name, or a registry an earlier `mchsm demo --db` wrote"
-    if not db.parent.is_dir():
-        raise click.BadParameter(
-            f"{db}: the directory {db.parent} does not exist (or is not a directory): create "
-            f"it, or choose another place for the registry",
-            param_hint="--db",
-        )
     try:
-        if db.exists():
-            # a damaged page is found by reading the pages, not by opening the file
-            conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
-            try:
-                row = conn.execute("PRAGMA quick_check").fetchone()
-            finally:
-                conn.close()
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed ({row})")
-        with Verifier(db):
-            pass
-    except OSError as exc:
-        raise click.BadParameter(os_error(exc, str(db)), param_hint="--db") from None
-    except sqlite3.Error as exc:
-        raise click.BadParameter(
-            f"{db}: not a usable verifier registry ({first_line(str(exc))}): {what}",
-            param_hint="--db",
-        ) from None
-    except MchsmError as exc:
-        raise click.BadParameter(f"{first_line(str(exc))}: {what}", param_hint="--db") from None
+        check_registry(db)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--db") from None
     return db
 
 
@@ -820,8 +791,9 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     board clock, tool versions, build time) to the build directory.  Exits 1 if the design
     does not fit or misses timing.  The first run compiles the WebAssembly tools (minutes).
     """
-    from mchsm.boards.platforms import build_bitstream, shown
+    from mchsm.boards.platforms import BOARDS, build_bitstream, shown, toolchain_env
 
+    toolchain_env(BOARDS[board].tools)  # a missing tool first: nothing is created then
     out = _writable_dir(out_dir if out_dir is not None else Path("build") / board, "--out")
     try:
         report = build_bitstream(
