@@ -332,6 +332,15 @@ def _check_data(data: object, length: object) -> tuple[bytes | Iterable[bytes], 
         raise ArgumentTypeError("length is required when data is an iterable of chunks")
     _check_int("length", length, 0, (1 << 32) - 1)
     assert isinstance(length, int)
+    if isinstance(data, list | tuple):  # chunks already in memory: checked before any access
+        for i, chunk in enumerate(data):
+            if not isinstance(chunk, _BYTES_LIKE):
+                raise ArgumentTypeError(
+                    f"data chunks must be bytes, not {type(chunk).__name__} (chunk {i})"
+                )
+        total = sum(len(chunk) for chunk in data)
+        if total != length:
+            raise ArgumentError(f"the data has {total} bytes, not the {length} declared for it")
     return data, length
 
 
