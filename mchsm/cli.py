@@ -90,9 +90,9 @@ def _writable_dir(path: Path, option: str) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise click.BadParameter(
-            f"cannot write there: {os_error(exc, str(path))}", param_hint=option
-        ) from None
+        # named by the directory the user gave, not by the probe's temporary name
+        line = os_error(OSError(exc.errno, exc.strerror), str(path))
+        raise click.BadParameter(f"cannot write there: {line}", param_hint=option) from None
     return path
 
 
@@ -155,6 +155,9 @@ class MchsmGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # `mchsm`, `mchsm rtl`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             click.echo(f"Error: {_one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
@@ -162,6 +165,12 @@ class MchsmGroup(click.Group):
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: what click (8.2 on) raises for a group called without a command: it shows the help
+_NO_ARGS_IS_HELP: type[click.ClickException] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.ClickException,), {})
+)
 
 
 class _Failure(click.ClickException):
@@ -329,8 +338,13 @@ def _digest_files(
     inputs = []
     try:
         for name in files:
+            # the model's limit is its LEN register's, per file; a simulator's is time, so
+            # it is for all the files together
+            used = 0 if backend == "model" else sum(i.length for i in inputs)
             try:
-                inputs.append(read_input(name, INPUT_LIMITS[backend], backend, sys.stdin.buffer))
+                inputs.append(
+                    read_input(name, INPUT_LIMITS[backend], backend, sys.stdin.buffer, used)
+                )
             except InputError as exc:
                 raise click.BadParameter(str(exc), param_hint="FILE") from None
         # the model runs in this process and streams the spools; a simulator runs the job in
@@ -358,7 +372,8 @@ def _limits_help() -> str:
 
 _FILES_HELP = (
     "FILE may be - (standard input), a pipe or a /proc or sysfs file: each is read to its end "
-    "before the HSM is told its length.  At most per file, by backend: "
+    "before the HSM is told its length.  At most, by backend (the model: per file; a "
+    "simulator: all files together): "
 )
 
 
@@ -390,9 +405,14 @@ def hmac_files(backend: str, key_hex: str, waves: Path | None, files: tuple[str,
     try:
         key = bytes.fromhex(key_hex)
     except ValueError:
+        digits = key_hex.replace(" ", "")
+        why = (
+            "has an odd number of hex digits"
+            if digits and all(c in "0123456789abcdefABCDEF" for c in digits)
+            else "is not hexadecimal"
+        )
         raise click.BadParameter(
-            f"{key_hex!r} is not hexadecimal: give the key as hex digits, two per byte "
-            f"(e.g. 00ff10)",
+            f"{key_hex!r} {why}: give the key as hex digits, two per byte (e.g. 00ff10)",
             param_hint="--key-hex",
         ) from None
     for line in _digest_files(backend, files, key, waves):
@@ -748,7 +768,7 @@ def _demo_on_board(port: str, baud: int | None, db: Path | None, seed: int) -> N
                 )
             stats = transport.stats
     except MchsmError as e:
-        raise click.ClickException(f"{port}: {e}") from None
+        raise click.ClickException(str(e) if port in str(e) else f"{port}: {e}") from None
     click.echo(report.render())
     click.echo(
         f"(board: {time.perf_counter() - began:.1f} s wall, {stats.frames} frames, "

@@ -29,8 +29,10 @@ __all__ = ["CHUNK", "SPOOL_MEMORY", "Input", "read_input", "size_text"]
 
 CHUNK = 1 << 16
 #: an input up to this size is held in memory; a larger one goes to an anonymous temporary
-#: file (unlinked at once, so nothing of it stays behind)
-SPOOL_MEMORY = 8 << 20
+#: file (unlinked at once, so nothing of it stays behind).  Every input of a command is read
+#: before the first is hashed, so that a bad one fails before any work: this bounds the memory
+#: that takes
+SPOOL_MEMORY = 1 << 20
 
 
 @dataclass
@@ -77,20 +79,24 @@ def _kind(mode: int) -> str | None:
     return None  # a regular file (/proc and sysfs ones included) or a pipe
 
 
-def _too_large(name: str, limit: int, backend: str, more: str = "") -> InputError:
-    return InputError(
-        f"{name}: larger than the {size_text(limit)} the {backend} backend takes{more}; "
-        f"use --backend model (up to 4 GiB - 1 B), or hash a part of it"
-    )
+def _too_large(name: str, limit: int, backend: str, used: int, more: str = "") -> InputError:
+    if backend == "model":
+        advice = "its 32-bit LEN register cannot say more; hash a part of it"
+    else:
+        advice = "use --backend model, or hash a part of it"
+    what = f"{name}: larger than" if not used else f"{name}, with the files before it, is over"
+    return InputError(f"{what} the {size_text(limit)} the {backend} backend takes{more}; {advice}")
 
 
-def read_input(name: str, limit: int, backend: str, stdin: BinaryIO) -> Input:
-    """Read ``name`` (``-``: ``stdin``) to its end, at most ``limit`` bytes.
+def read_input(name: str, limit: int, backend: str, stdin: BinaryIO, used: int = 0) -> Input:
+    """Read ``name`` (``-``: ``stdin``) to its end, at most ``limit - used`` bytes (``used``:
+    what the inputs before it took, where the limit is for all of them together).
 
     Raises :class:`InputError` with one line that names the file, says what is wrong and what
-    to do: missing, unreadable, a directory, device or socket, or more than ``limit`` bytes.
+    to do: missing, unreadable, a directory, device or socket, or more than the limit.
     """
     shown = "standard input" if name == "-" else name
+    room = limit - used
     source: BinaryIO
     if name == "-":
         source = stdin
@@ -107,10 +113,10 @@ def read_input(name: str, limit: int, backend: str, stdin: BinaryIO) -> Input:
                 else f"to hash bytes from it, pipe them in: head -c N {name} | mchsm hash -"
             )
             raise InputError(f"{name}: is {kind}, not a file: {hint}")
-        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+        if stat.S_ISREG(info.st_mode) and info.st_size > room:
             # a regular file's size is a bound worth trusting here: /proc and sysfs files
             # claim 0 or 4096, never more than they hold
-            raise _too_large(name, limit, backend, f" (it has {size_text(info.st_size)})")
+            raise _too_large(name, limit, backend, used, f" (it has {size_text(info.st_size)})")
         try:
             source = open(name, "rb")  # noqa: SIM115 - closed below, whatever happens
         except OSError as exc:
@@ -118,10 +124,10 @@ def read_input(name: str, limit: int, backend: str, stdin: BinaryIO) -> Input:
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - returned
     total = 0
     try:
-        while chunk := source.read(min(CHUNK, limit + 1 - total)):
+        while chunk := source.read(min(CHUNK, room + 1 - total)):
             total += len(chunk)
-            if total > limit:
-                raise _too_large(shown, limit, backend)
+            if total > room:
+                raise _too_large(shown, limit, backend, used)
             spool.write(chunk)
     except OSError as exc:
         spool.close()

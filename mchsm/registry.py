@@ -103,4 +103,5 @@ def check_registry(db: Path) -> None:
             f"{db}: not a usable verifier registry ({first_line(str(exc))}): {_ADVICE}"
         ) from None
     except MchsmError as exc:  # the verifier's: a newer schema, no migration...
-        raise InputError(f"{db}: {first_line(str(exc))}: {_ADVICE}") from None
+        what = first_line(str(exc))
+        raise InputError(f"{what if str(db) in what else f'{db}: {what}'}: {_ADVICE}") from None

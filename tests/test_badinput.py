@@ -237,7 +237,7 @@ CASES = [
         "hash",
         "{huge}",
         code=USAGE,
-        says=("huge.bin", "larger than the 4 GiB - 1 B the model backend takes"),
+        says=("huge.bin", "larger than the 4 GiB - 1 B the model backend takes", "LEN register"),
     ),
     bad(
         "hash-oversized-amaranth",
@@ -257,6 +257,17 @@ CASES = [
         code=USAGE,
         says=("standard input", "256 KiB"),
         stdin=bytes(INPUT_LIMITS["amaranth"] + 1),
+    ),
+    bad(
+        "hash-oversized-together",
+        "hash",
+        "--backend",
+        "amaranth",
+        "{file}",
+        "-",
+        code=USAGE,
+        says=("standard input, with the files before it, is over", "256 KiB"),
+        stdin=bytes(INPUT_LIMITS["amaranth"] - 5),
     ),
     bad("hash-missing-among-good", "hash", "{file}", "{missing}", code=USAGE, says="missing"),
     bad("hash-unknown-backend", "hash", "--backend", "fpga", "{file}", code=USAGE, says="fpga"),
@@ -303,7 +314,7 @@ CASES = [
         says=("--waves", "/proc/mchsm-test"),
     ),
     bad("hmac-bad-hex", "hmac", "--key-hex", "xyz", "{file}", code=USAGE, says="hexadecimal"),
-    bad("hmac-odd-hex", "hmac", "--key-hex", "abc", "{file}", code=USAGE, says="two per byte"),
+    bad("hmac-odd-hex", "hmac", "--key-hex", "abc", "{file}", code=USAGE, says="odd number of hex"),
     bad("hmac-no-key", "hmac", "{file}", code=USAGE, says="Missing option '--key-hex'"),
     bad("hmac-directory", "hmac", "--key-hex", "00", "{dir}", code=USAGE, says="is a directory"),
     bad("hmac-unreadable", "hmac", "--key-hex", "00", "{unreadable}", code=USAGE, says="denied"),
@@ -753,6 +764,14 @@ def test_the_sweep_reaches_every_command() -> None:
     missing = set(commands(main)) - swept
     assert not missing, f"commands without bad-input cases: {sorted(missing)}"
     assert len(CASES) >= 60
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    for argv in ([], ["rtl"]):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code in (0, 2)  # click 8.2 on: 2, with the help
+        assert "Usage:" in result.output and "Commands:" in result.output
+        assert "Error:" not in result.output
 
 
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
