@@ -139,13 +139,9 @@ class MchsmGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except OSError as exc:
-            if exc.errno == errno.EPIPE or _debugging(ctx):
-                raise  # click handles a closed stdout (`mchsm ... | head`) quietly
-            line, code = describe(exc)
-            raise _Failure(line, code) from exc
         except Exception as exc:
-            if _debugging(ctx):
+            # click handles a closed stdout (`mchsm ... | head`) quietly
+            if (isinstance(exc, OSError) and exc.errno == errno.EPIPE) or _debugging(ctx):
                 raise
             line, code = describe(exc)
             raise _Failure(line, code) from exc
@@ -272,7 +268,7 @@ def demo(
                 f"{'does' if len(given) == 1 else 'do'} not apply there (the bitstream fixes "
                 f"the contexts): leave {'it' if len(given) == 1 else 'them'} out"
             )
-        _demo_on_board(port, baud, db, seed)
+        _demo_on_board(port, baud, None if db is None else _check_registry(db.absolute()), seed)
         return
     if baud is not None:
         raise click.BadParameter("--baud goes with --port", param_hint="--baud")
