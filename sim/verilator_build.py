@@ -52,6 +52,7 @@ from mchsm.sim.verilator_env import (
     verilator_root,
     verilator_version,
 )
+from mchsm.sw.errors import MchsmError
 
 __all__ = [
     "DEFAULT_VERILATOR_ARGS",
@@ -97,7 +98,7 @@ _DESIGN_MK_VARS = frozenset(
 )
 
 
-class VerilatorBuildError(RuntimeError):
+class VerilatorBuildError(MchsmError, RuntimeError):
     """Verilator or the C++ build failed; the message names the log and quotes its tail."""
 
 
@@ -401,7 +402,7 @@ def _run_logged(cmd: list[str], log: Path, what: str, cwd: Path | None = None) -
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, check=False
         )
     if done.returncode != 0:
-        raise VerilatorBuildError(f"{what} (exit {done.returncode})\nlog: {log}\n{tail(log)}")
+        raise VerilatorBuildError(f"{what} (exit {done.returncode}); log: {log}\n{tail(log)}")
 
 
 def _cold_build(

@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from mchsm.sw.errors import MchsmError
+
 __all__ = [
     "VerilatorSetupError",
     "build_jobs",
@@ -49,7 +51,7 @@ OPT_GLOBAL = "-O2"
 _ENV_JOBS = "MCHSM_BUILD_JOBS"
 
 
-class VerilatorSetupError(RuntimeError):
+class VerilatorSetupError(MchsmError, RuntimeError):
     """Verilator, perl, make or a C++ compiler is missing."""
 
 

@@ -23,13 +23,14 @@ from mchsm.constants import DEFAULT_CONTEXTS
 from mchsm.sim.verilator_build import BuildInfo, build
 from mchsm.sim.verilator_env import tail
 from mchsm.sim.verilator_run import SimRun, SimulationError, run
+from mchsm.sw.errors import MchsmError
 
 __all__ = ["JobError", "JobRun", "launch_job", "run_job_on_verilator", "simulate_job"]
 
 T = TypeVar("T")
 
 
-class JobError(RuntimeError):
+class JobError(MchsmError, RuntimeError):
     """A job failed inside the simulation and its exception could not be brought back as is."""
 
 

@@ -22,11 +22,12 @@ from xml.etree import ElementTree
 
 from mchsm.sim.verilator_build import BuildInfo
 from mchsm.sim.verilator_env import setup_environment, tail
+from mchsm.sw.errors import MchsmError
 
 __all__ = ["SimRun", "SimulationError", "SimulationTimeout", "TestOutcome", "run"]
 
 
-class SimulationError(RuntimeError):
+class SimulationError(MchsmError, RuntimeError):
     """A simulation crashed or one of its cocotb tests failed."""
 
     def __init__(self, message: str, run: SimRun | None = None) -> None:
@@ -233,7 +234,7 @@ def run(
             else f"the simulator exited with code {returncode} and no test results"
         )
         raise SimulationError(
-            f"{test_module} on {build_info.toplevel} failed:\n{what}\nlog: {log}\n{tail(log, 25)}",
+            f"{test_module} on {build_info.toplevel} failed; log: {log}\n{what}\n{tail(log, 25)}",
             sim,
         )
     return sim

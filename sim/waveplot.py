@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mchsm.constants import Cmd, Reg, Status
+from mchsm.sw.errors import MchsmError
 
 __all__ = [
     "DEFAULT_SIGNALS",
@@ -73,7 +74,7 @@ _COMMAND_SIGNALS = {
 Value = int | str | None  # None: x or z
 
 
-class WaveError(ValueError):
+class WaveError(MchsmError, ValueError):
     """A VCD that cannot be read, or a signal or command that is not in it."""
 
 
@@ -160,6 +161,13 @@ def _read_header(f: Iterable[str], path: str | Path) -> dict[str, SignalInfo]:
             break
     else:
         raise WaveError(f"{path}: not a VCD (no $enddefinitions)")
+    try:
+        return _declarations(header)
+    except (ValueError, IndexError):
+        raise WaveError(f"{path}: not a VCD this reader understands (malformed header)") from None
+
+
+def _declarations(header: list[str]) -> dict[str, SignalInfo]:
     out: dict[str, SignalInfo] = {}
     scope: list[str] = []
     k = 0
@@ -212,17 +220,24 @@ def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
         for line in f:
             if not line or line[0] == "$":
                 continue
-            head = line[0]
-            if head == "#":
-                now = int(line[1:])
-                continue
-            if head in "bBrRsS":
-                value_text, _, code = line.rstrip("\n").partition(" ")
-            else:
-                value_text, code = line[0], line[1:].rstrip("\n")
-            targets = by_code.get(code)
+            try:
+                head = line[0]
+                if head == "#":
+                    now = int(line[1:])
+                    continue
+                if head in "bBrRsS":
+                    value_text, _, code = line.rstrip("\n").partition(" ")
+                else:
+                    value_text, code = line[0], line[1:].rstrip("\n")
+                targets = by_code.get(code)
+                if targets:
+                    value = _parse_value(value_text)
+            except (ValueError, IndexError, OverflowError):
+                raise WaveError(
+                    f"{path}: not a VCD this reader understands (bad value change "
+                    f"{line.strip()[:40]!r})"
+                ) from None
             if targets:
-                value = _parse_value(value_text)
                 for trace in targets:
                     if trace.times and trace.times[-1] == now:
                         trace.values[-1] = value  # several changes at one time: the last wins

@@ -15,12 +15,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from mchsm.constants import DEFAULT_CONTEXTS
+from mchsm.constants import DEFAULT_CONTEXTS, U32_SIZE
 from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
 
-__all__ = ["BACKENDS", "DESCRIPTIONS", "WAVES_NAME", "BackendRun", "run_on_backend", "waves_target"]
+__all__ = [
+    "BACKENDS",
+    "DESCRIPTIONS",
+    "INPUT_LIMITS",
+    "WAVES_NAME",
+    "BackendRun",
+    "run_on_backend",
+    "waves_target",
+]
 
 T = TypeVar("T")
 Job = Callable[..., Awaitable[T]]
@@ -117,6 +125,18 @@ DESCRIPTIONS: dict[str, str] = {
     "amaranth": "the RTL in Amaranth's simulator",
     "verilator": "the exported Verilog in cocotb + Verilator",
     "uart-sim": "the board design (core + UART bridge) in Verilator, over its simulated UART",
+}
+
+#: backend name -> the most bytes ``mchsm hash``/``hmac`` read for one input there.  The model
+#: streams whatever the 32-bit LEN register can announce; a simulator hashes about 1 byte per
+#: clock cycle, and runs some thousand cycles a second (bench/results.md: Verilator ~7 KiB/s,
+#: Amaranth ~1 KiB/s, the board design over its simulated UART ~0.5 KiB/s on the reference
+#: machine), so each limit is a few minutes of simulation, where a gigabyte would take days
+INPUT_LIMITS: dict[str, int] = {
+    "model": (1 << (8 * U32_SIZE)) - 1,
+    "amaranth": 256 << 10,
+    "verilator": 4 << 20,
+    "uart-sim": 64 << 10,
 }
 
 #: backend name -> runner; the CLI's --backend choices come from here

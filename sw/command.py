@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from mchsm.constants import Cmd, CmdReg, Ctrl, Reg, Status, StatusReg, pack_reg, unpack_reg
-from mchsm.sw.errors import MailboxBusyError, MailboxLostError, TransportError
+from mchsm.sw.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    MailboxBusyError,
+    MailboxLostError,
+    TransportError,
+)
 
 __all__ = [
     "BURST_WORDS",
@@ -96,11 +102,27 @@ class Reply:
         return self.result
 
 
-def data_words(chunks: Iterable[bytes], burst: int = BURST_WORDS) -> Iterator[tuple[int, ...]]:
-    """Big-endian words of the concatenated chunks, ``burst`` at a time; the tail is padded."""
+def data_words(
+    chunks: Iterable[bytes], burst: int = BURST_WORDS, length: int | None = None
+) -> Iterator[tuple[int, ...]]:
+    """Big-endian words of the concatenated chunks, ``burst`` at a time; the tail is padded.
+
+    With ``length``, the chunks must add up to exactly that many bytes:
+    :class:`~mchsm.sw.errors.ArgumentError` as soon as they exceed it (before a word of the
+    excess is given out) or when they end short of it.  A chunk that is not bytes is an
+    :class:`~mchsm.sw.errors.ArgumentTypeError`.
+    """
     carry = b""
     words: list[int] = []
+    total = 0
     for chunk in chunks:
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise ArgumentTypeError(
+                f"data chunks must be bytes, not {type(chunk).__name__} (at byte {total})"
+            )
+        total += len(chunk)
+        if length is not None and total > length:
+            raise ArgumentError(f"the data is longer than the {length} bytes declared for it")
         data = carry + bytes(chunk)
         whole = len(data) - len(data) % 4
         for i in range(0, whole, 4):
@@ -109,6 +131,11 @@ def data_words(chunks: Iterable[bytes], burst: int = BURST_WORDS) -> Iterator[tu
                 yield tuple(words)
                 words = []
         carry = data[whole:]
+    if length is not None and total < length:
+        raise ArgumentError(
+            f"the data ended after {total} of the {length} bytes declared for it (a file that "
+            f"changed, or a length taken from st_size?)"
+        )
     if carry:
         words.append(int.from_bytes(carry.ljust(4, b"\0"), "big"))
     if words:
@@ -205,7 +232,18 @@ def _command(
     status = yield from _status(cmd, ran=length == 0)
     if status.expects:
         chunks = (data,) if isinstance(data, bytes) else data
-        for words in data_words(chunks, burst):
+        stream = data_words(chunks, burst, length)
+        while True:
+            try:
+                words = next(stream)
+            except StopIteration:
+                break
+            except Exception:
+                # the data failed (wrong type or length, a file that cannot be read): end the
+                # command before its last word, so it changes nothing, and hand the mailbox back
+                yield Write(Reg.CTRL, Ctrl.ABORT)
+                yield Write(Reg.CTRL, Ctrl.RELEASE)
+                raise
             op: Op = Burst(Reg.DATA, words) if len(words) > 1 else Write(Reg.DATA, words[0])
             if (yield op) is REFUSED:
                 raise MailboxLostError(cmd, ran=False)

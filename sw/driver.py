@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from mchsm.constants import (
     CALLER_BITS,
     DEVICE_ID_SIZE,
+    DIGEST_SIZE,
     MAGIC,
     MANAGER,
+    MAX_CONTEXTS,
     MESSAGE_LAYOUTS,
     NONCE_SIZE,
     ROOT_KEY_SIZE,
@@ -32,7 +34,14 @@ from mchsm.constants import (
     unpack_reg,
 )
 from mchsm.sw.command import REFUSED, Op, Outcome, Read, Reply, WaitDone, Write, run_command
-from mchsm.sw.errors import BusRefusedError, MailboxBusyError, TransportError
+from mchsm.sw.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BusRefusedError,
+    ContextError,
+    MailboxBusyError,
+    TransportError,
+)
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth, unpack
 
@@ -193,17 +202,28 @@ class HsmDriver:
         self.cycles = 0  #: HSM cycles spent by all commands so far (0 on the model)
         self.commands = 0  #: commands issued so far
         self._active = False
+        self._device: DeviceInfo | None = None
 
-    async def probe(self) -> DeviceInfo:
-        """Check that an mchsm HSM answers and learn its size."""
-        magic = await self.transport.read(Reg.ID, MANAGER)
+    async def probe(self, caller: int = MANAGER) -> DeviceInfo:
+        """Check that an mchsm HSM answers and learn its size (``ID`` and ``INFO``, which any
+        caller may read and which change nothing); the driver keeps what it learned."""
+        _check_field("caller", caller, CALLER_BITS)
+        magic = await self.transport.read(Reg.ID, caller)
         if magic != MAGIC:
             raise TransportError(
                 f"no mchsm HSM at this transport: ID register reads 0x{magic:08x}, "
                 f"expected 0x{MAGIC:08x}"
             )
-        info = unpack_reg(InfoReg, await self.transport.read(Reg.INFO, MANAGER))
-        return DeviceInfo(protocol_version=info.version, contexts=info.contexts)
+        info = unpack_reg(InfoReg, await self.transport.read(Reg.INFO, caller))
+        self._device = DeviceInfo(protocol_version=info.version, contexts=info.contexts)
+        return self._device
+
+    async def device(self, caller: int = MANAGER) -> DeviceInfo:
+        """What :meth:`probe` learned, probing once (as ``caller``) if it has not run yet: the
+        number of contexts N is fixed by the hardware, so it is read once per driver."""
+        if self._device is None:
+            return await self.probe(caller)
+        return self._device
 
     async def run(
         self,
@@ -219,13 +239,9 @@ class HsmDriver:
         any size streams through without being held in memory at once.  Field values that do
         not fit their register field are refused, never truncated.
         """
-        if isinstance(data, bytes | bytearray):
-            data = bytes(data)
-            length = len(data) if length is None else length
-        elif length is None:
-            raise TypeError("length is required when data is an iterable of chunks")
+        data, length = _check_data(data, length)
         _check_field("caller", caller, CALLER_BITS)
-        _check_field("command code", int(cmd), 8)
+        _check_field("command code", cmd, 8)
         _check_field("context", ctx, 8)
         _check_field("length", length, 32)
         if cmd in Cmd.__members__.values():
@@ -289,9 +305,67 @@ class HsmDriver:
         return HsmPort(self, caller)
 
 
-def _check_field(name: str, value: int, bits: int) -> None:
-    if not isinstance(value, int) or not 0 <= value < 1 << bits:
-        raise ValueError(f"{name} must be an integer in 0..{(1 << bits) - 1}, not {value!r}")
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int in ``low..high``, or the typed error that says why not (a bool is not
+    a number here: ``read_ctx(True)`` is a mistake, not context 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(
+            f"{name} must be an integer in {low}..{high}, not {type(value).__name__} {value!r}"
+        )
+    if not low <= value <= high:
+        raise ArgumentError(f"{name} must be an integer in {low}..{high}, not {value!r}")
+    return value
+
+
+def _check_field(name: str, value: object, bits: int) -> None:
+    """Refuse a value wider than its register field (never truncate it)."""
+    _check_int(name, value, 0, (1 << bits) - 1)
+
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _check_bytes(name: str, value: object, size: int | None = None) -> bytes:
+    """``value`` as bytes (of ``size`` bytes, if given), or the typed error."""
+    if not isinstance(value, _BYTES_LIKE):
+        hint = "; encode it first" if isinstance(value, str) else ""
+        raise ArgumentTypeError(f"{name} must be bytes, not {type(value).__name__}{hint}")
+    data = bytes(value)
+    if size is not None and len(data) != size:
+        raise ArgumentError(f"{name} must be {size} bytes, not {len(data)}")
+    return data
+
+
+def _check_data(data: object, length: object) -> tuple[bytes | Iterable[bytes], int]:
+    """A command's data (bytes, or an iterable of bytes chunks) and its length.
+
+    A ``str`` is refused although it is iterable: it has no byte encoding of its own.  The
+    chunks of an iterable are checked as they are sent (:func:`mchsm.sw.command.data_words`),
+    and so is their total against ``length``.
+    """
+    if isinstance(data, _BYTES_LIKE):
+        data = bytes(data)
+        if length is None:
+            length = len(data)
+    elif isinstance(data, str) or not isinstance(data, Iterable):
+        hint = "; encode it first" if isinstance(data, str) else ""
+        raise ArgumentTypeError(
+            f"data must be bytes or an iterable of bytes chunks, not {type(data).__name__}{hint}"
+        )
+    elif length is None:
+        raise ArgumentTypeError("length is required when data is an iterable of chunks")
+    _check_int("length", length, 0, (1 << 32) - 1)
+    assert isinstance(length, int)
+    if isinstance(data, list | tuple):  # chunks already in memory: checked before any access
+        for i, chunk in enumerate(data):
+            if not isinstance(chunk, _BYTES_LIKE):
+                raise ArgumentTypeError(
+                    f"data chunks must be bytes, not {type(chunk).__name__} (chunk {i})"
+                )
+        total = sum(len(chunk) for chunk in data)
+        if total != length:
+            raise ArgumentError(f"the data has {total} bytes, not the {length} declared for it")
+    return data, length
 
 
 class HsmPort:
@@ -301,16 +375,52 @@ class HsmPort:
     caller.  ``last`` keeps the last :class:`Reply` (status and cycles) for reports.
     """
 
+    #: attributes fixed when the port is made: rebinding either would make it another
+    #: caller's port (Python cannot stop ``object.__setattr__``; this stops every plain path)
+    _FIXED = frozenset({"_driver", "_caller"})
+
     def __init__(self, driver: HsmDriver, caller: int) -> None:
+        if "_caller" in self.__dict__:
+            raise AttributeError("an HsmPort is bound to its caller once, when it is made")
+        if not isinstance(driver, HsmDriver):
+            raise ArgumentTypeError(f"an HsmPort needs an HsmDriver, not {type(driver).__name__}")
         _check_field("caller", caller, CALLER_BITS)
-        self._driver = driver
-        self._caller = caller
+        object.__setattr__(self, "_driver", driver)
+        object.__setattr__(self, "_caller", caller)
         self.last: Reply | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._FIXED:
+            raise AttributeError(
+                f"{name} of an HsmPort is fixed by the kernel that made it (caller {self._caller})"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._FIXED:
+            raise AttributeError(f"{name} of an HsmPort is fixed by the kernel that made it")
+        object.__delattr__(self, name)
 
     @property
     def caller(self) -> int:
         """The caller id every command of this port carries; fixed when the kernel made it."""
         return self._caller
+
+    async def _context(self, ctx: object) -> int:
+        """``ctx`` if it names one of the HSM's contexts 1..N, else :class:`ContextError`
+        before any command is issued.  N comes from :meth:`HsmDriver.device` (read once)."""
+        _check_int("context", ctx, 0, 255)
+        assert isinstance(ctx, int)
+        if not 1 <= ctx <= MAX_CONTEXTS:
+            raise ContextError(f"context {ctx} does not exist: contexts are 1..N (N <= 32)")
+        if type(self._driver).run is not HsmDriver.run:
+            # a stand-in that answers commands itself, with no registers behind it (the fast
+            # traces' NullHsm): 1..MAX_CONTEXTS is all that can be checked here
+            return ctx
+        n = (await self._driver.device(self._caller)).contexts
+        if ctx > n:
+            raise ContextError(f"context {ctx} does not exist: this HSM has contexts 1..{n}")
+        return ctx
 
     async def call(
         self,
@@ -329,8 +439,10 @@ class HsmPort:
         return (await self.call(cmd, ctx, data, length)).check()
 
     async def provision(self, dev_id: bytes, root_key: bytes) -> None:
+        dev_id = _check_bytes("the device id", dev_id)
+        root_key = _check_bytes("the root key", root_key)
         if len(dev_id) != DEVICE_ID_SIZE or len(root_key) != ROOT_KEY_SIZE:
-            raise ValueError(
+            raise ArgumentError(
                 f"PROVISION takes a {DEVICE_ID_SIZE}-byte device id and a {ROOT_KEY_SIZE}-byte "
                 f"root key, not {len(dev_id)} and {len(root_key)} bytes"
             )
@@ -340,38 +452,58 @@ class HsmPort:
         return StatusInfo.parse(await self._ok(Cmd.STATUS))
 
     async def read_ctx(self, ctx: int) -> CtxInfo:
-        return CtxInfo.parse(await self._ok(Cmd.READ_CTX, ctx))
+        return CtxInfo.parse(await self._ok(Cmd.READ_CTX, await self._context(ctx)))
 
     async def reset(self, ctx: int) -> None:
-        await self._ok(Cmd.RESET, ctx)
+        await self._ok(Cmd.RESET, await self._context(ctx))
 
     async def extend(self, ctx: int, digest: bytes) -> bytes:
-        return await self._ok(Cmd.EXTEND, ctx, digest)
+        digest = _check_bytes("the digest EXTEND takes", digest, DIGEST_SIZE)
+        return await self._ok(Cmd.EXTEND, await self._context(ctx), digest)
 
     async def measure(
         self, ctx: int, image: bytes | Iterable[bytes], length: int | None = None
     ) -> bytes:
         """Stream ``image`` into the HSM, which hashes it and extends context ``ctx``."""
-        return await self._ok(Cmd.MEASURE, ctx, image, length)
+        image, length = _check_data(image, length)
+        return await self._ok(Cmd.MEASURE, await self._context(ctx), image, length)
 
     async def set_anomaly(self, ctx: int) -> None:
-        await self._ok(Cmd.SET_ANOMALY, ctx)
+        await self._ok(Cmd.SET_ANOMALY, await self._context(ctx))
 
     async def new_period(self) -> None:
         """Start a new monitoring period of the HSM (zeroes every task's command count)."""
         await self._ok(Cmd.NEW_PERIOD)
 
     async def attest(self, nonce: bytes, sel: int) -> Evidence:
+        """``sel`` selects contexts (bit i-1 for context i): it must name at least one, and
+        only contexts 1..N of this HSM."""
+        nonce = _check_bytes("the nonce", nonce)
         if len(nonce) != NONCE_SIZE:
-            raise ValueError(f"the nonce must be {NONCE_SIZE} bytes, not {len(nonce)}")
+            raise ArgumentError(f"the nonce must be {NONCE_SIZE} bytes, not {len(nonce)}")
+        _check_int("the selection mask", sel, 1, (1 << MAX_CONTEXTS) - 1)
+        stand_in = type(self._driver).run is not HsmDriver.run  # no registers: see _context
+        n = MAX_CONTEXTS if stand_in else (await self._driver.device(self._caller)).contexts
+        if sel >> n:
+            raise ContextError(
+                f"the selection mask 0x{sel:08x} names contexts beyond this HSM's 1..{n}"
+            )
         return Evidence.unpack(await self._ok(Cmd.ATTEST, data=u32(sel) + nonce))
 
     async def update(self, auth: UpdateAuth) -> UpdateAck:
+        if not isinstance(auth, UpdateAuth):
+            raise ArgumentTypeError(
+                f"UPDATE takes an UpdateAuth (from the verifier), not {type(auth).__name__}"
+            )
+        ctx = await self._context(auth.ctx)
+        _check_int("the authorisation's old version", auth.old, 0, (1 << 32) - 1)
+        _check_int("the authorisation's new version", auth.new, 0, (1 << 32) - 1)
+        _check_bytes("the authorisation's reference", auth.ref, DIGEST_SIZE)
+        _check_bytes("the authorisation's tag", auth.tag, DIGEST_SIZE)
         fields = unpack(
-            MESSAGE_LAYOUTS["UPDATE_RESULT"],
-            await self._ok(Cmd.UPDATE, auth.ctx, auth.command_data()),
+            MESSAGE_LAYOUTS["UPDATE_RESULT"], await self._ok(Cmd.UPDATE, ctx, auth.command_data())
         )
-        return UpdateAck(ctx=auth.ctx, new=int(fields["new"]), ack=bytes(fields["ack"]))  # type: ignore[arg-type]
+        return UpdateAck(ctx=ctx, new=int(fields["new"]), ack=bytes(fields["ack"]))  # type: ignore[arg-type]
 
     async def task_mac(self, data: bytes | Iterable[bytes], length: int | None = None) -> bytes:
         return await self._ok(Cmd.TASK_MAC, data=data, length=length)
@@ -380,7 +512,7 @@ class HsmPort:
         return await self._ok(Cmd.HASH, data=data, length=length)
 
     async def hmac_key(self, key: bytes) -> None:
-        await self._ok(Cmd.HMAC_KEY, data=key)
+        await self._ok(Cmd.HMAC_KEY, data=_check_bytes("the HMAC key", key))
 
     async def hmac(self, data: bytes | Iterable[bytes], length: int | None = None) -> bytes:
         return await self._ok(Cmd.HMAC, data=data, length=length)

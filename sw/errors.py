@@ -10,9 +10,13 @@ from __future__ import annotations
 from mchsm.constants import Cmd, Status
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "AttestationError",
     "BusRefusedError",
+    "ContextError",
     "HsmError",
+    "InputError",
     "MailboxBusyError",
     "MailboxError",
     "MailboxLostError",
@@ -49,6 +53,25 @@ def explain(status: Status) -> str:
 
 class MchsmError(Exception):
     """Base of every error the mchsm host software raises on purpose."""
+
+
+class ArgumentError(MchsmError, ValueError):
+    """A host API call was given a value it cannot send: out of its range or wider than its
+    register field.  Raised before anything reaches the HSM (a ``ValueError`` too, for callers
+    that catch that)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A host API call was given an argument of the wrong type (``str`` where bytes are
+    expected, a float for a context...).  Raised before anything reaches the HSM."""
+
+
+class ContextError(ArgumentError):
+    """A context outside 1..N of this HSM was named: refused by the driver, never masked."""
+
+
+class InputError(MchsmError):
+    """A file or stream given as input cannot be used: not a file, unreadable or too large."""
 
 
 class HsmError(MchsmError):

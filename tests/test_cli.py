@@ -7,6 +7,8 @@ import hmac
 import os
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,123 @@ def test_verifier_commands_rotate_the_kek_and_say_what_is_wrong_in_one_line(
     os.chmod(db, 0o644)
     result = runner.invoke(main, ["verifier", "info", "--db", str(db), "--kek-file", str(new)])
     assert result.exit_code == 1 and f"chmod 600 {db}" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs whose size st_size does not tell: read to the end before the HSM hears their length
+# ---------------------------------------------------------------------------------------------
+
+
+def _sha256sum(path: str) -> str:
+    done = subprocess.run(["sha256sum", path], capture_output=True, text=True, check=True)
+    return done.stdout.split()[0]
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="no sha256sum on this machine")
+def test_hash_of_proc_cpuinfo_is_what_sha256sum_says() -> None:
+    """/proc/cpuinfo says it has 0 bytes (st_size).  Its "cpu MHz" lines may change between
+    two reads, so up to five tries for mchsm and sha256sum to read the same text."""
+    path = "/proc/cpuinfo"
+    if not Path(path).exists():
+        pytest.skip("no /proc/cpuinfo on this machine")
+    assert os.stat(path).st_size == 0  # the trap: the length is not the size
+    for _ in range(5):
+        result = CliRunner().invoke(main, ["hash", path])
+        assert result.exit_code == 0, result.output
+        digest, name = result.stdout.split()
+        assert name == path and digest != hashlib.sha256(b"").hexdigest()
+        if digest == _sha256sum(path):
+            return
+    pytest.fail(f"mchsm hash and sha256sum never agreed on {path}")
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="no sha256sum on this machine")
+def test_hash_of_proc_and_sysfs_files() -> None:
+    """A /proc file (st_size 0) and a sysfs file (st_size 4096 whatever it holds) that do not
+    change: mchsm agrees with sha256sum."""
+    candidates = [
+        "/proc/version",
+        "/proc/sys/kernel/ostype",
+        "/sys/kernel/address_bits",
+        "/sys/devices/system/cpu/possible",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ]
+    found = [p for p in candidates if os.access(p, os.R_OK)]
+    if not found:
+        pytest.skip("none of the /proc and sysfs files to try is here")
+    result = CliRunner().invoke(main, ["hash", *found])
+    assert result.exit_code == 0, result.output
+    for line, path in zip(result.stdout.splitlines(), found, strict=True):
+        assert line == f"{_sha256sum(path)}  {path}"
+        assert os.stat(path).st_size != len(Path(path).read_bytes())  # st_size would be wrong
+
+
+def test_hash_of_a_pipe_and_of_stdin(tmp_path: Path) -> None:
+    """A named pipe (no size at all) fed by a thread, and `-` (standard input), in one call."""
+    data = os.urandom(200_000)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    result = CliRunner().invoke(main, ["hash", str(fifo), "-"], input=data[:777])
+    writer.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"{hashlib.sha256(data).hexdigest()}  {fifo}",
+        f"{hashlib.sha256(data[:777]).hexdigest()}  -",
+    ]
+
+
+@pytest.mark.skipif(
+    shutil.which("sha256sum") is None or shutil.which("bash") is None,
+    reason="needs bash and sha256sum",
+)
+def test_hash_in_a_shell_pipeline_matches_sha256sum(tmp_path: Path) -> None:
+    """As a user types it: `cat f | mchsm hash -` and `mchsm hash <(cat f)` (a /dev/fd pipe,
+    which only the process that opened it can read), against `sha256sum`."""
+    f = tmp_path / "data.bin"
+    f.write_bytes(os.urandom(70_000))
+    mchsm = f"{sys.executable} -c 'from mchsm.cli import main; main()'"
+    script = f"cat {f} | {mchsm} hash - && {mchsm} hmac --key-hex 00 <(cat {f}) | cut -c1-64"
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{_sha256sum(str(f))}  -"
+    assert lines[1] == hmac.new(b"\0", f.read_bytes(), hashlib.sha256).hexdigest()
+
+
+def test_hash_limits_are_in_the_help() -> None:
+    from mchsm.inputs import size_text
+    from mchsm.sw.backends import INPUT_LIMITS
+
+    for command in ("hash", "hmac"):
+        text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        assert "read to its end" in text
+        for backend, limit in INPUT_LIMITS.items():
+            assert f"{backend} {size_text(limit)}" in text, (command, backend)
+    assert size_text(INPUT_LIMITS["model"]) == "4 GiB - 1 B"
+
+
+def test_input_at_the_limit_is_taken_and_one_more_byte_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is exact: a limit of 100 bytes takes 100 and refuses 101, from a file and
+    from standard input (which has no size to check first)."""
+    from mchsm.sw import backends
+
+    monkeypatch.setitem(backends.INPUT_LIMITS, "model", 100)
+    ok, over = tmp_path / "ok", tmp_path / "over"
+    ok.write_bytes(bytes(100))
+    over.write_bytes(bytes(101))
+    result = CliRunner().invoke(main, ["hash", str(ok)])
+    assert result.exit_code == 0 and hashlib.sha256(bytes(100)).hexdigest() in result.stdout
+    for args, stdin in (([str(over)], None), (["-"], bytes(101))):
+        result = CliRunner().invoke(main, ["hash", *args], input=stdin)
+        assert result.exit_code == 2 and "larger than the 100 bytes" in result.stderr

@@ -117,6 +117,14 @@ class PostgresStore(Store):
         )
         return {r[0] for r in rows}
 
+    def existing_columns(self, table: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s ORDER BY ordinal_position",
+            (NAMESPACE, table),
+        )
+        return [r[0] for r in rows]
+
     def _prepare_schema(self) -> None:
         self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {NAMESPACE}")
 

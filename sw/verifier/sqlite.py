@@ -91,6 +91,7 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the registry {path}: {exc}") from None
         try:
+            self._refuse_foreign()
             self._configure()
         except self.db_errors as exc:
             self.conn.close()
@@ -98,6 +99,23 @@ class SqliteStore(Store):
         except BaseException:
             self.conn.close()
             raise
+
+    def _refuse_foreign(self) -> None:
+        """Before anything writes to the file (WAL journaling is a write): every page must
+        read back intact, and a file with tables must be a registry, so that another
+        program's database is refused untouched."""
+        row = self.conn.execute("PRAGMA quick_check(1)").fetchone()
+        if row is None or row[0] != "ok":
+            raise StoreError(
+                f"the registry {self.path} is damaged ({row[0] if row else 'no answer'}): "
+                f"restore it from a backup, or start a new one"
+            )
+        tables = self.existing_tables()
+        if tables and "schema_version" not in tables:
+            raise StoreError(
+                f"{self.path} holds tables ({', '.join(sorted(tables)[:5])}) but is not an "
+                f"mchsm registry: it was left untouched; give the verifier its own file"
+            )
 
     def _configure(self) -> None:
         conn = self.conn
@@ -159,6 +177,9 @@ class SqliteStore(Store):
     def existing_tables(self) -> set[str]:
         rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         return {r[0] for r in rows}
+
+    def existing_columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
 
     def rows_in(self, statement: str, keys: Iterable[bytes], suffix: str = "") -> list[Any]:
         items = list(keys)

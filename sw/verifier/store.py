@@ -26,7 +26,7 @@ from mchsm.constants import DEVICE_ID_SIZE
 from mchsm.sw.errors import StoreError
 
 from .records import PendingUpdate
-from .schema import SCHEMA_VERSION, TABLE_NAMES, create_statements
+from .schema import SCHEMA_VERSION, TABLE_NAMES, TABLES, create_statements
 
 __all__ = ["DeviceRow", "NonceRow", "Store"]
 
@@ -137,6 +137,10 @@ class Store:
     def existing_tables(self) -> set[str]:
         raise NotImplementedError
 
+    def existing_columns(self, table: str) -> list[str]:
+        """The column names of ``table`` as the database has them, in order."""
+        raise NotImplementedError
+
     def _prepare_schema(self) -> None:
         """Anything the dialect needs before the tables are created (a namespace)."""
 
@@ -226,7 +230,18 @@ class Store:
         if version == SCHEMA_VERSION and not tables >= TABLE_NAMES:
             missing = ", ".join(sorted(TABLE_NAMES - tables))
             raise _bad(f"tables missing: {missing}")
+        if version == SCHEMA_VERSION:
+            self.check_columns()
         return version
+
+    def check_columns(self) -> None:
+        """Every table has the columns the schema declares, no more, no fewer: a renamed or
+        lost column would otherwise fail half-way through some later transaction."""
+        for table in TABLES:
+            have = self.existing_columns(table.name)
+            want = [name for name, _, _ in table.columns]
+            if have != want:
+                raise _bad(f"table {table.name} has columns {have} instead of {want}")
 
     def create_schema(self) -> None:
         self._prepare_schema()
