@@ -153,7 +153,10 @@ class SessionError(AttestationError):
 class EvidenceError(AttestationError):
     """Evidence answered a live challenge and was judged untrustworthy.  ``reason``:
     ``malformed`` (not 44 bytes of evidence), ``selection`` (not the selection asked for),
-    ``signature`` (the tag does not verify) or ``replay`` (a counter not above the last)."""
+    ``signature`` (the tag does not verify) or ``replay`` (a counter not above the last).
+    ``tasks`` names the tasks the challenge asked about (context -> name), where known."""
+
+    tasks: dict[int, str] = {}  # noqa: RUF012 (replaced per instance, never mutated)
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

@@ -53,7 +53,7 @@ from mchsm.sw.protocol import UpdateAck, UpdateAuth
 from . import args
 from . import keys as keymod
 from .args import MAX_NAME
-from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence
+from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence, contexts_of
 from .postgres import PostgresStore, is_url
 from .records import (
     Attempt,
@@ -867,6 +867,10 @@ class Verifier:
             else:
                 error = checked.error
                 assert error is not None
+                if type(error) is EvidenceError and device is not None and found is not None:
+                    # the names of the tasks the challenge asked about, for the session's result
+                    names = device.tasks.names
+                    error.tasks = {c: names.get(c, "") for c in contexts_of(found[1])}
                 results.append(error)
                 detail = checked.detail
                 detail["error"] = str(error)[:MAX_AUDIT_ERROR]
@@ -1016,7 +1020,14 @@ def result_body(result: AttestationReport | VerifierError) -> str:
             }
         )
     reason = getattr(result, "reason", "rejected")
-    return _json({"error": str(result)[:MAX_AUDIT_ERROR], "reason": reason})
+    tasks = getattr(result, "tasks", {})
+    return _json(
+        {
+            "error": str(result)[:MAX_AUDIT_ERROR],
+            "reason": reason,
+            "names": [[c, n] for c, n in sorted(tasks.items())],
+        }
+    )
 
 
 def decode_result(body: str, dev_id: bytes) -> AttestationReport | EvidenceError:
@@ -1024,7 +1035,9 @@ def decode_result(body: str, dev_id: bytes) -> AttestationReport | EvidenceError
     try:
         d = json.loads(body)
         if "error" in d:
-            return EvidenceError(str(d["error"]), str(d["reason"]))
+            error = EvidenceError(str(d["error"]), str(d["reason"]))
+            error.tasks = {int(c): str(n) for c, n in d.get("names", [])}
+            return error
         verdicts = {
             int(ctx): TaskVerdict(int(ctx), str(name), Verdict(verdict))
             for ctx, name, verdict in d["tasks"]
