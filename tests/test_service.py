@@ -347,12 +347,11 @@ def test_concurrent_posts_to_one_session_exactly_one_accepted(
         path = f"{api.SESSIONS}/{api.encode_session(dev.record.dev_id, challenge.nonce)}/evidence"
         statuses: list[int] = []
         start = threading.Barrier(12)
-        ctype = {"Content-Type": api.EVIDENCE_TYPE}
         threads = [
             threading.Thread(
                 target=lambda p=path, e=evidence, out=statuses, b=start: (
                     b.wait(),
-                    out.append(_raw(svc, "POST", p, e, ctype)[0]),
+                    out.append(_raw(svc, "POST", p, e, {"Content-Type": api.EVIDENCE_TYPE})[0]),
                 )
             )
             for _ in range(12)
@@ -366,7 +365,7 @@ def test_concurrent_posts_to_one_session_exactly_one_accepted(
 
 def test_operations_health_metrics_openapi_logs(svc: Service, admin: ServiceClient) -> None:
     assert admin.request("GET", "/healthz")[1] == {"status": "ok"}
-    dev, s, evidence = _session(svc, admin)
+    _, s, evidence = _session(svc, admin)
     admin.post_evidence(s["session"], evidence)
     assert _raw(svc, "GET", f"{api.ADMIN}/audit")[0] == 401
     status, _, body = _raw(svc, "GET", "/metrics")
