@@ -17,7 +17,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-from service_support import Service, start_service
 from verifier_support import IMAGES, Device, pg_server, provisioned  # noqa: F401
 
 from mchsm.sw.errors import (
@@ -30,6 +29,7 @@ from mchsm.sw.errors import (
 from mchsm.sw.service import api
 from mchsm.sw.service.client import ServiceClient
 from mchsm.sw.service.ear import EAR_PROFILE
+from mchsm.sw.service.spawn import Service, start_service
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

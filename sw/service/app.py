@@ -46,6 +46,9 @@ __all__ = ["ENV_CONFIG", "ServiceConfig", "build_app", "create_app"]
 
 log = logging.getLogger("mchsm.service")
 ENV_CONFIG = "MCHSM_SERVICE_CONFIG"
+#: a path prefix: each worker writes cProfile statistics of its two threads there at shutdown
+#: (the bench's profile; never set in service)
+ENV_PROFILE = "MCHSM_SERVICE_PROFILE"
 
 
 @dataclass(frozen=True)
@@ -651,11 +654,25 @@ def build_app(config: ServiceConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        profile = os.environ.get(ENV_PROFILE)
+        profilers = []
+        if profile:  # the bench's "where the time goes": both threads of this worker
+            import cProfile
+
+            profilers = [cProfile.Profile(), cProfile.Profile()]
+            profilers[0].enable()
         await service.start()
+        if profilers:
+            await batcher().call(lambda v: profilers[1].enable())
         log.info("worker ready", extra={"event": "worker.start", "registry": _where(config.db)})
         try:
             yield
         finally:
+            if profilers:
+                await batcher().call(lambda v: profilers[1].disable())
+                profilers[0].disable()
+                for i, p in enumerate(profilers):
+                    p.dump_stats(f"{profile}.{os.getpid()}.{i}")
             await service.stop()
             log.info(
                 "worker stopped: every accepted request answered", extra={"event": "worker.stop"}

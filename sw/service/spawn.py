@@ -1,6 +1,9 @@
-"""Real verifier services for the tests: ``mchsm verifier serve`` in a subprocess on a loopback
-port, over a SQLite file or a PostgreSQL database of the test's own server.  Nothing is mocked
-between the client and the server."""
+"""``mchsm verifier serve`` in a subprocess on a loopback port, for the tests and the bench.
+
+:func:`start_service` starts a real service (any free port on 127.0.0.1, its own token and EAR
+key files in a private directory) and returns once every worker is ready; nothing is mocked
+between a client and it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mchsm.sw.service.client import ServiceClient
+__all__ = ["Service", "start_service"]
+
+from .client import ServiceClient
 
 #: seconds a service may take to start (a loaded 2-core machine imports slowly)
 START_SECONDS = 60.0
@@ -37,7 +42,11 @@ class Service:
 
     def worker_pids(self) -> list[int]:
         """Pids of the workers that said they are ready, in order (restarted ones included)."""
-        return [int(d["pid"]) for d in self.log_lines() if d.get("event") == "worker.start"]
+        return [
+            int(d["pid"])  # type: ignore[call-overload]
+            for d in self.log_lines()
+            if d.get("msg") == "Application startup complete."
+        ]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
@@ -57,6 +66,7 @@ def start_service(
     workers: int = 1,
     env: dict[str, str] | None = None,
     extra: tuple[str, ...] = (),
+    log_level: str = "INFO",
 ) -> Service:
     """``mchsm verifier serve`` on 127.0.0.1, any free port; waits until every worker is ready."""
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -81,6 +91,8 @@ def start_service(
         str(token),
         "--ear-key-file",
         str(key),
+        "--log-level",
+        log_level,
         *extra,
     ]
     with open(log, "wb") as err:
