@@ -83,11 +83,8 @@ def _profile(prefix: str) -> dict[str, float]:
     for (filename, _, name), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = f"{filename}:{name}"
         label = next((g for g, keys in GROUPS if any(k in where for k in keys)), "other")
-        if (
-            "select" in name
-            or "epoll" in name
-            or name in ("<method 'acquire' of '_thread.lock' objects>",)
-        ):
+        idle = ("select", "epoll", "SimpleQueue", "_thread.lock")  # a thread waiting for work
+        if any(k in name for k in idle):
             label = "waiting (idle in select/locks)"
         groups[label] = groups.get(label, 0.0) + tottime
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]))

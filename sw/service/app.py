@@ -391,7 +391,7 @@ def build_app(config: ServiceConfig) -> Starlette:
             doc = _session_doc(session, dev_id, nonce, sel, state.expires, "complete", ear, outcome)
         else:
             status = "used" if state.used else "waiting"
-            if not state.used and time.time() >= state.expires:
+            if time.time() >= state.expires:
                 status = "expired"
             doc = _session_doc(session, dev_id, nonce, state.sel, state.expires, status)
         return _json_response(doc)
