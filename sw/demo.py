@@ -354,7 +354,7 @@ class _Story:
             "relying party checks the EAR (PyJWT, ES256, verifier's JWKS) and acts on it",
             control == "contraindicated"
             and sensor == "affirming"
-            and subs["control"]["mchsm.context"] == failed_ctx
+            and subs["control"]["ear.mchsm.context"] == failed_ctx
             and forged == "refused",
             f"EAR from {claims['iss']}: control {control} -> its data refused; "
             f"sensor {sensor} -> its readings used\n"

@@ -110,7 +110,7 @@ def test_attestation_gives_an_ear_any_jose_library_verifies(
     claims = jwt.decode(doc["result"], key.key, algorithms=["ES256"])
     assert claims["eat_profile"] == EAR_PROFILE
     assert claims["eat_nonce"] == api.b64url(s["challenge"].nonce)
-    assert claims["mchsm.device-id"] == dev.record.dev_id.hex()
+    assert claims["ear.mchsm.device-id"] == dev.record.dev_id.hex()
     assert claims["ear.verifier-id"]["developer"] == "mchsm" and claims["iss"]
     assert claims["exp"] > claims["iat"] >= time.time() - 60
     assert {name: sub["ear.status"] for name, sub in claims["submods"].items()} == {
@@ -164,7 +164,7 @@ def test_one_attempt_per_session_and_rejected_evidence(svc: Service, admin: Serv
     assert caught.value.reason == "signature"
     state = admin.session(api.encode_session(dev.record.dev_id, other.nonce))
     claims = admin.check_ear(state["result"])
-    assert claims["mchsm.rejected"] == "signature"
+    assert claims["ear.mchsm.rejected"] == "signature"
     assert {sub["ear.status"] for sub in claims["submods"].values()} == {"contraindicated"}
     assert {
         sub["ear.trustworthiness-vector"]["instance-identity"] for sub in claims["submods"].values()

@@ -347,19 +347,19 @@ def report_of(claims: dict[str, Any], dev_id: bytes, nonce: bytes) -> Attestatio
 
     Only the claims of an EAR whose signature was checked may come here; it must also be the
     EAR of this device and this nonce (a replayed EAR of another session is refused)."""
-    if claims.get("mchsm.device-id") != dev_id.hex() or claims.get("eat_nonce") != api.b64url(
+    if claims.get("ear.mchsm.device-id") != dev_id.hex() or claims.get("eat_nonce") != api.b64url(
         nonce
     ):
         raise EvidenceError("the EAR is not about this device and nonce", "signature")
-    if "mchsm.rejected" in claims:
+    if "ear.mchsm.rejected" in claims:
         raise EvidenceError(
-            str(claims.get("mchsm.problem", "rejected")), str(claims["mchsm.rejected"])
+            str(claims.get("ear.mchsm.problem", "rejected")), str(claims["ear.mchsm.rejected"])
         )
     verdicts: dict[int, TaskVerdict] = {}
     ok = 0
     pending = []
     for key, sub in claims["submods"].items():
-        ctx = int(sub["mchsm.context"])
+        ctx = int(sub["ear.mchsm.context"])
         name = key.rsplit("@", 1)[0] if "@" in key else ("" if key == f"ctx{ctx}" else key)
         verdict = verdict_of(sub["ear.status"])
         verdicts[ctx] = TaskVerdict(ctx, name, verdict)
@@ -369,11 +369,11 @@ def report_of(claims: dict[str, Any], dev_id: bytes, nonce: bytes) -> Attestatio
             pending.append(ctx)
     report = AttestationReport.make(
         dev_id,
-        int(claims["mchsm.counter"]),
-        int(claims["mchsm.selection"]),
+        int(claims["ear.mchsm.counter"]),
+        int(claims["ear.mchsm.selection"]),
         ok,
         dict(sorted(verdicts.items())),
-        tuple(claims.get("mchsm.recovered", ())),
+        tuple(claims.get("ear.mchsm.recovered", ())),
     )
     report.__dict__["pending"] = tuple(pending)
     return report

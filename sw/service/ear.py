@@ -1,6 +1,6 @@
 """Attestation results as EAR (EAT Attestation Results, draft-ietf-rats-ear) JWTs, ES256.
 
-One EAR per session: the device (``ueid`` and ``mchsm.device-id``), the nonce (``eat_nonce``),
+One EAR per session: the device (``ueid`` and ``ear.mchsm.device-id``), the nonce (``eat_nonce``),
 the verifier (``iss``, ``ear.verifier-id``) and one submodule per selected task, keyed by the
 task's name, with its ``ear.status`` and the AR4SI trust claims behind it:
 
@@ -111,11 +111,11 @@ def ear_claims(
                 "ear.status": status,
                 "ear.trustworthiness-vector": vector,
                 "ear.appraisal-policy-id": POLICY_ID,
-                "mchsm.context": ctx,
+                "ear.mchsm.context": ctx,
             }
-        extra: dict[str, Any] = {"mchsm.counter": result.ctr}
+        extra: dict[str, Any] = {"ear.mchsm.counter": result.ctr}
         if result.recovered:
-            extra["mchsm.recovered"] = list(result.recovered)
+            extra["ear.mchsm.recovered"] = list(result.recovered)
     else:
         reason = getattr(result, "reason", "signature")
         vector = _REJECTED.get(reason, _REJECTED["signature"])
@@ -126,9 +126,9 @@ def ear_claims(
                     "ear.status": STATUS_CONTRAINDICATED,
                     "ear.trustworthiness-vector": vector,
                     "ear.appraisal-policy-id": POLICY_ID,
-                    "mchsm.context": ctx,
+                    "ear.mchsm.context": ctx,
                 }
-        extra = {"mchsm.rejected": reason, "mchsm.problem": str(result)[:240]}
+        extra = {"ear.mchsm.rejected": reason, "ear.mchsm.problem": str(result)[:240]}
     return {
         "eat_profile": EAR_PROFILE,
         "iat": int(issued),
@@ -138,8 +138,8 @@ def ear_claims(
         "ear.verifier-id": {"developer": "mchsm", "build": build},
         "eat_nonce": b64url(nonce),
         "ueid": b64url(b"\x01" + dev_id),  # EAT UEID of type RAND: our device ids are random
-        "mchsm.device-id": dev_id.hex(),
-        "mchsm.selection": sel,
+        "ear.mchsm.device-id": dev_id.hex(),
+        "ear.mchsm.selection": sel,
         **extra,
         "submods": submods,
     }
