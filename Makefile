@@ -89,3 +89,10 @@ clean:
 bench-verifier: install
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m bench.run --only verifier
+
+.PHONY: bench-service
+# only the verifier service's section: complete attestations/s over HTTP with 1 and 2 workers,
+# latency, CPU per attestation, a profile; merged into bench/results.{json,md} (a few minutes)
+bench-service: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m bench.run --only service

@@ -115,6 +115,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                     2,
                 )
             )
+    svc = r.get("service")
+    for run in svc.get("runs", []) if svc else []:
+        out.append(
+            _check(
+                f"service: complete attestations/s over HTTP, {run['workers']} worker(s)",
+                run["attestations_per_second"],
+                2_500,
+                "min",
+                "attestations/s",
+            )
+        )
     return out
 
 
@@ -414,9 +425,41 @@ def markdown(r: dict[str, Any]) -> str:
         "Cycles are the HSM's CYCLES register: from the CMD write to done, including the "
         "data arriving over the Wishbone bus (2 cycles per word), not the host's polling."
     )
+    lines += service_section(r.get("service"))
     for note in r.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def service_section(svc: dict[str, Any] | None) -> list[str]:
+    """The verifier service under load (bench/service_bench.py), as markdown lines."""
+    if not svc:
+        return []
+    lines = [
+        "",
+        f"## Verifier service under load ({svc['store']}, {svc['devices']:,} devices, "
+        f"{svc['connections']} connections, loopback)",
+        "",
+        "One attestation = open a session, post the evidence, receive the signed EAR (two HTTP "
+        f"round trips). Keylime publishes {svc['keylime_quotes_per_second']:,} quotes/s.",
+        "",
+        "| workers | attestations/s | p50 ms | p99 ms | service CPU µs/att. | load gen CPU µs/att. "
+        "| load average |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in svc["runs"]:
+        lines.append(
+            f"| {run['workers']} | {run['attestations_per_second']:,.0f} | "
+            f"{run['latency_p50_ms']:.1f} | {run['latency_p99_ms']:.1f} | "
+            f"{run['service_cpu_us_per_attestation']:.0f} | "
+            f"{run['loadgen_cpu_us_per_attestation']:.0f} | {run['load_average']:.1f} |"
+        )
+    prof = svc.get("profile") or {}
+    total = sum(prof.values()) or 1.0
+    if prof:
+        lines += ["", "Where one worker's time goes (cProfile, both threads, wall seconds):", ""]
+        lines += [f"- {k}: {v:.2f} s ({100 * v / total:.0f} %)" for k, v in prof.items()]
+    return lines
 
 
 def attest_plot(r: dict[str, Any], path: Path) -> None:

@@ -195,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=["hsm", "tpm", "verifier", "simulators", "cold-build"],
+        choices=["hsm", "tpm", "verifier", "service", "simulators", "cold-build"],
         help="leave a section out (repeatable)",
     )
     parser.add_argument(
         "--only",
-        choices=["hsm", "tpm", "verifier", "simulators"],
+        choices=["hsm", "tpm", "verifier", "service", "simulators"],
         help="run only this section and merge it into the existing results.json",
     )
     parser.add_argument(
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         skip.add("cold-build")
     if args.only:
-        skip |= {"hsm", "tpm", "verifier", "simulators", "cold-build"} - {args.only}
+        skip |= {"hsm", "tpm", "verifier", "service", "simulators", "cold-build"} - {args.only}
 
     def section(title: str) -> float:
         _progress(f"== {title} [{time.perf_counter() - began:.0f} s]")
@@ -301,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
             _progress, cache, fleets=fleets, stores=args.stores, **kwargs
         )
         results["verifier"]["seconds"] = time.perf_counter() - t
+
+    if "service" not in skip:
+        from bench import service_bench
+
+        t = section("4b. Verifier service over HTTP (1 and 2 workers, loopback load generator)")
+        results["service"] = service_bench.measure_service(_progress, cache)
+        results["service"]["seconds"] = time.perf_counter() - t
 
     if "simulators" not in skip:
         t = section("5. Simulator speed and Verilator build time")

@@ -209,6 +209,19 @@ def main(debug: bool) -> None:
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of task behaviour.")
 @waves_option
 @click.option(
+    "--verifier",
+    "verifier_url",
+    default=None,
+    help="Tell the story to the verifier service at this URL (mchsm verifier serve) instead of "
+    "a verifier in this process; admin calls use --token-file.",
+)
+@click.option(
+    "--token-file",
+    envvar="MCHSM_VERIFIER_TOKEN_FILE",
+    default=None,
+    help="With --verifier: the service's admin token file [env: MCHSM_VERIFIER_TOKEN_FILE].",
+)
+@click.option(
     "--port",
     default=None,
     help="Run on a board instead of a simulator: its serial port (e.g. /dev/ttyUSB1); the "
@@ -229,12 +242,19 @@ def demo(
     db: str | None,
     seed: int,
     waves: Path | None,
+    verifier_url: str | None,
+    token_file: str | None,
     port: str | None,
     baud: int | None,
 ) -> None:
     """Boot a device, attest, tamper, update, and show every attack fail."""
     from mchsm.sw.demo import TASK_NAMES, run_story
 
+    if verifier_url is not None and db is not None:
+        raise click.UsageError(
+            "--db names the registry of a verifier in this process; with --verifier the "
+            "service keeps its own: leave --db out"
+        )
     if port is not None:
         given = [
             f"--{name}"
@@ -247,7 +267,8 @@ def demo(
                 f"{'does' if len(given) == 1 else 'do'} not apply there (the bitstream fixes "
                 f"the contexts): leave {'it' if len(given) == 1 else 'them'} out"
             )
-        _demo_on_board(port, baud, None if db is None else _check_registry(db), seed)
+        registry = None if db is None else _check_registry(db)
+        _demo_on_board(port, baud, registry, seed, verifier_url, token_file)
         return
     if baud is not None:
         raise click.BadParameter("--baud goes with --port", param_hint="--baud")
@@ -271,7 +292,14 @@ def demo(
             run_story,
             contexts,
             waves=waves,
-            job_args={"db_path": path, "backend": backend, "contexts": contexts, "seed": seed},
+            job_args={
+                "db_path": path,
+                "backend": backend,
+                "contexts": contexts,
+                "seed": seed,
+                "verifier_url": verifier_url,
+                "token_file": token_file,
+            },
         )
     report = run.value
     click.echo(report.render())
@@ -663,7 +691,14 @@ def waves(
 BOARD_NAMES = ("icebreaker", "ulx3s")
 
 
-def _demo_on_board(port: str, baud: int | None, db: str | None, seed: int) -> None:
+def _demo_on_board(
+    port: str,
+    baud: int | None,
+    db: str | None,
+    seed: int,
+    verifier_url: str | None = None,
+    token_file: str | None = None,
+) -> None:
     """The demo story against the HSM on a board, over its UART (``mchsm demo --port``)."""
     import asyncio
     import time
@@ -697,7 +732,13 @@ def _demo_on_board(port: str, baud: int | None, db: str | None, seed: int) -> No
                 path = db if db is not None else str(Path(tmp) / "verifier.sqlite")
                 report = asyncio.run(
                     run_story(
-                        driver, path, backend=f"board ({port})", contexts=info.contexts, seed=seed
+                        driver,
+                        path,
+                        backend=f"board ({port})",
+                        contexts=info.contexts,
+                        seed=seed,
+                        verifier_url=verifier_url,
+                        token_file=token_file,
                     )
                 )
             stats = transport.stats
@@ -789,6 +830,16 @@ def _kek_option(fn):  # type: ignore[no-untyped-def]
         help="File holding the current KEK [default: $MCHSM_VERIFIER_KEK, "
         "$MCHSM_VERIFIER_KEK_FILE, or (SQLite) the .kek file beside the registry].",
     )(fn)
+
+
+def _add_verifier_service_commands() -> None:
+    """``serve`` and the calls to a running service live in mchsm/cli_verifier.py."""
+    from mchsm.cli_verifier import add_commands
+
+    add_commands(verifier)
+
+
+_add_verifier_service_commands()
 
 
 @verifier.command("rotate-kek")

@@ -24,7 +24,7 @@ from mchsm.constants import MANAGER, Cmd, Ctrl, Reg, Status
 from mchsm.sw.anomaly import AnomalyDetector
 from mchsm.sw.command import Write
 from mchsm.sw.driver import HsmDriver
-from mchsm.sw.errors import AttestationError, HsmError
+from mchsm.sw.errors import AttestationError, HsmError, VerifierError
 from mchsm.sw.interpose import Interposer
 from mchsm.sw.kernel import Microkernel, TaskApi
 from mchsm.sw.manager import Manager
@@ -36,7 +36,8 @@ from mchsm.sw.protocol import (
     sha256,
 )
 from mchsm.sw.traces import NullHsm, exfiltrating, run_sync
-from mchsm.sw.verifier import AttestationReport, Verdict, Verifier
+from mchsm.sw.verifier import AttestationReport, Verdict
+from mchsm.sw.verifier_port import VerifierPort, open_verifier
 
 __all__ = ["TASK_NAMES", "DemoReport", "Step", "make_image", "run_story"]
 
@@ -132,6 +133,8 @@ class DemoReport:
     backend: str
     contexts: int
     steps: list[Step] = field(default_factory=list)
+    #: where the verifier ran: in this process, or a service at a URL
+    verifier: str = "in-process"
 
     @property
     def passed(self) -> bool:
@@ -139,7 +142,8 @@ class DemoReport:
 
     def render(self) -> str:
         lines = [
-            f"mchsm demo - backend: {self.backend}, {self.contexts} contexts",
+            f"mchsm demo - backend: {self.backend}, {self.contexts} contexts, "
+            f"verifier: {self.verifier}",
             "",
             f"{'#':>2}  {'result':6}  {'HSM cmds':>8}  {'cycles':>9}  step",
         ]
@@ -192,7 +196,12 @@ def _programs(rng: random.Random) -> dict[str, Callable[[TaskApi], Awaitable[Non
 
 class _Story:
     def __init__(
-        self, driver: HsmDriver, verifier: Verifier, report: DemoReport, contexts: int, seed: int
+        self,
+        driver: HsmDriver,
+        verifier: VerifierPort,
+        report: DemoReport,
+        contexts: int,
+        seed: int,
     ) -> None:
         self.driver = driver
         self.verifier = verifier
@@ -286,6 +295,8 @@ class _Story:
             self.verdicts(report),
         )
 
+        self.relying_party(control.tid)
+
         new_image = task_image("control", 2)
         package = self.verifier.prepare_update(self.dev_id, control.tid, new_image)
         self.update_auth = package.auth
@@ -306,6 +317,46 @@ class _Story:
         report = await self.attest()
         self.step(
             "attest again: the attacks changed nothing", report.all_trusted, self.verdicts(report)
+        )
+
+    def relying_party(self, failed_ctx: int) -> None:
+        """A relying party checks the last EAR with PyJWT (ES256, the verifier's JWKS) and acts
+        on it: it takes sensor's readings (affirming) and refuses control's (contraindicated).
+        The same EAR with one claim changed must not verify."""
+        import base64
+        import json
+
+        from mchsm.sw.service.client import verify_ear
+
+        token = self.verifier.last_ear
+        try:
+            if token is None:
+                raise VerifierError("the verifier gave no EAR")
+            claims = verify_ear(token, self.verifier.jwks())
+            subs = claims["submods"]
+            control = subs.get("control", {}).get("ear.status")
+            sensor = subs.get("sensor", {}).get("ear.status")
+            head, body, sig = token.split(".")
+            doc = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            doc["submods"]["control"]["ear.status"] = "affirming"
+            forged_body = base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+            try:
+                verify_ear(f"{head}.{forged_body}.{sig}", self.verifier.jwks())
+                forged = "ACCEPTED"
+            except AttestationError:
+                forged = "refused"
+        except (VerifierError, KeyError, ValueError) as exc:
+            self.step("relying party checks the EAR and acts on control's status", False, str(exc))
+            return
+        self.step(
+            "relying party checks the EAR (PyJWT, ES256, verifier's JWKS) and acts on it",
+            control == "contraindicated"
+            and sensor == "affirming"
+            and subs["control"]["ear.mchsm.context"] == failed_ctx
+            and forged == "refused",
+            f"EAR from {claims['iss']}: control {control} -> its data refused; "
+            f"sensor {sensor} -> its readings used\n"
+            f"the same EAR with control's status rewritten to affirming: {forged}",
         )
 
     async def attacks(self, ctx: int, root_key: bytes) -> None:
@@ -332,6 +383,8 @@ class _Story:
             Status.ERR_AUTH,
             lambda: port.update(forged),
         )
+        # the genuine v3 authorisation whose tag the attacker reused never reached the device
+        self.verifier.cancel_update(self.dev_id, ctx)
 
         nonce, evidence = self.last_evidence
         try:
@@ -484,12 +537,27 @@ class _Story:
 
 
 async def run_story(
-    driver: HsmDriver, db_path: Path | str, *, backend: str, contexts: int, seed: int = 1
+    driver: HsmDriver,
+    db_path: Path | str | None,
+    *,
+    backend: str,
+    contexts: int,
+    seed: int = 1,
+    verifier_url: str | None = None,
+    token_file: str | None = None,
 ) -> DemoReport:
-    """Tell the whole story on ``driver``; the verifier's registry lives in ``db_path`` (a
-    SQLite file, its KEK beside it unless the environment names one, or a postgresql:// URL)."""
+    """Tell the whole story on ``driver``.  The verifier runs in this process over the registry
+    ``db_path`` (a SQLite file, its KEK beside it unless the environment names one, or a
+    postgresql:// URL), or is the service at ``verifier_url`` (admin calls with the token in
+    ``token_file``): the same steps, the same outcomes."""
     report = DemoReport(backend=backend, contexts=contexts)
-    with Verifier(db_path) as verifier:
+    try:
+        verifier = open_verifier(db_path, verifier_url, token_file)
+    except VerifierError as exc:
+        report.steps.append(Step("reach the verifier", False, str(exc)))
+        return report
+    report.verifier = verifier.where
+    try:
         story = _Story(driver, verifier, report, contexts, seed)
         try:
             await story.run()
@@ -502,4 +570,6 @@ async def run_story(
                     f"{type(exc).__name__}: {exc}\nat {Path(where.filename).name}:{where.lineno}",
                 )
             )
+    finally:
+        verifier.close()
     return report

@@ -158,3 +158,51 @@ class KekError(VerifierError):
 
 
 __all__ += ["InvalidArgumentError", "KekError", "StoreError"]
+
+
+class SessionError(AttestationError):
+    """An attempt answered a challenge that cannot take it: unknown (never issued, purged, or
+    issued for another device), already used, or expired.  ``reason`` says which: ``unknown``,
+    ``used`` or ``expired``.  The evidence was not judged."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.reason))
+
+
+class EvidenceError(AttestationError):
+    """Evidence answered a live challenge and was judged untrustworthy.  ``reason``:
+    ``malformed`` (not 44 bytes of evidence), ``selection`` (not the selection asked for),
+    ``signature`` (the tag does not verify) or ``replay`` (a counter not above the last).
+    ``tasks`` names the tasks the challenge asked about (context -> name), where known."""
+
+    tasks: dict[int, str] = {}  # noqa: RUF012 (replaced per instance, never mutated)
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.reason))
+
+
+class ServiceError(VerifierError):
+    """The verifier service could not be reached, or answered with an error that has no more
+    precise type; ``status`` is the HTTP status (0 when there was no answer)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.status))
+
+
+class AuthorizationError(ServiceError):
+    """An admin call of the verifier service without a valid credential (HTTP 401)."""
+
+
+__all__ += ["AuthorizationError", "EvidenceError", "ServiceError", "SessionError"]

@@ -21,7 +21,14 @@ from typing import Any
 
 from mchsm.constants import DEVICE_ID_SIZE, EVIDENCE_SIZE, MAX_CONTEXTS, NONCE_SIZE
 from mchsm.sw import protocol
-from mchsm.sw.errors import AttestationError, StoreError, UnknownDeviceError, VerifierError
+from mchsm.sw.errors import (
+    AttestationError,
+    EvidenceError,
+    SessionError,
+    StoreError,
+    UnknownDeviceError,
+    VerifierError,
+)
 from mchsm.sw.protocol import Evidence
 
 from .records import AttestationReport, PendingUpdate, TaskRecord, TaskVerdict, Verdict
@@ -198,21 +205,25 @@ def _check(
     if device is None:
         raise UnknownDeviceError(f"device {dev_id.hex()} is not registered")
     if found is None:
-        raise AttestationError(
-            "unknown nonce: this verifier never issued it, or it expired and was purged"
+        raise SessionError(
+            "unknown nonce: this verifier never issued it, or it expired and was purged",
+            "unknown",
         )
     owner, challenge_sel, expires, used = found
     if owner != dev_id:
-        raise AttestationError(f"nonce was issued for device {owner.hex()}, not {dev_id.hex()}")
+        raise SessionError(
+            f"nonce was issued for device {owner.hex()}, not {dev_id.hex()}", "unknown"
+        )
     if used:
-        raise AttestationError("nonce already used: every challenge allows one attempt")
+        raise SessionError("nonce already used: every challenge allows one attempt", "used")
     if now >= expires:
-        raise AttestationError(f"nonce expired {now - expires:.1f} s ago")
+        raise SessionError(f"nonce expired {now - expires:.1f} s ago", "expired")
     sel, ok, ctr, tag = _evidence(evidence)
     detail["sel"], detail["ok"], detail["ctr"] = sel, ok, ctr
     if sel != challenge_sel:
-        raise AttestationError(
-            f"evidence selects 0x{sel:x} but the challenge asked for 0x{challenge_sel:x}"
+        raise EvidenceError(
+            f"evidence selects 0x{sel:x} but the challenge asked for 0x{challenge_sel:x}",
+            "selection",
         )
     tasks = device.tasks
     k_att = device.k_att
@@ -223,14 +234,16 @@ def _check(
     if not protocol.tags_equal(expected, tag):
         recovered = _recover(tasks, sel, pending(), dev_id, nonce, ok, ctr, tag, k_att)
         if not recovered:
-            raise AttestationError(
+            raise EvidenceError(
                 "evidence tag does not verify: wrong device, forged, or references differ "
-                "from the registry"
+                "from the registry",
+                "signature",
             )
         tasks = tasks.updated(recovered)
     if ctr <= device.last_ctr:
-        raise AttestationError(
-            f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed evidence"
+        raise EvidenceError(
+            f"counter {ctr} is not above the last accepted {device.last_ctr}: replayed evidence",
+            "replay",
         )
     verdicts, failed = tasks.verdicts(sel, ok)
     report = AttestationReport.make(dev_id, ctr, sel, ok, verdicts, tuple(u.ctx for u in recovered))
@@ -241,19 +254,21 @@ def _evidence(evidence: object) -> tuple[int, int, int, bytes]:
     """(sel, ok, ctr, tag) of evidence given as an :class:`Evidence` or its wire bytes."""
     if isinstance(evidence, bytes):
         if len(evidence) != EVIDENCE_SIZE:
-            raise AttestationError(
-                f"malformed evidence: it is {EVIDENCE_SIZE} bytes, not {len(evidence)}"
+            raise EvidenceError(
+                f"malformed evidence: it is {EVIDENCE_SIZE} bytes, not {len(evidence)}",
+                "malformed",
             )
         return protocol.unpack_evidence(evidence)
     if isinstance(evidence, Evidence):
         sel, ok, ctr, tag = evidence.sel, evidence.ok, evidence.ctr, evidence.tag
         if not all(type(x) is int and 0 <= x <= _U32_MAX for x in (sel, ok, ctr)):
-            raise AttestationError("malformed evidence: sel, ok and ctr are u32 fields")
+            raise EvidenceError("malformed evidence: sel, ok and ctr are u32 fields", "malformed")
         if not isinstance(tag, bytes) or len(tag) != 32:
-            raise AttestationError("malformed evidence: the tag is 32 bytes")
+            raise EvidenceError("malformed evidence: the tag is 32 bytes", "malformed")
         return sel, ok, ctr, tag
-    raise AttestationError(
-        f"malformed evidence: {EVIDENCE_SIZE} bytes or an Evidence, not {type(evidence).__name__}"
+    raise EvidenceError(
+        f"malformed evidence: {EVIDENCE_SIZE} bytes or an Evidence, not {type(evidence).__name__}",
+        "malformed",
     )
 
 

@@ -39,8 +39,10 @@ from mchsm.constants import (
 )
 from mchsm.sw import protocol
 from mchsm.sw.errors import (
+    EvidenceError,
     InvalidArgumentError,
     KekError,
+    SessionError,
     StoreError,
     UnknownDeviceError,
     UpdateError,
@@ -51,7 +53,7 @@ from mchsm.sw.protocol import UpdateAck, UpdateAuth
 from . import args
 from . import keys as keymod
 from .args import MAX_NAME
-from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence
+from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence, contexts_of
 from .postgres import PostgresStore, is_url
 from .records import (
     Attempt,
@@ -60,8 +62,11 @@ from .records import (
     Challenge,
     DeviceRecord,
     PendingUpdate,
+    SessionState,
     TaskRecord,
+    TaskVerdict,
     UpdatePackage,
+    Verdict,
 )
 from .schema import SCHEMA_VERSION
 from .sqlite import SqliteStore
@@ -96,6 +101,8 @@ MAX_IMAGE = 256 << 20
 MAX_TASK_DATA = 16 << 20
 #: characters of an error message kept in an audit row
 MAX_AUDIT_ERROR = 240
+#: seconds a session's result is kept at least (past its nonce's expiry if that is sooner)
+RESULT_TTL = 300.0
 _U32_MAX = 0xFFFF_FFFF
 
 # Audit kinds and outcomes: plain strings so a person can query the log with sqlite3 or psql.
@@ -595,20 +602,7 @@ class Verifier:
 
         def issue(s: Store) -> int:
             row = self._row(s, dev_id)
-            mask = sel
-            if mask is None:
-                mask = 0
-                for t in self._task_set(s, row.task_set).tasks:
-                    mask |= 1 << (t.ctx - 1)
-                if mask == 0:
-                    raise VerifierError(
-                        f"device {dev_id.hex()} has no installed task to attest; "
-                        "install one or pass sel"
-                    )
-            elif not 0 < mask < 1 << row.contexts:
-                raise VerifierError(
-                    f"selection {mask!r} must be a non-empty mask of contexts 1..{row.contexts}"
-                )
+            mask = self._selection(s, dev_id, row.contexts, row.task_set, sel)
             s.insert_nonce(nonce, dev_id, mask, expires)
             return mask
 
@@ -629,6 +623,129 @@ class Verifier:
             limit = args.integer(limit, "limit", 0, 1 << 62)
         now = self._clock()
         return self.store.write(lambda s: s.purge_nonces(now, limit))
+
+    # -- sessions: the verifier service's batched calls ----------------------------------------
+
+    def serve_batch(
+        self,
+        challenges: list[tuple[bytes, int | None]],
+        attempts: list[tuple[bytes, bytes, bytes]],
+    ) -> tuple[list[Challenge | VerifierError], list[AttestationReport | VerifierError]]:
+        """Issue ``challenges`` and judge ``attempts`` in one transaction (one commit).
+
+        The verifier service gathers the requests that arrive while the previous batch commits
+        and hands them over together: a commit (an fsync) per batch, not per request.  Each
+        challenge and attempt gets exactly what :meth:`challenge` and :meth:`verify_many` would
+        have given it, its error in its place; nothing is returned before the commit.  The
+        outcome of every attempt that consumed a fresh nonce is stored with it (see
+        :meth:`session`), so a client that lost the answer can read it.
+        """
+        if len(challenges) > MAX_BATCH or len(attempts) > MAX_BATCH:
+            raise InvalidArgumentError(f"at most {MAX_BATCH} challenges and attempts per batch")
+        wanted: list[tuple[bytes, int | None] | VerifierError] = []
+        for item in challenges:
+            try:
+                dev_id, sel = item
+                dev_id = args.dev_id(dev_id)
+                if sel is not None and type(sel) is not int:
+                    raise InvalidArgumentError(
+                        f"the selection must be an integer mask, not {sel!r:.40}"
+                    )
+                wanted.append((dev_id, sel))
+            except VerifierError as exc:
+                wanted.append(exc)
+            except (TypeError, ValueError):
+                wanted.append(InvalidArgumentError("a challenge is (dev_id, sel or None)"))
+        batch = [args.attempt(a) for a in attempts]
+        now = self._clock()
+
+        def run(
+            s: Store,
+        ) -> tuple[list[Challenge | VerifierError], list[AttestationReport | VerifierError]]:
+            issued = self._issue_batch(s, wanted, now) if wanted else []
+            judged = self._verify_batch(s, batch, now, keep_results=True) if batch else []
+            return issued, judged
+
+        issued, judged = self.store.write(run)
+        if issued:
+            self._challenges += len(issued)
+            if self._challenges >= PURGE_EVERY:
+                self._challenges = 0
+                self.purge_expired(limit=PURGE_BATCH)
+        return issued, judged
+
+    def _issue_batch(
+        self, s: Store, wanted: list[tuple[bytes, int | None] | VerifierError], now: float
+    ) -> list[Challenge | VerifierError]:
+        rows = s.devices_for_challenge({w[0] for w in wanted if type(w) is tuple})
+        out: list[Challenge | VerifierError] = []
+        inserts: list[tuple[bytes, bytes, int, float]] = []
+        expires = now + self.nonce_ttl
+        for w in wanted:
+            if not isinstance(w, tuple):
+                out.append(w)
+                continue
+            dev_id, sel = w
+            try:
+                row = rows.get(dev_id)
+                if row is None:
+                    raise UnknownDeviceError(f"device {dev_id.hex()} is not registered")
+                contexts, set_id = row
+                if type(contexts) is not int:
+                    raise StoreError(f"the registry is damaged: a field of device {dev_id.hex()}")
+                mask = self._selection(s, dev_id, contexts, set_id, sel)
+            except VerifierError as exc:
+                out.append(exc)
+                continue
+            nonce = new_nonce(now)
+            inserts.append((nonce, dev_id, mask, expires))
+            out.append(Challenge(dev_id=dev_id, nonce=nonce, sel=mask, expires=expires))
+        s.insert_nonces(inserts)
+        return out
+
+    def _selection(
+        self, s: Store, dev_id: bytes, contexts: int, set_id: bytes | None, sel: int | None
+    ) -> int:
+        """The selection a challenge asks for: ``sel``, checked against the device, or every
+        installed task."""
+        if sel is None:
+            mask = 0
+            for t in self._task_set(s, set_id).tasks:
+                mask |= 1 << (t.ctx - 1)
+            if mask == 0:
+                raise VerifierError(
+                    f"device {dev_id.hex()} has no installed task to attest; "
+                    "install one or pass sel"
+                )
+            return mask
+        if not 0 < sel < 1 << contexts:
+            raise VerifierError(
+                f"selection {sel!r} must be a non-empty mask of contexts 1..{contexts}"
+            )
+        return sel
+
+    def session(self, dev_id: bytes, nonce: bytes) -> SessionState | None:
+        """The challenge ``nonce`` of ``dev_id`` and the outcome of its attempt, or None if
+        the registry does not know it (never issued, issued to another device, or purged)."""
+        dev_id = args.dev_id(dev_id)
+        nonce = args.byte_string(nonce, "the nonce", limit=NONCE_SIZE)
+
+        def read(s: Store) -> tuple[Any, str | None]:
+            return s.nonce(nonce), s.result(nonce)
+
+        row, body = self.store.read(read)
+        if row is None or row.dev_id != dev_id:
+            return None
+        result = decode_result(body, dev_id) if body is not None else None
+        return SessionState(dev_id, nonce, row.sel, row.expires, row.used, result)
+
+    def sessions(self, dev_id: bytes | None = None, limit: int = 100) -> list[SessionState]:
+        """The newest ``limit`` challenges (of ``dev_id``), newest first, without results."""
+        if dev_id is not None:
+            dev_id = args.dev_id(dev_id)
+        limit = args.integer(limit, "limit", 0, 1 << 62)
+        rows = self.store.read(lambda s: s.nonces(dev_id, limit))
+        return [SessionState(r.dev_id, n, r.sel, r.expires, r.used) for n, r in rows]
 
     def verify(self, dev_id: bytes, nonce: bytes, evidence: Any) -> AttestationReport:
         """Check evidence against the challenge and the registry (protocol section 5, step 4).
@@ -682,7 +799,11 @@ class Verifier:
         return self.store.write(lambda s: self._verify_batch(s, batch, now))
 
     def _verify_batch(
-        self, s: Store, batch: list[tuple[object, object, object]], now: float
+        self,
+        s: Store,
+        batch: list[tuple[object, object, object]],
+        now: float,
+        keep_results: bool = False,
     ) -> list[AttestationReport | VerifierError]:
         """The body of :meth:`verify_many`, inside its transaction.
 
@@ -699,12 +820,16 @@ class Verifier:
         counters: dict[bytes, int] = {}
         audit: list[tuple[Any, ...]] = []
         results: list[AttestationReport | VerifierError] = []
+        #: (index in results, nonce, expiry) of the attempts that consumed a fresh nonce
+        consumed: list[tuple[int, bytes, float]] = []
         for dev_id, nonce, evidence in batch:
             found = None
             if type(nonce) is bytes:
                 n = nonces.get(nonce)
                 if n is not None:
                     found = (n.dev_id, n.sel, n.expires, n.used)
+                    if keep_results and not n.used:
+                        consumed.append((len(results), nonce, n.expires))
                     n.used = True  # consumed whatever the outcome
             device = None
             checked: Checked | None = None
@@ -742,6 +867,10 @@ class Verifier:
             else:
                 error = checked.error
                 assert error is not None
+                if type(error) is EvidenceError and device is not None and found is not None:
+                    # the names of the tasks the challenge asked about, for the session's result
+                    names = device.tasks.names
+                    error.tasks = {c: names.get(c, "") for c in contexts_of(found[1])}
                 results.append(error)
                 detail = checked.detail
                 detail["error"] = str(error)[:MAX_AUDIT_ERROR]
@@ -759,7 +888,32 @@ class Verifier:
                 )
         s.set_counters([(c, d, rows[d][1]) for d, c in counters.items()])
         s.append_audit(audit)
+        if counters:
+            self._mark_pending(s, counters.keys(), results)
+        if consumed:
+            s.put_results(
+                [
+                    (nonce, max(expires, now + RESULT_TTL), result_body(results[i]))
+                    for i, nonce, expires in consumed
+                    if not isinstance(results[i], SessionError | UnknownDeviceError)
+                ]
+            )
         return results
+
+    @staticmethod
+    def _mark_pending(
+        s: Store, dev_ids: Iterable[bytes], results: list[AttestationReport | VerifierError]
+    ) -> None:
+        """Tell each accepted report which of its selected contexts have an update authorised
+        but unconfirmed (one statement for the batch; the table is small)."""
+        pending = s.pending_contexts(dev_ids)
+        if not pending:
+            return
+        for r in results:
+            if type(r) is AttestationReport and r.dev_id in pending:
+                marked = tuple(sorted(c for c in pending[r.dev_id] if r.sel >> (c - 1) & 1))
+                if marked:
+                    r.__dict__["pending"] = marked
 
     def _state(self, s: Store, dev_id: bytes, row: tuple[Any, ...]) -> DeviceState:
         wrapped, last_ctr, set_id = row
@@ -850,3 +1004,53 @@ def _entry(r: tuple[Any, ...]) -> AuditEntry:
         )
     except (TypeError, ValueError):
         raise StoreError("the registry is damaged: an audit row does not decode") from None
+
+
+def result_body(result: AttestationReport | VerifierError) -> str:
+    """The stored outcome of a session's attempt: JSON of bounded values."""
+    if isinstance(result, AttestationReport):
+        return _json(
+            {
+                "ctr": result.ctr,
+                "sel": result.sel,
+                "ok": result.ok,
+                "tasks": [[v.ctx, v.name, v.verdict.value] for v in result.verdicts.values()],
+                "recovered": list(result.recovered),
+                "pending": list(result.pending),
+            }
+        )
+    reason = getattr(result, "reason", "rejected")
+    tasks = getattr(result, "tasks", {})
+    return _json(
+        {
+            "error": str(result)[:MAX_AUDIT_ERROR],
+            "reason": reason,
+            "names": [[c, n] for c, n in sorted(tasks.items())],
+        }
+    )
+
+
+def decode_result(body: str, dev_id: bytes) -> AttestationReport | EvidenceError:
+    """What :func:`result_body` stored, back as the report or the error."""
+    try:
+        d = json.loads(body)
+        if "error" in d:
+            error = EvidenceError(str(d["error"]), str(d["reason"]))
+            error.tasks = {int(c): str(n) for c, n in d.get("names", [])}
+            return error
+        verdicts = {
+            int(ctx): TaskVerdict(int(ctx), str(name), Verdict(verdict))
+            for ctx, name, verdict in d["tasks"]
+        }
+        report = AttestationReport.make(
+            dev_id,
+            int(d["ctr"]),
+            int(d["sel"]),
+            int(d["ok"]),
+            verdicts,
+            tuple(int(c) for c in d["recovered"]),
+        )
+        report.__dict__["pending"] = tuple(int(c) for c in d["pending"])
+        return report
+    except (TypeError, ValueError, KeyError):
+        raise StoreError("the registry is damaged: a session result does not decode") from None

@@ -68,8 +68,15 @@ def _v1_to_v2(s: Store, kek: Kek) -> None:
     s.set_meta("kek_check", kek.check_value())
 
 
+def _v2_to_v3(s: Store, kek: Kek) -> None:
+    """Add the ``results`` table of the verifier service's sessions."""
+    results = tuple(t for t in TABLES if t.name == "results")
+    for statement in create_statements(s.dialect, results):
+        s.execute(statement)
+
+
 #: version n -> the step to version n + 1
-MIGRATIONS: dict[int, Callable[[Store, Kek], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Store, Kek], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(s: Store, version: int, kek: Kek) -> None:

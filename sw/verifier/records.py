@@ -20,6 +20,7 @@ __all__ = [
     "Challenge",
     "DeviceRecord",
     "PendingUpdate",
+    "SessionState",
     "TaskRecord",
     "TaskVerdict",
     "UpdatePackage",
@@ -88,6 +89,23 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class SessionState:
+    """A challenge as the registry holds it, for the verifier service's session calls.
+
+    ``result`` is the outcome of the attempt that consumed it (an :class:`AttestationReport`,
+    or the :class:`~mchsm.sw.errors.EvidenceError` it was rejected with), or None while it
+    waits, or when the attempt was made in-process or its result has expired.
+    """
+
+    dev_id: bytes
+    nonce: bytes
+    sel: int
+    expires: float
+    used: bool
+    result: AttestationReport | Exception | None = None
+
+
+@dataclass(frozen=True)
 class TaskVerdict:
     """The verdict on one registered task, with its name so a report reads on its own."""
 
@@ -107,6 +125,9 @@ class AttestationReport:
     verdicts: dict[int, TaskVerdict]
     #: contexts whose pending update this evidence proved installed (its ack had been lost)
     recovered: tuple[int, ...] = ()
+    #: selected contexts that have an update authorised but not yet confirmed: the task is
+    #: genuine, but not the version its owner means it to run (EAR status "warning")
+    pending: tuple[int, ...] = ()
 
     @classmethod
     def make(
@@ -122,7 +143,13 @@ class AttestationReport:
         field through ``object.__setattr__``, which was a tenth of a batched verification."""
         report = object.__new__(cls)
         report.__dict__.update(
-            dev_id=dev_id, ctr=ctr, sel=sel, ok=ok, verdicts=verdicts, recovered=recovered
+            dev_id=dev_id,
+            ctr=ctr,
+            sel=sel,
+            ok=ok,
+            verdicts=verdicts,
+            recovered=recovered,
+            pending=(),
         )
         return report
 

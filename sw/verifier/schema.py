@@ -14,6 +14,9 @@ Version history:
    share (a fleet runs few firmware sets, so verification reads one row per device and the
    decoded set comes from a cache); the last accepted counter in a narrow ``counters`` table;
    at most one pending update per context.
+3. ``results``: the outcome of each attempt that consumed a nonce through the verifier service,
+   kept until it expires, so a client that lost the answer (a worker killed between the commit
+   and the response) can still read the result of its session.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "Table", "create_statements"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # abstract column types
 BYTES, TEXT, INT, REAL, SERIAL = "bytes", "text", "int", "real", "serial"
@@ -105,6 +108,13 @@ TABLES: tuple[Table, ...] = (
         ),
         ("nonce",),
     ),
+    # the outcome of an attempt made through the service, by the nonce it consumed: JSON of
+    # bounded values (see facade.session_result), deleted with the expired nonces
+    Table(
+        "results",
+        (("nonce", BYTES, "NOT NULL"), ("expires", REAL, "NOT NULL"), ("body", TEXT, "NOT NULL")),
+        ("nonce",),
+    ),
     Table(
         "audit",
         (
@@ -123,7 +133,7 @@ TABLES: tuple[Table, ...] = (
 #: on purpose: with a large fleet every attestation would insert into it at a random place,
 #: which cost a fifth of a verification; reading one device's log scans the table instead
 #: (an operator's query; add the index by hand where that matters more than throughput).
-INDEXES = (("nonces_expires", "nonces", "expires"),)
+INDEXES = (("nonces_expires", "nonces", "expires"), ("results_expires", "results", "expires"))
 
 #: the tables a registry of this version has, to tell a registry from a foreign database
 TABLE_NAMES = frozenset(t.name for t in TABLES)

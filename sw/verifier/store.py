@@ -313,6 +313,22 @@ class Store:
         )
         return {r[0]: r[1:] for r in rows}
 
+    def devices_for_challenge(self, keys: Iterable[bytes]) -> dict[bytes, tuple[Any, ...]]:
+        """dev_id -> (contexts, task_set) of the registered ones of ``keys`` (one statement for
+        a batch of challenges; the caller checks the types)."""
+        rows = self.rows_in("SELECT dev_id, contexts, task_set FROM devices WHERE dev_id", keys)
+        return {r[0]: r[1:] for r in rows}
+
+    def pending_contexts(self, keys: Iterable[bytes]) -> dict[bytes, set[int]]:
+        """dev_id -> contexts with an outstanding update authorisation, of ``keys``."""
+        out: dict[bytes, set[int]] = {}
+        rows = self.rows_in("SELECT dev_id, ctx FROM pending_updates WHERE dev_id", keys)
+        for dev_id, ctx in rows:
+            if type(ctx) is not int:
+                raise _bad("a pending update row has the wrong types")
+            out.setdefault(dev_id, set()).add(ctx)
+        return out
+
     def set_counters(self, rows: list[tuple[int, bytes, int]]) -> None:
         """(new last_ctr, dev_id, last_ctr as read) rows.  SQLite's write lock was held since
         the read; a store without one raises :class:`Conflict` if a counter moved meanwhile."""
@@ -369,6 +385,42 @@ class Store:
             (nonce, dev_id, sel, expires),
         )
 
+    def insert_nonces(self, rows: list[tuple[bytes, bytes, int, float]]) -> None:
+        """(nonce, dev_id, sel, expires) rows, in one statement."""
+        self.executemany(
+            "INSERT INTO nonces (nonce, dev_id, sel, expires, used) VALUES (?, ?, ?, ?, 0)", rows
+        )
+
+    def nonce(self, nonce: bytes) -> NonceRow | None:
+        """The nonce as stored (``used`` as stored), or None."""
+        row = self.execute(
+            "SELECT nonce, dev_id, sel, expires, used FROM nonces WHERE nonce = ?", (nonce,)
+        ).fetchone()
+        return None if row is None else nonce_row(row, bool(row[4]))
+
+    def nonces(self, dev_id: bytes | None, limit: int) -> list[tuple[bytes, NonceRow]]:
+        """The newest ``limit`` nonces (of ``dev_id``), newest first: a nonce begins with its
+        issue time, so key order is issue order."""
+        where, args = ("WHERE dev_id = ? ", [dev_id]) if dev_id is not None else ("", [])
+        rows = self.execute(
+            f"SELECT nonce, dev_id, sel, expires, used FROM nonces {where}"
+            "ORDER BY nonce DESC LIMIT ?",
+            [*args, limit],
+        ).fetchall()
+        return [(bytes(r[0]), nonce_row(r, bool(r[4]))) for r in rows]
+
+    def put_results(self, rows: list[tuple[bytes, float, str]]) -> None:
+        """(nonce, expires, body) rows: the outcomes of the attempts that consumed them."""
+        self.executemany("INSERT INTO results (nonce, expires, body) VALUES (?, ?, ?)", rows)
+
+    def result(self, nonce: bytes) -> str | None:
+        row = self.execute("SELECT body FROM results WHERE nonce = ?", (nonce,)).fetchone()
+        if row is None:
+            return None
+        if not isinstance(row[0], str):
+            raise _bad("a session result is not text")
+        return str(row[0])
+
     def consume_nonces(self, keys: set[bytes]) -> dict[bytes, NonceRow]:
         """Mark every existing nonce of ``keys`` used; each comes back with ``used`` telling
         whether it already was.  Of any number of transactions consuming one nonce, exactly
@@ -396,15 +448,20 @@ class Store:
         )
 
     def purge_nonces(self, now: float, limit: int | None) -> int:
-        if limit is None:
-            cur = self.execute("DELETE FROM nonces WHERE expires <= ?", (now,))
-        else:
-            cur = self.execute(
-                "DELETE FROM nonces WHERE nonce IN "
-                "(SELECT nonce FROM nonces WHERE expires <= ? LIMIT ?)",
-                (now, limit),
-            )
-        return int(cur.rowcount)
+        """Delete expired nonces and session results (at most ``limit`` of each); returns how
+        many nonces went."""
+        count = 0
+        for table, key in (("results", "nonce"), ("nonces", "nonce")):
+            if limit is None:
+                cur = self.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,))
+            else:
+                cur = self.execute(
+                    f"DELETE FROM {table} WHERE {key} IN "
+                    f"(SELECT {key} FROM {table} WHERE expires <= ? LIMIT ?)",
+                    (now, limit),
+                )
+            count = int(cur.rowcount)
+        return count
 
     # -- audit --------------------------------------------------------------------------------
 
