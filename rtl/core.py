@@ -858,6 +858,7 @@ class MchsmCore(wiring.Component):
 
         self.probes = CoreProbes(
             mailbox_component=mbox,
+            link=link,
             sha=sha,
             keymem=keymem,
             ctxmem=ctxmem,

@@ -419,5 +419,6 @@ class Mailbox(wiring.Component):
             holder=holder,
             expects=expects,
             done=r_done,
+            reslen=r_reslen,
         )
         return m

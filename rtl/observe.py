@@ -19,7 +19,34 @@ from dataclasses import dataclass
 from amaranth.hdl import Signal, Value
 from amaranth.lib import memory, wiring
 
-__all__ = ["CoreProbes", "MailboxProbes"]
+__all__ = ["CoreProbes", "MailboxProbes", "ShaProbes"]
+
+
+@dataclass(frozen=True)
+class ShaProbes:
+    """The control registers of the SHA-256 engine (``rtl/sha256.py``), which the proof of
+    its handshake (``sha_contract``) needs as invariants: idle, the engine holds no round, no
+    pending load and no padding state.
+
+    Attributes
+    ----------
+    busy, ldpend, fin : Signal
+        Busy with a message; a midstate load is pending; the cycle after the final round.
+    rnd, wv : Signal
+        The round to execute next; ``acc[0]`` holds its message word.
+    pad, need80, lenblk : Signal
+        The message input has ended; the ``0x80`` marker is still due; this block is the
+        last (it carries the length).
+    """
+
+    busy: Signal
+    ldpend: Signal
+    fin: Signal
+    rnd: Signal
+    wv: Signal
+    pad: Signal
+    need80: Signal
+    lenblk: Signal
 
 
 @dataclass(frozen=True)
@@ -42,6 +69,8 @@ class MailboxProbes:
         The holder's command is in phase *data* (section 9.1).
     done : Signal
         ``STATUS.done`` of the holder's command.
+    reslen : Signal
+        ``STATUS.reslen``: the result length in bytes.
     """
 
     state: Signal
@@ -51,6 +80,7 @@ class MailboxProbes:
     holder: Signal
     expects: Value
     done: Signal
+    reslen: Signal
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,10 @@ class CoreProbes:
     ----------
     mailbox : MailboxProbes
         The mailbox's record (available once the core's fragment has been elaborated).
+    link : wiring.PureInterface
+        The :class:`~mchsm.rtl.mailbox.CommandSignature` between mailbox and engine (the
+        mailbox's end): ``start``, ``code``, ``ctx``, ``length``, ``caller``, ``busy``,
+        ``done``, ``status`` ...
     sha : wiring.Component
         The SHA-256 engine instance (its ports are those of :class:`~mchsm.rtl.sha256.SHA256`).
     keymem, ctxmem, scratch : memory.Memory
@@ -82,6 +116,7 @@ class CoreProbes:
     """
 
     mailbox_component: wiring.Component
+    link: wiring.PureInterface
     sha: wiring.Component
     keymem: memory.Memory
     ctxmem: memory.Memory

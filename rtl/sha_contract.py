@@ -22,8 +22,6 @@ the abstraction holds with the real engine too (for its digests the abstraction 
 value, which includes the right one).
 """
 
-from __future__ import annotations
-
 from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
