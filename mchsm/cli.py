@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -291,6 +292,8 @@ def formal(
             flaws = ", ".join(prop.flaws) or "-"
             click.echo(f"{prop.name}: {prop.summary} [{prop.mode} {prop.depth}; rejects {flaws}]")
         return
+    # a stop (SIGTERM, as from `timeout`) ends the solvers too, like a Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         todo = formal_jobs(only, fast=fast)
         outcomes = run_jobs(

@@ -164,7 +164,9 @@ class Harness(Elaboratable):
         """The free initiator (:func:`free_request`), directed by the job's ``script``."""
         req, answered = free_request(m, extra)
         if self.params.get("script"):
-            follow(m, req, answered, self.params["script"], eager=self.params.get("eager", False))
+            follow(
+                m, req, answered, self.params["script"], eager=self.params.get("eager_bus", False)
+            )
         return req, answered
 
     def domain(self, m: Module, *, resets: bool = True) -> Signal:
@@ -235,15 +237,18 @@ class Step:
     data: int | None = None
     read: bool = False
     word: int = 0
+    wait: bool = False  #: may come any number of cycles after the step before
 
 
 def follow(
     m: Module, req: Request, answered: Value, script: Sequence[Step], *, eager: bool = False
 ) -> None:
-    """Restrict the free initiator to ``script``, in order, with any number of idle cycles
-    between the accesses, and nothing after it.  A broken variant's counterexample needs
-    more cycles than a search over every initiator reaches in reasonable time; a directed
-    one is still a real run of the design."""
+    """Restrict the free initiator to ``script``, in order, and nothing after it; with
+    ``eager`` each access comes at once unless its step waits (any number of idle cycles).
+
+    A broken variant's counterexample can need more cycles than a search over every
+    initiator reaches in reasonable time; a directed one is still a real run of the design.
+    """
     index = Signal(range(len(script) + 1), name="script_step")
     with m.If(answered & (index < len(script))):
         m.d.sync += index.eq(index + 1)
@@ -260,7 +265,7 @@ def follow(
                     match = match & (req.dat_w == step.data)
                 with m.If(active):
                     m.d.comb += Assume(match)
-                if eager and not step.read:  # at once (a read may wait for its moment)
+                if eager and not step.wait:  # at once, unless the step waits for its moment
                     m.d.comb += Assume(active)
         with m.Default():
             m.d.comb += Assume(~active)
@@ -339,7 +344,9 @@ def paired_engines(m: Module, a: CoreProbes, b: CoreProbes, *, eager: bool = Fal
         )
     )
     m.d.sync += same.eq(same_now)
-    m.d.comb += sb.oracle.eq(Mux(same_now & lock, oracle_a, AnySeq(256)))
+    # the digest a message ends with (read in its done cycle, or while busy) is that of the
+    # message whose history `same` holds
+    m.d.comb += sb.oracle.eq(Mux(same & lock, oracle_a, AnySeq(256)))
 
 
 def observe(m: Module, core: MchsmCore) -> tuple[Signal, Signal, Signal, Signal]:
@@ -560,7 +567,21 @@ class MailboxWritesHarness(Harness):
         with m.If(bus.ack & req.result_read() & beyond):
             m.d.comb += Assert(bus.dat_r == 0)
         # helper: a preemption or release that waits for the wipe has no command running
-        m.d.comb += Assert(~(mb.stalled & ~mb.ready) | ~link.busy | mb.expects)
+        m.d.comb += Assert(~(mb.stalled & mb.wiping) | ~link.busy)
+        # helpers: a write that waits is the request the initiator still holds
+        pending = Signal()
+        m.d.sync += pending.eq(req.cyc & req.stb & ~answered)
+        is_ctrl = pending & req.write(Reg.CTRL)
+        m.d.comb += [
+            Assert(~mb.issuing | (pending & req.write(Reg.CMD))),
+            Assert(~mb.aborting | (is_ctrl & (req.dat_w == Ctrl.ABORT)) | mb.preempting),
+            Assert(~mb.releasing | (is_ctrl & (req.dat_w == Ctrl.RELEASE))),
+            Assert(
+                ~mb.preempting | (is_ctrl & (req.dat_w == Ctrl.CLAIM) & (req.caller == MANAGER))
+            ),
+            Assert(~(mb.releasing & mb.preempting)),
+            Assert(~(mb.releasing | mb.preempting) | mb.wiping | mb.aborting),
+        ]
         return m
 
 
@@ -740,30 +761,35 @@ def _command(caller: int, cmd: Cmd, ctx: int = 0, length: int = 0) -> list[Step]
 
 #: the manager updates context 1 (72 bytes: v, v', R', tag)
 UPDATE_SCRIPT = _command(MANAGER, Cmd.UPDATE, 1, 72)
-#: task 1 reads its context (an 18-word result), hashes an empty message (8 words) and
-#: reads word 10 of the window: beyond the result length
+#: task 1 asks for STATUS (9 words, the first the non-zero INFO word), then issues an
+#: unknown command (no result) and reads word 0 of the window: beyond the result length
 STALE_SCRIPT = [
-    *_command(1, Cmd.READ_CTX, 1),
-    Step(1, Reg.CMD, int(Cmd.HASH)),
-    Step(1, Reg.RESULT, read=True, word=10),
+    *_command(1, Cmd.STATUS),
+    Step(1, Reg.CMD, 0xFF, wait=True),
+    Step(1, Reg.RESULT, read=True, word=0),
 ]
 #: task 1 imports an HMAC key of 4 bytes
 HMAC_KEY_SCRIPT = _command(1, Cmd.HMAC_KEY, 0, 4)
-#: task 1 asks for STATUS and reads the device-id words
+#: task 1 asks for STATUS and reads its result
 STATUS_SCRIPT = [
     *_command(1, Cmd.STATUS),
-    *[Step(1, Reg.RESULT, read=True, word=w) for w in range(5, 9)],
+    *[Step(1, Reg.RESULT, read=True, word=w, wait=w == 0) for w in range(9)],
+]
+#: task 1 hashes one word and reads the digest
+HASH_SCRIPT = [
+    *_command(1, Cmd.HASH, 0, 4),
+    *[Step(1, Reg.RESULT, read=True, word=w, wait=w == 0) for w in range(8)],
 ]
 #: task 1 hashes one word; task 2 tries to read the window meanwhile and after
 PEEK_SCRIPT = [
     *_command(1, Cmd.HASH, 0, 4),
-    *[Step(2, Reg.RESULT, read=True) for _ in range(3)],
+    *[Step(2, Reg.RESULT, read=True, wait=True) for _ in range(3)],
 ]
 #: task 1 asks for STATUS, hashes an empty message and reads its context, one after the other
 PROGRESS_SCRIPT = [
     *_command(1, Cmd.STATUS),
-    Step(1, Reg.CMD, int(Cmd.HASH)),
-    Step(1, Reg.CMD, int(Cmd.READ_CTX) | 1 << 8),
+    Step(1, Reg.CMD, int(Cmd.HASH), wait=True),
+    Step(1, Reg.CMD, int(Cmd.READ_CTX) | 1 << 8, wait=True),
 ]
 #: task 1 hashes an empty message; the manager takes the mailbox back and reads the window
 PREEMPT_SCRIPT = [
@@ -860,7 +886,10 @@ class Job:
         return self.prop.harness(self.flaw, **params)
 
 
+#: directed runs: the engine answers at once, no warm reset
 _EAGER = {"eager": True, "resets": False}
+#: ... and the initiator presents each write at once
+_EAGER_BUS = {**_EAGER, "eager_bus": True}
 
 PROPERTIES: tuple[Property, ...] = (
     Property(
@@ -909,8 +938,8 @@ PROPERTIES: tuple[Property, ...] = (
         depth=4,
         variants=(
             Variant("abort_early", 12),
-            Variant("preempt_running", 50, params={"script": PREEMPT_SCRIPT, **_EAGER}),
-            Variant("stale_results", 60, params={"script": STALE_SCRIPT, **_EAGER}),
+            Variant("preempt_running", 50, params={"script": PREEMPT_SCRIPT, **_EAGER_BUS}),
+            Variant("stale_results", 60, params={"script": STALE_SCRIPT, **_EAGER_BUS}),
         ),
     ),
     Property(
@@ -927,7 +956,9 @@ PROPERTIES: tuple[Property, ...] = (
         HmacSlotsHarness,
         "bmc",
         depth=14,
-        variants=(Variant("shared_hmac_slot", 60, params={"script": HMAC_KEY_SCRIPT, **_EAGER}),),
+        variants=(
+            Variant("shared_hmac_slot", 60, params={"script": HMAC_KEY_SCRIPT, **_EAGER_BUS}),
+        ),
     ),
     Property(
         "key_secrecy",
@@ -935,7 +966,25 @@ PROPERTIES: tuple[Property, ...] = (
         KeySecrecyHarness,
         "bmc",
         depth=12,
-        variants=(Variant("key_to_result", 30, params={"script": STATUS_SCRIPT, **_EAGER}),),
+        variants=(Variant("key_to_result", 30, params={"script": STATUS_SCRIPT, **_EAGER_BUS}),),
+    ),
+    Property(
+        "key_secrecy_status",
+        "2-safety, directed: STATUS and its result words do not depend on the key store",
+        KeySecrecyHarness,
+        "bmc",
+        depth=30,
+        variants=(Variant("key_to_result", 30),),
+        params={"script": STATUS_SCRIPT, **_EAGER_BUS},
+    ),
+    Property(
+        "key_secrecy_hash",
+        "2-safety, directed: a HASH and its digest do not depend on the key store (a "
+        "scenario of key_secrecy: the digests of equal messages are equal in both copies)",
+        KeySecrecyHarness,
+        "bmc",
+        depth=40,
+        params={"script": HASH_SCRIPT, **_EAGER_BUS},
     ),
     Property(
         "iso_steer",
@@ -951,21 +1000,39 @@ PROPERTIES: tuple[Property, ...] = (
         IsolationReadHarness,
         "bmc",
         depth=12,
-        variants=(Variant("result_unowned", 30, params={"script": PEEK_SCRIPT, **_EAGER}),),
+        variants=(Variant("result_unowned", 30, params={"script": PEEK_SCRIPT, **_EAGER_BUS}),),
+    ),
+    Property(
+        "iso_read_peek",
+        "2-safety, directed: task 2 peeking at the window while and after task 1 hashes its "
+        "word sees nothing of it",
+        IsolationReadHarness,
+        "bmc",
+        depth=30,
+        variants=(Variant("result_unowned", 30),),
+        params={"script": PEEK_SCRIPT, **_EAGER_BUS},
     ),
     Property(
         "progress",
-        "STATUS, HASH and READ_CTX, issued one after the other, each done within 32 cycles "
-        "of its data (and each covered)",
+        "directed: STATUS, an empty HASH and READ_CTX, issued one after the other, are each "
+        "done within 32 cycles of their data",
+        ProgressHarness,
+        "bmc",
+        depth=45,
+        variants=(Variant("empty_stream_hangs", 60),),
+        params={"bound": 32, "script": PROGRESS_SCRIPT, **_EAGER_BUS},
+    ),
+    Property(
+        "progress_cover",
+        "directed: STATUS, an empty HASH and READ_CTX each complete with OK (covers)",
         ProgressHarness,
         "cover",
-        depth=70,
-        variants=(Variant("empty_stream_hangs", 70),),
+        depth=45,
         params={
             "bound": 32,
             "script": PROGRESS_SCRIPT,
             "commands": (Cmd.STATUS, Cmd.HASH, Cmd.READ_CTX),
-            **_EAGER,
+            **_EAGER_BUS,
         },
     ),
 )

@@ -414,7 +414,12 @@ class Mailbox(wiring.Component):
         self.probes = MailboxProbes(
             state=fsm.state,
             ready=fsm.ongoing("READY"),
+            wiping=fsm.ongoing("WIPE"),
             stalled=stalled,
+            issuing=fsm.ongoing("ISSUE"),
+            aborting=fsm.ongoing("ABORT"),
+            releasing=then_release,
+            preempting=then_preempt,
             held=held,
             holder=holder,
             expects=expects,

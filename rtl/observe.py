@@ -60,9 +60,15 @@ class MailboxProbes:
         new bus access.  Power-up starts in the wipe of the result window.
     ready : Value
         The mailbox is in its READY state: no wipe, no stalled write.
+    wiping : Value
+        The mailbox erases the result window (after power-up, a reset, a RELEASE or a
+        preemption).
     stalled : Value
         A bus write waits for its effect (a CMD's checks, an ABORT, a RELEASE's or a
         preemption's wipe) and is answered when that is complete.
+    issuing, aborting, releasing, preempting : Value
+        Which write waits: a CMD (checks 1-6), an ABORT or a preemption's abort (the
+        engine ends the command), a RELEASE's wipe, a preemption.
     held, holder : Signal
         Somebody holds the mailbox, and who (section 9.1).
     expects : Value
@@ -75,7 +81,12 @@ class MailboxProbes:
 
     state: Signal
     ready: Value
+    wiping: Value
     stalled: Value
+    issuing: Value
+    aborting: Value
+    releasing: Signal
+    preempting: Signal
     held: Signal
     holder: Signal
     expects: Value

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,9 +119,37 @@ class Outcome:
 
 
 _ELABORATE = threading.Lock()
+_RUNNING: set[int] = set()  # SymbiYosys processes running now
 _STEP = re.compile(r"(?:Checking|Trying induction in) .*step (\d+)")
 _DONE = re.compile(r"DONE \((\w+), rc=(\d+)\)")
 _FAILED = re.compile(r"failed assertion (\S+) at (\S+)")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (SymbiYosys starts its engines in sessions of their own,
+    so a process group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _stop(pid: int) -> None:
+    """End SymbiYosys and every solver it started."""
+    for p in [pid, *_descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def run_job(
@@ -152,9 +180,11 @@ def run_job(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own process group: a stop ends the solvers too
+        start_new_session=True,  # a Ctrl-C at the terminal reaches us, not the solvers
     )
     assert proc.stdout is not None
+    with _ELABORATE:
+        _RUNNING.add(proc.pid)
     status, detail, log = "ERROR", "", []
     try:
         for line in proc.stdout:
@@ -170,8 +200,10 @@ def run_job(
                 break
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            _stop(proc.pid)
         proc.wait()
+        with _ELABORATE:
+            _RUNNING.discard(proc.pid)
     (jobdir / "sby.log").write_text("".join(log))
     if status == "ERROR":
         tail = [line.strip() for line in log if "ERROR" in line or "Error" in line]
@@ -201,6 +233,7 @@ def run_jobs(
     lock = threading.Lock()
     steps: dict[str, str] = {}
     total = len(jobs)
+    futures: list[Future[Outcome]] = []
 
     def one(i: int, job: Job) -> Outcome:
         head = f"[{i}/{total}] {job.name} ({job.mode}, depth {job.depth})"
@@ -232,11 +265,20 @@ def run_jobs(
 
     ticker = threading.Thread(target=beat, daemon=True)
     ticker.start()
+    pool = ThreadPoolExecutor(max_workers=jobs_at_once)
     try:
-        with ThreadPoolExecutor(max_workers=jobs_at_once) as pool:
-            futures = [pool.submit(one, i, job) for i, job in enumerate(jobs, 1)]
-            return [f.result() for f in futures]
+        futures = [pool.submit(one, i, job) for i, job in enumerate(jobs, 1)]
+        return [f.result() for f in futures]
+    except BaseException:  # interrupted: stop what runs, start nothing more
+        for f in futures:
+            f.cancel()
+        with _ELABORATE:
+            running = list(_RUNNING)
+        for pid in running:
+            _stop(pid)
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         done.set()
 
 
