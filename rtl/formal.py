@@ -759,8 +759,6 @@ def _command(caller: int, cmd: Cmd, ctx: int = 0, length: int = 0) -> list[Step]
     ]
 
 
-#: the manager updates context 1 (72 bytes: v, v', R', tag)
-UPDATE_SCRIPT = _command(MANAGER, Cmd.UPDATE, 1, 72)
 #: task 1 asks for STATUS (9 words, the first the non-zero INFO word), then issues an
 #: unknown command (no result) and reads word 0 of the window: beyond the result length
 STALE_SCRIPT = [

@@ -209,7 +209,8 @@ def run_job(
         tail = [line.strip() for line in log if "ERROR" in line or "Error" in line]
         detail = tail[-1] if tail else f"sby exited {proc.returncode}"
     trace = None
-    if status == "FAIL" and vcd_dir is not None:
+    # a counterexample, or a counterexample to the induction step
+    if status in ("FAIL", "UNKNOWN") and vcd_dir is not None:
         found = sorted((jobdir / "run").glob("engine_*/trace*.vcd"))
         if found:
             vcd_dir.mkdir(parents=True, exist_ok=True)
