@@ -62,7 +62,7 @@ mutants: install
 	$(BIN)/mchsm prove --mutants --jobs $(JOBS)
 
 # SymbiYosys on every RTL property and every deliberately broken variant (docs/proofs.md, "The
-# RTL"): a table of results, counterexamples as VCDs in build/formal/vcd (about 15 min)
+# RTL"): a table of results, counterexamples as VCDs in build/formal/vcd (about 17 min)
 formal: install
 	$(BIN)/mchsm formal --vcd build/formal/vcd
 

@@ -71,8 +71,8 @@ from mchsm.rtl.sha256 import SHA256
 __all__ = ["CORE_FLAWS", "MchsmCore"]
 
 #: Deliberate flaws of the engine, one for each property of the formal proofs that no
-#: mailbox flaw (:data:`mchsm.rtl.mailbox.FLAWS`) breaks.  The proofs must reject each with a
-#: counterexample; no build ever sets one, and without them the engine elaborates to exactly
+#: mailbox flaw (:data:`mchsm.rtl.mailbox.FLAWS`) breaks.  The proofs must reject each (see
+#: ``docs/proofs.md``); no build ever sets one, and without them the engine elaborates to exactly
 #: the logic it has without this parameter.
 CORE_FLAWS = {
     "key_to_result": "a debug path: the key store's read port is ORed into the device-id words "

@@ -879,9 +879,17 @@ class Job:
             return "PASS"
         return "UNKNOWN" if self.variant.mode == "prove" else "FAIL"
 
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.prop.params, **(self.variant.params if self.variant else {})}
+
+    @property
+    def directed(self) -> bool:
+        """The initiator follows a script (:func:`follow`)."""
+        return bool(self.params.get("script"))
+
     def harness(self) -> Harness:
-        params = {**self.prop.params, **(self.variant.params if self.variant else {})}
-        return self.prop.harness(self.flaw, **params)
+        return self.prop.harness(self.flaw, **self.params)
 
 
 #: directed runs: the engine answers at once, no warm reset

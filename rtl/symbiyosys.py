@@ -113,9 +113,10 @@ class Outcome:
     def depth_text(self) -> str:
         if self.job.mode == "prove":
             return f"unbounded (k={self.job.depth})"
+        directed = ", directed" if self.job.directed else ""
         if self.job.mode == "cover":
-            return f"cover <= {self.job.depth}"
-        return f"bounded {self.job.depth}"
+            return f"cover <= {self.job.depth}{directed}"
+        return f"bounded {self.job.depth}{directed}"
 
 
 _ELABORATE = threading.Lock()
