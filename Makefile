@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz anomaly clean
+.PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz anomaly formal clean
 
 all: test
 
@@ -68,6 +68,11 @@ prove: install
 # each must-catch mutant must be caught or argued, each equivalent one must still prove
 mutants: install
 	$(BIN)/mchsm prove --mutants --jobs $(JOBS)
+
+# SymbiYosys on every RTL property and every deliberately broken variant (docs/proofs.md, "The
+# RTL"): a table of results, counterexamples as VCDs in build/formal/vcd (about 17 min)
+formal: install
+	$(BIN)/mchsm formal --vcd build/formal/vcd
 
 # the pictures in docs/: the demo's first ATTEST and an HMAC of 64 bytes, drawn from
 # waveforms of the Amaranth simulator (about a minute)

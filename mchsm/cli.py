@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -479,6 +480,71 @@ def _prove_mutants(proverif: str, timeout: float, jobs: int, only: tuple[str, ..
     if bad:
         names = ", ".join(r.mutant.id for r in bad)
         click.echo(f"{len(bad)} mutant(s) not as their class requires: {names}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--fast", is_flag=True, help="Only the quick subset that make test runs.")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="PROPERTY",
+    help="Run this property and its broken variants (repeatable); default: all.",
+)
+@click.option(
+    "--vcd",
+    "vcd_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep each counterexample as DIR/<property>-<variant>.vcd (GTKWave, Surfer).",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build/formal"),
+    show_default=True,
+    help="Directory for the SymbiYosys runs.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="SymbiYosys runs at a time.",
+)
+@click.option("--list", "list_only", is_flag=True, help="List the properties and exit.")
+def formal(
+    fast: bool,
+    only: tuple[str, ...],
+    vcd_dir: Path | None,
+    work: Path,
+    jobs: int,
+    list_only: bool,
+) -> None:
+    """Prove the RTL's properties with SymbiYosys and check that each broken variant fails."""
+    from mchsm.rtl.formal import PROPERTIES
+    from mchsm.rtl.formal import jobs as formal_jobs
+    from mchsm.rtl.symbiyosys import ToolMissingError, run_jobs, table
+
+    if list_only:
+        for prop in PROPERTIES:
+            flaws = ", ".join(prop.flaws) or "-"
+            click.echo(f"{prop.name}: {prop.summary} [{prop.mode} {prop.depth}; rejects {flaws}]")
+        return
+    # a stop (SIGTERM, as from `timeout`) ends the solvers too, like a Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        todo = formal_jobs(only, fast=fast)
+        outcomes = run_jobs(
+            todo, work, vcd_dir=vcd_dir, report=lambda s: click.echo(s, err=True), jobs_at_once=jobs
+        )
+    except (ValueError, ToolMissingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(table(outcomes))
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        names = ", ".join(o.job.name for o in bad)
+        click.echo(f"{len(bad)} unexpected result(s): {names}", err=True)
         sys.exit(1)
 
 

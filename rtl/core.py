@@ -35,6 +35,8 @@ any running command and the LOADED/ANOMALY flags, so every task must be measured
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -62,10 +64,27 @@ from mchsm.constants import (
 )
 from mchsm.rtl import microcode as uc
 from mchsm.rtl import wishbone
-from mchsm.rtl.mailbox import Mailbox
+from mchsm.rtl.mailbox import FLAWS, Mailbox
+from mchsm.rtl.observe import CoreProbes
 from mchsm.rtl.sha256 import SHA256
 
-__all__ = ["MchsmCore"]
+__all__ = ["CORE_FLAWS", "MchsmCore"]
+
+#: Deliberate flaws of the engine, one for each property of the formal proofs that no
+#: mailbox flaw (:data:`mchsm.rtl.mailbox.FLAWS`) breaks.  The proofs must reject each (see
+#: ``docs/proofs.md``); no build ever sets one, and without them the engine elaborates to exactly
+#: the logic it has without this parameter.
+CORE_FLAWS = {
+    "key_to_result": "a debug path: the key store's read port is ORed into the device-id words "
+    "STATUS copies to the result window",
+    "reprovision": "PROVISION is not refused once provisioned: keys and device id can be "
+    "written again",
+    "flip_split": "UPDATE flips the reference bank and clears LOADED one clock edge apart",
+    "counter_wraps": "the monitor's command count does not saturate: it wraps to 0",
+    "shared_hmac_slot": "every caller's imported HMAC key goes into the manager's slot",
+    "empty_stream_hangs": "a command with streamed data of length 0 waits for a data word "
+    "that never comes",
+}
 
 # context store layout (words)
 CTX_STRIDE = 32
@@ -120,8 +139,12 @@ class MchsmCore(wiring.Component):
     fail_limit : int
         Monitor: failed commands of a task since its last RESET that flag it (0: no limit).
     flaws : frozenset of str
-        Deliberate flaws of the mailbox (:data:`mchsm.rtl.mailbox.FLAWS`) that the isolation
-        tests and the proofs must catch; empty in every real build.
+        Deliberate flaws of the mailbox (:data:`mchsm.rtl.mailbox.FLAWS`) or the engine
+        (:data:`CORE_FLAWS`) that the isolation tests and the proofs must catch; empty in
+        every real build.
+    engine : callable or None
+        Makes the SHA-256 engine; ``None`` (every build) is :class:`~mchsm.rtl.sha256.SHA256`.
+        The formal proofs pass an abstraction of it (:mod:`mchsm.rtl.sha_contract`).
 
     Attributes
     ----------
@@ -131,6 +154,8 @@ class MchsmCore(wiring.Component):
         Caller id of the current bus cycle, driven by the trusted kernel side.
     irq : Out(1)
         High while a command is done and the interrupt is enabled.
+    probes : CoreProbes
+        Internal signals the formal properties name (set by ``elaborate``).
     """
 
     def __init__(
@@ -140,9 +165,15 @@ class MchsmCore(wiring.Component):
         budget: int = MONITOR_BUDGET,
         fail_limit: int = MONITOR_FAIL_LIMIT,
         flaws: frozenset[str] = frozenset(),
+        engine: Callable[[], wiring.Component] | None = None,
     ) -> None:
         check_build(contexts, budget, fail_limit)
-        self.flaws = frozenset(flaws)  #: deliberate flaws for the tests and proofs (rtl/mailbox)
+        unknown = set(flaws) - set(FLAWS) - set(CORE_FLAWS)
+        if unknown:
+            known = ", ".join([*FLAWS, *CORE_FLAWS])
+            raise ValueError(f"flaws must be among {known}, not {sorted(unknown)!r}")
+        self.flaws = frozenset(flaws)  #: deliberate flaws for the tests and proofs
+        self.engine = engine
         self.contexts = contexts
         self.budget = budget
         self.fail_limit = fail_limit
@@ -160,12 +191,13 @@ class MchsmCore(wiring.Component):
         m = Module()
         n = self.contexts
         iw = max(1, (n - 1).bit_length())  # context index width
+        flaw = {name: name in self.flaws for name in CORE_FLAWS}
 
         # ---- submodules ----------------------------------------------------------------------
-        sha = SHA256()
+        sha = SHA256() if self.engine is None else self.engine()
         sha_rst = Signal()
         m.submodules.sha = ResetInserter(sha_rst)(sha)
-        m.submodules.mailbox = mbox = Mailbox(n, flaws=self.flaws)
+        m.submodules.mailbox = mbox = Mailbox(n, flaws=self.flaws & set(FLAWS))
         wiring.connect(m, wiring.flipped(self.bus), mbox.bus)
         m.d.comb += [mbox.caller.eq(self.caller), self.irq.eq(mbox.irq)]
         link = mbox.cmd  # the one command at a time, from the mailbox's holder
@@ -258,8 +290,11 @@ class MchsmCore(wiring.Component):
             if self.budget:  # this command takes the count above the budget: flagged
                 with m.If(count >= self.budget):
                     m.d.sync += anomaly.bit_select((r_owner - 1)[:iw], 1).eq(1)
-                with m.If(count <= self.budget):  # saturates at budget + 1
+                if flaw["counter_wraps"]:
                     m.d.sync += count.eq(count + 1)
+                else:
+                    with m.If(count <= self.budget):  # saturates at budget + 1
+                        m.d.sync += count.eq(count + 1)
 
         # ---- engine --------------------------------------------------------------------------
         m.d.comb += sha_rst.eq(start_cmd)
@@ -331,6 +366,9 @@ class MchsmCore(wiring.Component):
         masks = []
         for j in range(4):  # byte j of key word k is key byte 4k+j: zero beyond r_klen
             masks.append(Mux(Cat(Const(j, 2), k[:4]) < r_klen, 0xFF, 0) << (24 - 8 * j))
+        dev_word = Mux(provisioned, scr_rd.data, 0)
+        if flaw["key_to_result"]:
+            dev_word = dev_word | key_rd.data
         key_word = (scr_rd.data & (masks[0] | masks[1] | masks[2] | masks[3])) ^ Mux(
             opad, OPAD, IPAD
         )
@@ -350,9 +388,7 @@ class MchsmCore(wiring.Component):
         m.d.comb += [
             fire.eq(sha.valid & sha.ready),
             data_in.ready.eq(((dsrc == src_fifo) & fire) | pop),
-            res_wr.data.eq(
-                Array([sha.digest, word, ctx_rd.data, Mux(provisioned, scr_rd.data, 0)])[rsrc]
-            ),
+            res_wr.data.eq(Array([sha.digest, word, ctx_rd.data, dev_word])[rsrc]),
             ctx_wr.data.eq(Array([Const(0, 32), sha.digest, scr_rd.data, word])[cwsrc]),
             scr_wr.data.eq(Mux(swsrc, sha.digest, data_in.payload)),
             key_wr.data.eq(sha.digest),
@@ -376,7 +412,7 @@ class MchsmCore(wiring.Component):
                     checks: list[tuple[Value, Status]] = [(denied, Status.ERR_DENIED)]
                     if spec.provisioned is True:
                         checks.append((~provisioned, Status.ERR_NOT_PROVISIONED))
-                    elif spec.provisioned is False:
+                    elif spec.provisioned is False and not flaw["reprovision"]:
                         checks.append((provisioned, Status.ERR_PROVISIONED))
                     checks.append(
                         (~ctx_in_range if spec.context else r_ctx != 0, Status.ERR_CONTEXT)
@@ -440,6 +476,8 @@ class MchsmCore(wiring.Component):
             """Key store address of a slot: fixed ones from the table, HMAC the caller's own."""
             fixed = Array([Const(uc.SLOT_ADDRESS.get(code, 0), kw) for code in uc.Load])[load]
             own_hmac = Cat(Const(0, 4), HMAC_SLOT0 + r_owner)  # (HMAC_SLOT0 + caller) * 16
+            if flaw["shared_hmac_slot"]:
+                own_hmac = Const(HMAC_SLOT0 * KEY_SLOT_WORDS, kw)
             return Mux(load == uc.Load.HMAC, own_hmac, fixed)
 
         def feed(src: uc.Feed) -> None:
@@ -508,7 +546,8 @@ class MchsmCore(wiring.Component):
 
         def stream() -> None:
             """The whole command data (``LEN`` bytes, any length) as the end of a message."""
-            with m.If(r_left == 0):  # empty message: one empty last word
+            empty = Const(0) if flaw["empty_stream_hangs"] else r_left == 0
+            with m.If(empty):  # empty message: one empty last word
                 m.d.comb += [
                     dsrc.eq(src_word),
                     widx.eq(uc.WORD_NAMES.index("zero")),
@@ -713,10 +752,18 @@ class MchsmCore(wiring.Component):
                 with m.Case(sp.UPD_FLIP):  # the one clock edge at which the update takes effect
                     m.d.sync += [
                         bank.bit_select(idx, 1).eq(~bank_i),
-                        loaded.bit_select(idx, 1).eq(0),
                         match.bit_select(idx, 1).eq(~neq),
                     ]
+                    if flaw["flip_split"]:  # LOADED a clock edge later
+                        m.d.sync += late_clear.eq(1)
+                    else:
+                        m.d.sync += loaded.bit_select(idx, 1).eq(0)
                     m.d.comb += advance.eq(1)
+
+        if flaw["flip_split"]:
+            late_clear = Signal()
+            with m.If(late_clear):
+                m.d.sync += [loaded.bit_select(idx, 1).eq(0), late_clear.eq(0)]
 
         entry = {cmd: program.labels[uc.ENTRY[cmd]] for cmd in Cmd}
 
@@ -812,4 +859,28 @@ class MchsmCore(wiring.Component):
                             m.d.sync += fails.eq(fails + 1)
                 m.next = "IDLE"
 
+        self.probes = CoreProbes(
+            mailbox_component=mbox,
+            link=link,
+            sha=sha,
+            keymem=keymem,
+            ctxmem=ctxmem,
+            scratch=scratch,
+            key_write=key_wr,
+            ctx_write=ctx_wr,
+            scratch_write=scr_wr,
+            provisioned=provisioned,
+            counter=counter,
+            bank=bank,
+            match=match,
+            hk_valid=hk_valid,
+            loaded=loaded,
+            anomaly=anomaly,
+            commands=tuple(commands),
+            failures=tuple(failures),
+            verdict=fsm.ongoing("RUN")
+            & (u_op == uc.Op.SPECIAL)
+            & (u_target == uc.Special.UPD_CHECK),
+            tag_ok=~neq,
+        )
         return m

@@ -36,6 +36,7 @@ from mchsm.constants import (
     StatusReg,
 )
 from mchsm.rtl import wishbone
+from mchsm.rtl.observe import MailboxProbes
 
 __all__ = ["FIFO_DEPTH", "FLAWS", "CommandSignature", "Mailbox", "ResultSignature"]
 
@@ -51,6 +52,7 @@ FLAWS = {
     "length are not hidden",
     "abort_early": "ABORT is acked before the command has ended",
     "preempt_running": "the manager takes the mailbox even while a command computes",
+    "ack_without_stb": "the bus is answered for cyc alone, without stb (Wishbone B4)",
 }
 _RESULT_ADDR_BITS = (RESULT_WORDS - 1).bit_length()
 
@@ -125,6 +127,8 @@ class Mailbox(wiring.Component):
         High while the holder's command is done and the manager enabled the interrupt.
     cmd : Out(CommandSignature())
         The one command at a time, to the engine.
+    probes : MailboxProbes
+        Internal signals the formal properties name (set by ``elaborate``).
     """
 
     def __init__(self, contexts: int, *, flaws: frozenset[str] = frozenset()) -> None:
@@ -216,6 +220,8 @@ class Mailbox(wiring.Component):
 
         # ---- the bus -----------------------------------------------------------------------
         req = bus.cyc & bus.stb & ~bus.ack & ~bus.err
+        if flaw["ack_without_stb"]:
+            req = bus.cyc & ~bus.ack & ~bus.err
         ack, err = Signal(), Signal()  # this cycle's answer, registered onto the bus
         m.d.sync += [bus.ack.eq(ack), bus.err.eq(err)]
         rd_q = Signal(32)
@@ -259,7 +265,7 @@ class Mailbox(wiring.Component):
                 r_cycles.eq(0),
             ]
 
-        with m.FSM(name="mailbox"):
+        with m.FSM(name="mailbox") as fsm:
             with m.State("WIPE"):  # the reset state: the window starts erased too
                 m.d.comb += wiping.eq(1)
                 m.d.sync += wipe.eq(wipe + 1)
@@ -399,4 +405,25 @@ class Mailbox(wiring.Component):
                             if flaw["stale_results"]:
                                 below = Const(1)
                             m.d.sync += rd_res.eq(in_window & reader & below)
+
+        stalled = (
+            fsm.ongoing("ISSUE")
+            | fsm.ongoing("ABORT")
+            | (fsm.ongoing("WIPE") & (then_release | then_preempt))
+        )
+        self.probes = MailboxProbes(
+            state=fsm.state,
+            ready=fsm.ongoing("READY"),
+            wiping=fsm.ongoing("WIPE"),
+            stalled=stalled,
+            issuing=fsm.ongoing("ISSUE"),
+            aborting=fsm.ongoing("ABORT"),
+            releasing=then_release,
+            preempting=then_preempt,
+            held=held,
+            holder=holder,
+            expects=expects,
+            done=r_done,
+            reslen=r_reslen,
+        )
         return m

@@ -864,6 +864,8 @@ CASES = [
         code=FAILED,
         says="http(s)://HOST:PORT",
     ),
+    bad("formal-unknown-property", "formal", "--only", "nosuch", code=FAILED, says="nosuch"),
+    bad("formal-bad-jobs", "formal", "--jobs", "0", code=USAGE, says="'--jobs'"),
     bad("verilator-env-extra", "verilator-env", "x", code=USAGE, says="unexpected extra argument"),
 ]
 

@@ -1,0 +1,103 @@
+"""The formal proofs of the RTL (rtl/formal.py) and their runner, in the quick subset.
+
+``make formal`` runs every property and every broken variant (about a quarter of an hour);
+here the quick subset runs - the SHA-256 engine's handshake, the Wishbone rules, the monitor's
+counters and the steering attack on the mailbox - each with the broken variant it must
+reject, and the runner's verdicts and traces are checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from amaranth.back import rtlil
+from click.testing import CliRunner
+
+from mchsm.cli import main
+from mchsm.rtl import formal
+from mchsm.rtl.core import CORE_FLAWS, MchsmCore
+from mchsm.rtl.mailbox import FLAWS
+from mchsm.rtl.symbiyosys import Outcome, run_jobs, table
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Outcome], Path]:
+    work = tmp_path_factory.mktemp("formal")
+    vcd = work / "vcd"
+    outcomes = run_jobs(formal.jobs(fast=True), work, vcd_dir=vcd, report=lambda _: None)
+    return outcomes, vcd
+
+
+def test_fast_subset_proves_and_rejects(fast_run: tuple[list[Outcome], Path]) -> None:
+    outcomes, _ = fast_run
+    assert {o.job.name for o in outcomes} >= {"wishbone", "wishbone/ack_without_stb"}
+    broken = [o for o in outcomes if o.job.flaw]
+    assert broken, "the quick subset must include a broken variant"
+    problems = [(o.job.name, o.status, o.detail) for o in outcomes if not o.ok]
+    assert problems == []
+    assert all(o.status == "FAIL" for o in broken)
+    assert all(o.status == "PASS" for o in outcomes if o.job.flaw is None)
+
+
+def test_counterexamples_are_kept_as_vcd(fast_run: tuple[list[Outcome], Path]) -> None:
+    outcomes, vcd = fast_run
+    for o in outcomes:
+        if o.job.flaw:
+            assert o.trace is not None and o.trace.parent == vcd
+            text = o.trace.read_text()
+            assert ("$enddefinitions" in text and "bus__ack" in text) or "sha" in text
+
+
+def test_table_names_engine_depth_and_result(fast_run: tuple[list[Outcome], Path]) -> None:
+    outcomes, _ = fast_run
+    text = table(outcomes)
+    assert "| wishbone | clean | smtbmc yices | unbounded (k=4) |" in text
+    assert "rejected (counterexample)" in text
+
+
+def test_a_broken_variant_that_passes_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mchsm formal` exits non-zero when a broken variant is not rejected."""
+    job = formal.jobs(["wishbone"])[1]
+    assert job.flaw == "ack_without_stb"
+
+    def fake_run(jobs: list[formal.Job], *args: object, **kw: object) -> list[Outcome]:
+        return [Outcome(j, "PASS", 0.1, "", None) for j in jobs]
+
+    monkeypatch.setattr("mchsm.rtl.symbiyosys.run_jobs", fake_run)
+    result = CliRunner().invoke(main, ["formal", "--only", "wishbone"])
+    assert result.exit_code == 1
+    assert "unexpected result(s): wishbone/ack_without_stb" in result.output
+    assert "PASS (expected FAIL)" in result.output
+
+
+def test_cli_lists_properties_and_refuses_unknown_ones() -> None:
+    runner = CliRunner()
+    listed = runner.invoke(main, ["formal", "--list"])
+    assert listed.exit_code == 0
+    for prop in formal.PROPERTIES:
+        assert prop.name in listed.output
+    bad = runner.invoke(main, ["formal", "--only", "nosuch"])
+    assert bad.exit_code != 0
+    assert "properties must be among" in bad.output and "Traceback" not in bad.output
+
+
+def test_every_flaw_is_rejected_by_some_property() -> None:
+    used = {flaw for prop in formal.PROPERTIES for flaw in prop.flaws}
+    assert set(CORE_FLAWS) | set(FLAWS) <= used
+    assert "preempt_running" in used
+
+
+def test_flaws_are_off_by_default_and_change_the_design() -> None:
+    default = rtlil.convert(MchsmCore(2))
+    assert default == rtlil.convert(MchsmCore(2, flaws=frozenset()))
+    for flaw in (*CORE_FLAWS, *FLAWS):
+        assert rtlil.convert(MchsmCore(2, flaws=frozenset({flaw}))) != default, flaw
+    with pytest.raises(ValueError, match="flaws must be among"):
+        MchsmCore(2, flaws=frozenset({"nosuch"}))
+
+
+def test_mac_words_follow_the_result_layouts() -> None:
+    assert list(formal.MAC_WORDS[formal.Cmd.ATTEST]) == list(range(3, 11))
+    assert list(formal.MAC_WORDS[formal.Cmd.UPDATE]) == list(range(1, 9))
+    assert list(formal.MAC_WORDS[formal.Cmd.HMAC]) == list(range(8))
