@@ -262,8 +262,8 @@ def measure_simulators(
     verilator = []
     for _ in range(repeats):
         cpu = _children_cpu()
-        run = simulate_job(jobs.speed_job, contexts, job_args=args("verilator"))
-        verilator.append((run, _children_cpu() - cpu))
+        vrun = simulate_job(jobs.speed_job, contexts, job_args=args("verilator"))
+        verilator.append((vrun, _children_cpu() - cpu))
     out["verilator"] = _speed_figures(
         [(r.cycles, r.job_wall_seconds, cpu, r.value) for r, cpu in verilator]
     )

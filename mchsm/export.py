@@ -317,19 +317,21 @@ def header_macros(
         if cls is source.Reg:
             continue
         prefix = _enum_prefix(cls)
-        rows = [(f"{prefix}{m.name}", _literal(int(m), hex_width=2), _member_note(m)) for m in cls]
+        members = [
+            (f"{prefix}{m.name}", _literal(m.value, hex_width=2), _member_note(m)) for m in cls
+        ]
         if cls is source.Cmd:
             for cmd in cls:
                 spec = source.command_spec(cmd)
                 if spec.length is not None:
-                    rows.append(
+                    members.append(
                         (f"CMD_{cmd.name}_DATA_SIZE", f"{spec.length}u", "data bytes (exact)")
                     )
-                rows.append(
+                members.append(
                     (f"CMD_{cmd.name}_RESULT_SIZE", f"{source.RESULT_SIZE[cmd]}u", "result bytes")
                 )
         doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace("``", "")
-        sections.append((f"{cls.__name__}: {doc}", rows))
+        sections.append((f"{cls.__name__}: {doc}", members))
     others = [
         (n, _constant_literal(n, v), "")
         for n, v in _int_constants(source).items()
@@ -338,8 +340,8 @@ def header_macros(
     sections.append(("Sizes (bytes), limits and other constants", others))
 
     seen: dict[str, str] = {}
-    for title, rows in sections:
-        for macro, _, _ in rows:
+    for title, section in sections:
+        for macro, _, _ in section:
             if macro in seen:
                 raise ValueError(
                     f"two constants would both be MCHSM_{macro} in the C header "

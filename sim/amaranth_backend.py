@@ -97,7 +97,7 @@ class AmaranthTransport(Transport):
                         f"the HSM refused the {'write' if we else 'read'} of 0x{addr:02x} by "
                         f"caller {caller} (err)"
                     )
-                return data
+                return int(data)
         raise TransportError(
             f"no Wishbone ack within {ACK_TIMEOUT} cycles at 0x{self.base + addr:02x}"
         )

@@ -48,7 +48,7 @@ class CocotbTransport(Transport):
             clock = self.bfm.clock
             await First(RisingEdge(self.irq), ClockCycles(clock, IRQ_WAIT_CYCLES))
             await RisingEdge(clock)  # back on a clock edge, where the bus model starts cycles
-        return self.irq.value == 1
+        return bool(self.irq.value == 1)
 
     async def read(self, addr: int, caller: int) -> int:
         with _typed_errors():

@@ -433,8 +433,10 @@ class AnomalyDetector:
                 if sender is not None and not sender.flagged:
                     if sender.profile is None:
                         continue  # a sender still learning is not judged: its input neither
-                    if peer in judged and self._explained(
-                        sender, judged[peer][1], expected[peer], me
+                    if (
+                        peer is not None
+                        and peer in judged
+                        and self._explained(sender, judged[peer][1], expected[peer], me)
                     ):
                         continue
                 out.setdefault(tid, {})[name] = limit
@@ -594,12 +596,12 @@ class AnomalyDetector:
             )
         if not envelope and top < 0.25 and cfg.refine_rate > 0:
             for name in cfg.refine:
-                test = task.tests.get(name)
-                if test is None:
+                refined = task.tests.get(name)
+                if refined is None:
                     continue
-                bound = cfg.refine_sd * test.model.sd
-                adj = test.adj + cfg.refine_rate * residuals[name]
-                test.adj = min(max(adj, -bound), bound)
+                bound = cfg.refine_sd * refined.model.sd
+                adj = refined.adj + cfg.refine_rate * residuals[name]
+                refined.adj = min(max(adj, -bound), bound)
         return None
 
 

@@ -1088,9 +1088,9 @@ def evaluate(
             tick("profiles", len(wanted))
             size = max(1, min(16, len(todo) // (8 * jobs)))
             batches = [todo[i : i + size] for i in range(0, len(todo), size)]
-            futures = [pool.submit(_batch, images, b) for b in batches]
-            for f in as_completed(futures):
-                got = f.result()
+            runs = [pool.submit(_batch, images, b) for b in batches]
+            for run in as_completed(runs):
+                got = run.result()
                 outcomes.extend(got)
                 tick(f"{got[-1].cls} {got[-1].param}", len(got))
     config = DetectorConfig()

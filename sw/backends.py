@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Job = Callable[..., Awaitable[T]]
+#: a coroutine function: asyncio.run and cocotb take coroutines, not any awaitable
+Job = Callable[..., Coroutine[Any, Any, T]]
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ class ModelMailbox:
             return int(self.irq_enable)
         if addr == Reg.OWNER:
             held = self.holder is not None
-            return pack_reg(OwnerReg, caller=self.holder if held else 0, held=held)
+            return pack_reg(OwnerReg, caller=self.holder or 0, held=held)
         if addr in (Reg.LEN, Reg.CYCLES) or Reg.RESULT <= addr < _RESULT_END:
             if not mine:
                 raise self._refuse(f"the read of {self._name(addr)}", caller)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
@@ -346,14 +347,14 @@ class HsmModel:
         handler = getattr(self, f"_do_{running.cmd.name.lower()}")
         return self._end(running.caller, handler(running))
 
-    def _set_context(self, ctx: int, **changes: object) -> None:
+    def _set_context(self, ctx: int, **changes: Any) -> None:
         contexts = list(self._state.contexts)
         contexts[ctx - 1] = replace(contexts[ctx - 1], **changes)
         self._state = replace(self._state, contexts=tuple(contexts))
 
     def _do_provision(self, run: _Running) -> Response:
         fields = unpack(MESSAGE_LAYOUTS["PROVISION_DATA"], bytes(run.buffer))
-        dev_id, root = bytes(fields["dev_id"]), bytes(fields["root_key"])  # type: ignore[arg-type]
+        dev_id, root = bytes(fields["dev_id"]), bytes(fields["root_key"])
         self._keys = _Keys(root=root, att=derive_att_key(root), upd=derive_upd_key(root))
         self._state = replace(self._state, provisioned=True, dev_id=dev_id)
         return Response(Status.OK)
@@ -420,7 +421,7 @@ class HsmModel:
     def _do_attest(self, run: _Running) -> Response:
         assert self._keys is not None
         fields = unpack(MESSAGE_LAYOUTS["ATTEST_DATA"], bytes(run.buffer))
-        sel, nonce = int(fields["sel"]), bytes(fields["nonce"])  # type: ignore[arg-type]
+        sel, nonce = int(fields["sel"]), bytes(fields["nonce"])
         if sel == 0 or sel >> self.contexts:
             return Response(Status.ERR_SELECT)
         if self._state.counter == U32_MAX:

@@ -213,7 +213,7 @@ def unpack_evidence(data: bytes) -> tuple[int, int, int, bytes]:
     """(sel, ok, ctr, tag) of the 44 wire bytes of an :class:`Evidence`, without building one
     (the verifier does this for every attestation it checks)."""
     _check_len("evidence", data, EVIDENCE_SIZE)
-    return _EVIDENCE.unpack(data)  # type: ignore[return-value]
+    return _EVIDENCE.unpack(data)
 
 
 @dataclass(frozen=True)

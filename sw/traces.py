@@ -238,7 +238,8 @@ class TaskSystem:
         """A fresh genuine program of task ``name``'s image ``variant``."""
         if variant not in VARIANTS.get(name, ()):
             raise ValueError(f"no variant {variant!r} of task {name!r}")
-        return getattr(self, f"_{name}")(variant)
+        program: Program = getattr(self, f"_{name}")(variant)
+        return program
 
     def _sensor(self, variant: str) -> Program:
         rng, size, reads = self.rng, (16 if variant == "v1" else 24), (1 if variant == "v1" else 2)

@@ -144,8 +144,9 @@ def _expected_macros(contexts: int, budget: int, fail_limit: int) -> dict[str, i
     }
     for cmd in Cmd:
         out[f"MCHSM_CMD_{cmd.name}_RESULT_SIZE"] = RESULT_SIZE[cmd]
-        if command_spec(cmd).length is not None:
-            out[f"MCHSM_CMD_{cmd.name}_DATA_SIZE"] = command_spec(cmd).length
+        length = command_spec(cmd).length
+        if length is not None:
+            out[f"MCHSM_CMD_{cmd.name}_DATA_SIZE"] = length
     return out
 
 
@@ -259,7 +260,7 @@ def test_c_header_follows_new_constants() -> None:
     assert re.search(r"#define MCHSM_CLAIM_OWNER_MASK +0x3F00u", header)
     assert "CLAIM register: fields" in header
 
-    fake.CMD_CLAIM = 1  # would be MCHSM_CMD_CLAIM, like the command
+    fake.CMD_CLAIM = 1  # type: ignore[attr-defined]  # would be MCHSM_CMD_CLAIM, like the command
     with pytest.raises(ValueError, match="MCHSM_CMD_CLAIM"):
         export.c_header(4, source=fake)
 

@@ -40,7 +40,7 @@ CONTEXTS = 8
 
 @functools.cache
 def attacks(backend: str) -> dict[str, Any]:
-    return run_on_backend(backend, attacks_job, CONTEXTS).value  # type: ignore[no-any-return]
+    return run_on_backend(backend, attacks_job, CONTEXTS).value
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,7 +90,7 @@ def test_a_task_cannot_evict_the_managers_key(backend: str) -> None:
 
 def _model(seeds: list[int], hostile: int = 30) -> list[Interleaving]:
     job_args = {"seeds": seeds, "contexts": CONTEXTS, "hostile_accesses": hostile}
-    return run_on_backend("model", interleave_job, CONTEXTS, job_args=job_args).value  # type: ignore[no-any-return]
+    return run_on_backend("model", interleave_job, CONTEXTS, job_args=job_args).value
 
 
 @settings(

@@ -51,7 +51,8 @@ def test_rtl_imports_only_itself_and_the_constants() -> None:
                     and not name.startswith(("mchsm.rtl.", "mchsm.constants."))
                     and name != "mchsm.rtl"
                 ):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+                    line = getattr(node, "lineno", 0)
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {name}")
     assert not offenders, offenders
 
 

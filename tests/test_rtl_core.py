@@ -46,7 +46,10 @@ def on_model(commands: list[Command], contexts: int) -> list[tuple[int, bytes]]:
 
 
 def on_rtl(commands: list[Command], contexts: int) -> list[tuple[int, bytes]]:
-    return run_on_amaranth(lambda d: run_commands(d, commands), contexts).result
+    result: list[tuple[int, bytes]] = run_on_amaranth(
+        lambda d: run_commands(d, commands), contexts
+    ).result
+    return result
 
 
 def assert_same(commands: list[Command], contexts: int = 4) -> list[tuple[int, bytes]]:
@@ -146,7 +149,7 @@ def test_no_bus_read_returns_a_key_word() -> None:
     keys = [ROOT, k_att, k_upd, hmac_key, task_key]
     key_words = {int.from_bytes(k[i : i + 4], "big") for k in keys for i in range(0, 32, 4)}
 
-    async def job(driver: HsmDriver) -> list[int]:
+    async def job(driver: HsmDriver) -> list[int | None]:
         seen = await scan_bus(driver, [0, 1, 5])
         await driver.run(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
         seen += await scan_bus(driver, [0, 1, 5])

@@ -136,7 +136,7 @@ class StandIn(wiring.Component):
 
 
 def standin_verilog(**kwargs: Any) -> str:
-    return verilog.convert(StandIn(**kwargs), name=TOP)
+    return str(verilog.convert(StandIn(**kwargs), name=TOP))
 
 
 # ---------------------------------------------------------------------------------------------

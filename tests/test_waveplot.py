@@ -131,7 +131,9 @@ async def _three_commands(driver: HsmDriver) -> list[tuple[int, int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def run_vcd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, ...]]]:
+def run_vcd(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[tuple[int, int, int, int]]]:
     vcd = tmp_path_factory.mktemp("waves") / "run.vcd"
     run = run_on_backend("amaranth", _three_commands, 2, waves=vcd)
     assert run.waves == vcd and vcd.is_file()

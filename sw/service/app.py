@@ -118,7 +118,8 @@ class Service:
         if self.batcher is not None:
             await self.batcher.close()
 
-    def ear(self, state_or: tuple[bytes, bytes, int], result: Any, session: str) -> str:
+    def ear(self, state_or: tuple[bytes, bytes, int], result: Any, session: str) -> tuple[str, str]:
+        """The signed EAR and its overall status."""
         dev_id, nonce, sel = state_or
         claims = ear_claims(
             dev_id=dev_id,

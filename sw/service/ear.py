@@ -150,7 +150,7 @@ def overall(claims: dict[str, Any]) -> str:
     statuses = [s["ear.status"] for s in claims.get("submods", {}).values()]
     if not statuses:
         return STATUS_CONTRAINDICATED
-    return max(statuses, key=lambda s: _ORDER.get(s, 2))
+    return str(max(statuses, key=lambda s: _ORDER.get(s, 2)))
 
 
 def verdict_of(status: str) -> Verdict:
