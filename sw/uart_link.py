@@ -22,6 +22,7 @@ next write: only a CMD write changes the window.
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -419,8 +420,11 @@ class FramedTransport(Transport):
 class SerialTransport(FramedTransport):
     """The HSM on a board, through a serial port (pyserial).
 
-    The driver is async but a serial port is not: each exchange blocks the event loop, which is
-    what a host that talks to one device wants (nothing else runs meanwhile).
+    The driver is async but a serial port is not: each exchange runs in a worker thread
+    (:func:`asyncio.to_thread`), so the event loop goes on while a frame crosses the line (a
+    verifier service, a second device, a progress display).  One exchange at a time: the driver
+    runs one command at a time.  A port that fails (unplugged, closed) raises
+    :class:`~mchsm.sw.errors.TransportError`.
 
     Parameters
     ----------
@@ -475,6 +479,15 @@ class SerialTransport(FramedTransport):
         return nbytes * 10 / self.baud
 
     async def exchange(self, frame: bytes, reply_words: int) -> LinkReply | CorruptReply | None:
+        try:
+            return await asyncio.to_thread(self._exchange, frame, reply_words)
+        except OSError as e:  # pyserial's SerialException is one
+            raise TransportError(
+                f"{getattr(self.serial, 'port', 'the serial port')}: {e}"
+            ) from None
+
+    def _exchange(self, frame: bytes, reply_words: int) -> LinkReply | CorruptReply | None:
+        """One frame out and its reply in, blocking (in a worker thread)."""
         self.serial.reset_input_buffer()  # a late reply to an earlier frame is not ours
         self.serial.write(frame)
         # an error reply comes only after the line has been idle for the bridge's timeout
