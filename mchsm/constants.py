@@ -15,6 +15,8 @@ import struct
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
+from mchsm._errors import ArgumentError
+
 __all__ = [
     "ACK_LABEL",
     "ATT_LABEL",
@@ -174,16 +176,16 @@ def u32(value: int) -> bytes:
 def check_build(contexts: int, budget: int, fail_limit: int) -> None:
     """Refuse build parameters the HSM (model or RTL) cannot have."""
     if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
-        raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
+        raise ArgumentError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
     for name, value in (("budget", budget), ("fail_limit", fail_limit)):
         if not isinstance(value, int) or not 0 <= value <= 255:
-            raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
+            raise ArgumentError(f"{name} must be an integer in 0..255, not {value!r}")
 
 
 def ctx_bit(ctx: int) -> int:
     """Selection-mask bit of context ``ctx`` (1..32): bit ``ctx - 1``."""
     if not 1 <= ctx <= MAX_CONTEXTS:
-        raise ValueError(f"context must be in 1..{MAX_CONTEXTS}, not {ctx!r}")
+        raise ArgumentError(f"context must be in 1..{MAX_CONTEXTS}, not {ctx!r}")
     return 1 << (ctx - 1)
 
 
@@ -469,7 +471,7 @@ def pack_reg(layout: data.Layout, **fields: int) -> int:
         offset, mask = table[name]
         value = int(value)
         if not 0 <= value <= mask:
-            raise ValueError(f"{name} must fit {mask.bit_length()} bits, not {value!r}")
+            raise ArgumentError(f"{name} must fit {mask.bit_length()} bits, not {value!r}")
         word |= value << offset
     return word
 

@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from mchsm.constants import DEFAULT_CONTEXTS
 from mchsm.rtl.core import MchsmCore
 from mchsm.sw.driver import HsmDriver, Transport
-from mchsm.sw.errors import BusRefusedError, TransportError
+from mchsm.sw.errors import ArgumentTypeError, BusRefusedError, TransportError
 
 __all__ = ["AmaranthRun", "AmaranthTransport", "run_on_amaranth"]
 
@@ -54,7 +54,7 @@ class AmaranthTransport(Transport):
         irq: Any = None,
     ) -> None:
         if core is None and (bus is None or caller is None):
-            raise TypeError("AmaranthTransport needs the core, or both bus and caller")
+            raise ArgumentTypeError("AmaranthTransport needs the core, or both bus and caller")
         self.ctx = ctx
         self.core = core
         self.bus = bus if bus is not None else core.bus  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ and compares the results line by line:
 * in C: ``sim/cdriver_tb.cpp`` links the driver with the exported Verilog under Verilator (no
   cocotb; :mod:`mchsm.sim.cdriver_build` builds and caches it) and prints one line per result;
 * in Python: :func:`scenario_job` runs the same steps through :class:`~mchsm.sw.driver.HsmDriver`
-  on any backend (:func:`mchsm.sw.backends.run_on_backend`) and returns the same lines.
+  on any backend (:func:`mchsm.sim.backends.run_on_backend`) and returns the same lines.
 
 The scenario: probe, provision, updates from version 0 authorised by the verifier (and a forged
 one), resets, images measured (one in memory, one streamed in odd-sized chunks, a wrong one, an
@@ -44,7 +44,13 @@ from mchsm.constants import (
 from mchsm.sim.cdriver_build import C_ONLY, CONTEXTS, build_testbench, run_testbench
 from mchsm.sw.command import REFUSED, Outcome, Read, Write
 from mchsm.sw.driver import CtxInfo, HsmDriver, Reply, StatusInfo, Transport
-from mchsm.sw.errors import HsmError, MailboxBusyError, MailboxLostError, TransportError
+from mchsm.sw.errors import (
+    ArgumentError,
+    HsmError,
+    MailboxBusyError,
+    MailboxLostError,
+    TransportError,
+)
 from mchsm.sw.interpose import perform
 from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
 
@@ -74,7 +80,7 @@ def make_inputs(contexts: int = CONTEXTS, seed: int = 21) -> Inputs:
     then measured with an image other than the authorised one, context 4 with an empty image.
     """
     if contexts < 4:
-        raise ValueError(f"the scenario needs at least 4 contexts, not {contexts}")
+        raise ArgumentError(f"the scenario needs at least 4 contexts, not {contexts}")
     rng = random.Random(seed)
     dev_id, root = rng.randbytes(DEVICE_ID_SIZE), rng.randbytes(ROOT_KEY_SIZE)
     images = {1: rng.randbytes(300), 2: rng.randbytes(1000), 3: rng.randbytes(200)}
@@ -349,7 +355,7 @@ async def scenario_job(driver: HsmDriver, inputs: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the testbench, run the scenario in it and through the Python driver, compare."""
-    from mchsm.sw.backends import BACKENDS, run_on_backend
+    from mchsm.sim.backends import BACKENDS, run_on_backend
 
     parser = argparse.ArgumentParser(prog="python -m mchsm.sim.cdriver", description=main.__doc__)
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="model")

@@ -136,7 +136,7 @@ class WishboneMaster:
             return getattr(self.dut, full)
         except AttributeError:
             if required:
-                raise AttributeError(
+                raise ArgumentError(
                     f"Wishbone master: the DUT has no signal {full!r} (prefix {self.prefix!r}, "
                     f"name scheme {self.name_scheme!r})"
                 ) from None

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from mchsm.constants import Cmd
 from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig
-from mchsm.sw.errors import HsmError
+from mchsm.sw.errors import ArgumentError, HsmError
 from mchsm.sw.kernel import Microkernel, Program, TaskApi
 from mchsm.sw.manager import Manager
 from mchsm.sw.profile import Profile
@@ -614,7 +614,7 @@ def _plan(run: _Run) -> int:
 
             run.at(when, again)
     elif cls not in ("normal", "periodic"):
-        raise ValueError(f"unknown scenario class {cls!r}")
+        raise ArgumentError(f"unknown scenario class {cls!r}")
     return BENIGN_PERIODS
 
 

@@ -38,6 +38,7 @@ from mchsm.sw.errors import (
     ArgumentError,
     ArgumentTypeError,
     BusRefusedError,
+    ConcurrencyError,
     ContextError,
     MailboxBusyError,
     TransportError,
@@ -247,7 +248,7 @@ class HsmDriver:
         if cmd in Cmd.__members__.values():
             cmd = Cmd(cmd)
         if self._active:
-            raise RuntimeError(
+            raise ConcurrencyError(
                 "HsmDriver.run is not re-entrant: one command at a time per driver (the bus "
                 "carries one access at a time)"
             )

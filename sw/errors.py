@@ -7,6 +7,7 @@ The HSM itself never raises: it answers with a status.  The host turns a failing
 
 from __future__ import annotations
 
+from mchsm._errors import ArgumentError, ArgumentTypeError, MchsmError
 from mchsm.constants import Cmd, Status
 
 __all__ = [
@@ -14,7 +15,9 @@ __all__ = [
     "ArgumentTypeError",
     "AttestationError",
     "BusRefusedError",
+    "ConcurrencyError",
     "ContextError",
+    "FrameError",
     "HsmError",
     "InputError",
     "MailboxBusyError",
@@ -51,21 +54,6 @@ def explain(status: Status) -> str:
     return "success" if status is Status.OK else _EXPLAIN[status]
 
 
-class MchsmError(Exception):
-    """Base of every error the mchsm host software raises on purpose."""
-
-
-class ArgumentError(MchsmError, ValueError):
-    """A host API call was given a value it cannot send: out of its range or wider than its
-    register field.  Raised before anything reaches the HSM (a ``ValueError`` too, for callers
-    that catch that)."""
-
-
-class ArgumentTypeError(ArgumentError, TypeError):
-    """A host API call was given an argument of the wrong type (``str`` where bytes are
-    expected, a float for a context...).  Raised before anything reaches the HSM."""
-
-
 class ContextError(ArgumentError):
     """A context outside 1..N of this HSM was named: refused by the driver, never masked."""
 
@@ -86,6 +74,16 @@ class HsmError(MchsmError):
 
 class TransportError(MchsmError):
     """The bus or link to the HSM misbehaved (timeout, bad frame, no such device)."""
+
+
+class FrameError(TransportError, ValueError):
+    """Bytes that are not a whole, valid request frame of the UART link; the message starts
+    with the :class:`~mchsm.constants.LinkStatus` the bridge answers it with."""
+
+
+class ConcurrencyError(MchsmError, RuntimeError):
+    """Something that runs one at a time was started twice: a second command on a driver
+    whose first has not finished, a second detector on one kernel.  A program error."""
 
 
 class BusRefusedError(TransportError):

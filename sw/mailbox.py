@@ -29,7 +29,7 @@ from mchsm.constants import (
     pack_reg,
     unpack_reg,
 )
-from mchsm.sw.errors import BusRefusedError
+from mchsm.sw.errors import ArgumentError, BusRefusedError
 from mchsm.sw.model import HsmModel, Response
 
 __all__ = ["ModelMailbox"]
@@ -80,7 +80,7 @@ class ModelMailbox:
     @staticmethod
     def _check_address(addr: int) -> None:
         if not 0 <= addr < ADDRESS_SPACE or addr % 4:
-            raise ValueError(
+            raise ArgumentError(
                 f"mailbox address must be a multiple of 4 below 0x{ADDRESS_SPACE:x}, not {addr!r}"
             )
 

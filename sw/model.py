@@ -35,6 +35,7 @@ from mchsm.constants import (
     pack_reg,
     u32,
 )
+from mchsm.sw.errors import ArgumentTypeError, MchsmError
 from mchsm.sw.protocol import (
     ZERO_DIGEST,
     Evidence,
@@ -58,7 +59,7 @@ __all__ = ["ContextState", "HsmBusyError", "HsmModel", "HsmState", "Response"]
 U32_MAX = 0xFFFF_FFFF
 
 
-class HsmBusyError(RuntimeError):
+class HsmBusyError(MchsmError, RuntimeError):
     """A command was started while another one runs; the mailbox ignores such writes."""
 
 
@@ -210,7 +211,7 @@ class HsmModel:
         ``length`` defaults to the length of ``data`` (then ``data`` must be bytes)."""
         if length is None:
             if not isinstance(data, bytes | bytearray):
-                raise TypeError("length is required when data is streamed as chunks")
+                raise ArgumentTypeError("length is required when data is streamed as chunks")
             length = len(data)
         response = self.start(caller, cmd, ctx, length)
         if response is not None:

@@ -28,6 +28,7 @@ from mchsm.constants import (
     Field,
     u32,
 )
+from mchsm.sw.errors import ArgumentError
 
 __all__ = [
     "UPDATE_ACK_SIZE",
@@ -159,7 +160,7 @@ def att_message(dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest
     try:
         return _ATT.pack(_ATT_LABEL, dev_id, nonce, sel, ok, ctr, digest)
     except struct.error as exc:
-        raise ValueError(f"attestation message: {exc}") from None
+        raise ArgumentError(f"attestation message: {exc}") from None
 
 
 def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
@@ -180,7 +181,7 @@ def ack_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> byte
 
 def _check_len(what: str, value: bytes, size: int) -> None:
     if len(value) != size:
-        raise ValueError(f"{what} must be {size} bytes, not {len(value)}")
+        raise ArgumentError(f"{what} must be {size} bytes, not {len(value)}")
 
 
 # ---------------------------------------------------------------------------------------------

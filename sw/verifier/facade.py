@@ -1004,7 +1004,7 @@ def _entry(r: tuple[Any, ...]) -> AuditEntry:
     try:
         detail = json.loads(r[6])
         if not isinstance(detail, dict):
-            raise ValueError("not an object")
+            raise StoreError("the registry is damaged: an audit row's detail is not an object")
         return AuditEntry(
             id=int(r[0]),
             time=float(r[1]),

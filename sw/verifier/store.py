@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mchsm.constants import DEVICE_ID_SIZE
-from mchsm.sw.errors import StoreError
+from mchsm.sw.errors import MchsmError, StoreError
 
 from .records import PendingUpdate
 from .schema import SCHEMA_VERSION, TABLE_NAMES, TABLES, create_statements
@@ -36,7 +36,7 @@ T = TypeVar("T")
 WRITE_RETRIES = 8
 
 
-class Conflict(Exception):
+class Conflict(MchsmError):
     """Another transaction changed what this one read; it is rolled back and run again."""
 
 
