@@ -226,8 +226,8 @@ def measure_simulators(
     """
     from mchsm.export import TOP_NAME, verilog_text
     from mchsm.sim.amaranth_backend import run_on_amaranth
+    from mchsm.sim.backends import run_on_backend
     from mchsm.sim.verilator import build, simulate_job
-    from mchsm.sw.backends import run_on_backend
 
     counts = {**SPEED_ATTESTATIONS, **(attestations or {})}
     out: dict[str, Any] = {"contexts": contexts, "attestations": counts}

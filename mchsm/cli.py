@@ -14,7 +14,7 @@ import click
 from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS, MONITOR_BUDGET, MONITOR_FAIL_LIMIT
 from mchsm.failures import DEBUG_ENV, EXIT_BUG, debug_from_env, describe, first_line, os_error
 from mchsm.inputs import writable_dir, writable_file
-from mchsm.sw.backends import (
+from mchsm.sim.backends import (
     BACKENDS,
     DESCRIPTIONS,
     INPUT_LIMITS,
@@ -548,6 +548,7 @@ def rtl_export(
     """Write the core as Verilog, a C header of its registers, a C driver and a FuseSoC core
     file."""
     from mchsm import export
+    from mchsm.sim.lint import lint as verilator_lint
 
     writable_dir(out_dir, "--out")
     try:
@@ -557,7 +558,7 @@ def rtl_export(
     for path in paths:
         click.echo(f"wrote {path}")
     if lint:
-        result = export.lint(paths[0], name)
+        result = verilator_lint(paths[0], name)
         if not result.clean:
             click.echo(result.output, err=True)
             raise click.ClickException("verilator --lint-only -Wall reported problems")

