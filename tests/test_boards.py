@@ -30,8 +30,8 @@ from mchsm.boards.platforms import (
 from mchsm.boards.top import BoardTop
 from mchsm.cli import BOARD_NAMES, main
 from mchsm.constants import LINK_SYNC, MANAGER, LinkOp
-from mchsm.sw.backends import run_on_backend
-from mchsm.sw.demo import run_story
+from mchsm.sim.backends import run_on_backend
+from mchsm.sw.demo import DemoReport, run_story
 from mchsm.sw.driver import HsmDriver
 from mchsm.sw.errors import TransportError
 from mchsm.sw.mailbox import ModelMailbox
@@ -39,18 +39,7 @@ from mchsm.sw.model import HsmModel
 from mchsm.sw.uart_link import SerialTransport, bridge_model_reply
 
 
-@pytest.fixture(scope="module")
-def model_story(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    db = tmp_path_factory.mktemp("model") / "v.sqlite"
-    return run_on_backend(
-        "model",
-        run_story,
-        8,
-        job_args={"db_path": db, "backend": "model", "contexts": 8, "seed": 3},
-    ).value
-
-
-def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_over_uart_sim_same_as_model(model_story: DemoReport, registry_path: Path) -> None:
     """`mchsm demo --backend uart-sim`: the board design in Verilator, every register access a
     CRC-checked frame on the simulated serial line; same story, same answers as the model."""
     run = run_on_backend(
@@ -58,7 +47,7 @@ def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None: 
         run_story,
         8,
         job_args={
-            "db_path": tmp_path / "v.sqlite",
+            "db_path": registry_path,
             "backend": "uart-sim",
             "contexts": 8,
             "seed": 3,
@@ -150,9 +139,9 @@ def pty_board() -> Iterator[PtyBoard]:
     board.close()
 
 
-def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, tmp_path: Path) -> None:
+def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, registry_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["demo", "--port", pty_board.path, "--db", str(tmp_path / "v.sqlite")]
+        main, ["demo", "--port", pty_board.path, "--db", str(registry_path)]
     )
     assert result.exit_code == 0, result.output
     assert "every step went as the protocol says" in result.output

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from mchsm.constants import Cmd, Reg, Status
 from mchsm.sim.amaranth_backend import run_on_amaranth
+from mchsm.sim.backends import run_on_backend
 from mchsm.sim.isolation import (
     HOSTILE_TASKS,
     Access,
@@ -29,7 +30,6 @@ from mchsm.sim.isolation import (
     check_isolation,
     interleave_job,
 )
-from mchsm.sw.backends import run_on_backend
 from mchsm.sw.errors import MchsmError
 
 BACKENDS = ["model", "amaranth", "verilator", "uart-sim"]

@@ -418,7 +418,7 @@ def test_openapi_describes_exactly_the_routes(tmp_path: Path) -> None:
 
 
 def test_demo_over_http_passes_every_step(svc: Service) -> None:
-    from mchsm.sw.backends import run_on_backend
+    from mchsm.sim.backends import run_on_backend
     from mchsm.sw.demo import run_story
 
     run = run_on_backend(

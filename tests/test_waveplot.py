@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mchsm.cli import main
 from mchsm.constants import MANAGER, Cmd, Status
 from mchsm.sim import waveplot
-from mchsm.sw.backends import run_on_backend
+from mchsm.sim.backends import run_on_backend
 from mchsm.sw.driver import HsmDriver
 
 # Verilator's dialect: ranges after names, one identifier shared by two scopes, x values,
