@@ -42,6 +42,7 @@ from mchsm.constants import (
     REFUSED_DOC,
     REG_DOC,
     RESULT_SIZE,
+    STATUS_TEXT,
     Cmd,
     Ctrl,
     Reg,
@@ -227,11 +228,7 @@ def _constant_literal(name: str, value: int) -> str:
 
 
 def _member_note(member: py_enum.Enum) -> str:
-    if isinstance(member, Status):
-        from mchsm.sw.errors import explain
-
-        return explain(member)
-    return ""
+    return STATUS_TEXT[member] if isinstance(member, Status) else ""
 
 
 def header_macros(
@@ -424,8 +421,6 @@ def fusesoc_core(
 
 def register_markdown() -> str:
     """The text of ``docs/registers.md``."""
-    from mchsm.sw.errors import explain
-
     out = [
         "# mchsm register map",
         "",
@@ -477,7 +472,7 @@ def register_markdown() -> str:
             f"{'1..N' if spec.context else '0'} | {length} | {RESULT_SIZE[cmd]} |"
         )
     out += ["", "## Status codes", "", "| code | status | meaning |", "| --- | --- | --- |"]
-    out += [f"| 0x{s.value:02X} | `{s.name}` | {explain(s)} |" for s in Status]
+    out += [f"| 0x{s.value:02X} | `{s.name}` | {STATUS_TEXT[s]} |" for s in Status]
     out.append("")
     return "\n".join(out)
 

@@ -8,7 +8,7 @@ The HSM itself never raises: it answers with a status.  The host turns a failing
 from __future__ import annotations
 
 from mchsm._errors import ArgumentError, ArgumentTypeError, MchsmError
-from mchsm.constants import Cmd, Status
+from mchsm.constants import STATUS_TEXT, Cmd, Status
 
 __all__ = [
     "ArgumentError",
@@ -31,27 +31,10 @@ __all__ = [
     "explain",
 ]
 
-_EXPLAIN: dict[Status, str] = {
-    Status.ERR_UNKNOWN_CMD: "the HSM does not know this command code",
-    Status.ERR_DENIED: "this caller may not issue this command or name that context",
-    Status.ERR_NOT_PROVISIONED: "the device has no root key yet (run PROVISION first)",
-    Status.ERR_PROVISIONED: "the device is already provisioned; the root key is write-once",
-    Status.ERR_CONTEXT: "the context argument is out of range for this device",
-    Status.ERR_LENGTH: "the data length is wrong for this command",
-    Status.ERR_SELECT: "the selection mask is empty or names contexts the device does not have",
-    Status.ERR_AUTH: "the MAC tag does not verify (forged or for another device)",
-    Status.ERR_VERSION: "the update is for a version that is not the current one (replayed?)",
-    Status.ERR_ROLLBACK: "the update's new version is not newer than the current one",
-    Status.ERR_NOT_TRUSTED: "the task is not in its reference state, so its key is unavailable",
-    Status.ERR_NO_KEY: "no HMAC key was imported by this caller",
-    Status.ERR_COUNTER: "the attestation counter is exhausted",
-    Status.ERR_ABORTED: "the command was aborted before it finished; nothing changed",
-}
-
 
 def explain(status: Status) -> str:
-    """What a status means, in words."""
-    return "success" if status is Status.OK else _EXPLAIN[status]
+    """What a status means, in words (:data:`mchsm.constants.STATUS_TEXT`)."""
+    return STATUS_TEXT[status]
 
 
 class ContextError(ArgumentError):
@@ -69,7 +52,7 @@ class HsmError(MchsmError):
         self.cmd = cmd
         self.status = status
         name = cmd.name if isinstance(cmd, Cmd) else f"command 0x{cmd:02x}"
-        super().__init__(f"{name} failed with {status.name}: {_EXPLAIN.get(status, 'unknown')}")
+        super().__init__(f"{name} failed with {status.name}: {STATUS_TEXT.get(status, 'unknown')}")
 
 
 class TransportError(MchsmError):
