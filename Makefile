@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint bench bitstreams waves prove mutants fuzz anomaly formal clean
+.PHONY: all install demo test lint typecheck bench bitstreams waves prove mutants fuzz anomaly formal clean
 
 all: test
 
@@ -24,11 +24,17 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tests/typecheck.py
 	$(BIN)/pytest -n $(JOBS) -q
 
-lint: install
+lint: install typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy over mchsm/, sw/, sim/, boards/, bench/ and tests/ (settings: [tool.mypy] in
+# pyproject.toml; its cache in .mypy_cache makes a second run take seconds)
+typecheck: install
+	$(BIN)/python tests/typecheck.py
 
 # HSM cycles (RTL), bytes on the wire, a TPM 2.0 beside it (if swtpm + tpm2-tools are installed),
 # verifier throughput and simulator speed -> bench/results.{json,md}, bench/attest.png
@@ -86,7 +92,7 @@ waves: install
 	    -s bus__we -s bus__adr -s w_en -s pc -s k -s sha.busy -s sha.rnd -s mailbox.r_done
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis .cache
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache .hypothesis .cache
 
 .PHONY: bench-verifier
 # only the verifier's section (SQLite and PostgreSQL, 1k/100k/1M devices, 1 and 2 processes),

@@ -34,7 +34,7 @@ __all__ = ["KEK", "RECIPE", "TASKS", "dev_id", "open_fleet", "root_key", "task_r
 TASKS = 8
 #: changing anything below changes the recipe and so rebuilds cached fleets
 RECIPE = {"version": 3, "tasks": TASKS, "seed": "mchsm-bench-fleet-v1"}
-_SEED = RECIPE["seed"].encode()
+_SEED = str(RECIPE["seed"]).encode()
 #: the bench's key-encryption key (a bench fleet holds no secret worth a real one)
 KEK = hashlib.sha256(_SEED + b"/kek").digest()
 #: rows per insert call while building (bounds memory, keeps progress lines coming)
@@ -122,10 +122,9 @@ def _pg_fleet(pg: object, devices: int, progress: Progress) -> tuple[str, bool, 
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     if exists:
         with psycopg.connect(url, autocommit=True) as conn:
+            table = conn.execute("SELECT to_regclass('public.bench_recipe')").fetchone()
             row = conn.execute(
-                "SELECT recipe FROM public.bench_recipe"
-                if conn.execute("SELECT to_regclass('public.bench_recipe')").fetchone()[0]
-                else "SELECT NULL"
+                "SELECT recipe FROM public.bench_recipe" if table and table[0] else "SELECT NULL"
             ).fetchone()
         if row and row[0] == recipe:
             return url, True, 0.0

@@ -226,8 +226,8 @@ def measure_simulators(
     """
     from mchsm.export import TOP_NAME, verilog_text
     from mchsm.sim.amaranth_backend import run_on_amaranth
+    from mchsm.sim.backends import run_on_backend
     from mchsm.sim.verilator import build, simulate_job
-    from mchsm.sw.backends import run_on_backend
 
     counts = {**SPEED_ATTESTATIONS, **(attestations or {})}
     out: dict[str, Any] = {"contexts": contexts, "attestations": counts}
@@ -262,8 +262,8 @@ def measure_simulators(
     verilator = []
     for _ in range(repeats):
         cpu = _children_cpu()
-        run = simulate_job(jobs.speed_job, contexts, job_args=args("verilator"))
-        verilator.append((run, _children_cpu() - cpu))
+        vrun = simulate_job(jobs.speed_job, contexts, job_args=args("verilator"))
+        verilator.append((vrun, _children_cpu() - cpu))
     out["verilator"] = _speed_figures(
         [(r.cycles, r.job_wall_seconds, cpu, r.value) for r, cpu in verilator]
     )

@@ -1,6 +1,6 @@
 """The HSM jobs the bench runs on the RTL and the model: module-level, as cocotb imports them.
 
-A job is an ``async def job(driver, **args)`` (see :mod:`mchsm.sw.backends`).  The Verilator
+A job is an ``async def job(driver, **args)`` (see :mod:`mchsm.sim.backends`).  The Verilator
 backend runs it in the simulator's own process and finds it by its name, ``bench.jobs:...``, so
 these functions must stay at module level and take only JSON- or pickle-able arguments.  Cycle
 counts come from the HSM's CYCLES register: from the CMD write to done, so they include the

@@ -84,7 +84,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                     3,
                 )
             )
-    ver = r.get("verifier")
+    ver = r.get("verifier") or {}
     for store, fleets in verifier_stores(ver).items():
         for n, f in sorted(fleets.items()):
             for mode, procs in (("batched", "1 process"), ("batched_2proc", "2 processes")):

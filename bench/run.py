@@ -216,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.report_only:
-        results = json.loads((OUT / "results.json").read_text())
-        _write(results)
+        _write(json.loads((OUT / "results.json").read_text()))
         _progress(f"rewrote {OUT / 'results.md'} and {OUT / 'attest.png'}")
         return 0
 

@@ -230,6 +230,7 @@ def _in_process_verifier(
     magic and type, the nonce, and the PCR digest against the expected PCR values."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
     public = serialization.load_pem_public_key((workdir / f"{key}.pem").read_bytes())
     attest = (workdir / f"{key}.msg").read_bytes()
@@ -244,21 +245,23 @@ def _in_process_verifier(
             return False
         alg = int.from_bytes(sig[:2], "big")
         if alg == 0x0014:  # TPM_ALG_RSASSA
+            assert isinstance(public, RSAPublicKey)
             size = int.from_bytes(sig[4:6], "big")
             public.verify(
                 sig[6 : 6 + size],
                 attest,
-                padding.PKCS1v15(),  # type: ignore[union-attr, call-arg]
+                padding.PKCS1v15(),
                 hashes.SHA256(),
             )
         elif alg == 0x0018:  # TPM_ALG_ECDSA
+            assert isinstance(public, ec.EllipticCurvePublicKey)
             rlen = int.from_bytes(sig[4:6], "big")
             r = int.from_bytes(sig[6 : 6 + rlen], "big")
             slen = int.from_bytes(sig[6 + rlen : 8 + rlen], "big")
             s = int.from_bytes(sig[8 + rlen : 8 + rlen + slen], "big")
             public.verify(
                 utils.encode_dss_signature(r, s),
-                attest,  # type: ignore[union-attr, call-arg]
+                attest,
                 ec.ECDSA(hashes.SHA256()),
             )
         else:

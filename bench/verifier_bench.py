@@ -279,7 +279,7 @@ def measure_verifier(
         "keylime_quotes_per_s": KEYLIME_QUOTES_PER_S,
         "stores": {},
     }
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "fleets": fleets,
         "single": single,
         "batched": batched,

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from mchsm.constants import DEFAULT_CONTEXTS, LINK_DEFAULT_BAUD
-from mchsm.sw.errors import MchsmError
+from mchsm.sw.errors import ArgumentError, MchsmError
+from mchsm.sw.extras import require
 
 __all__ = [
     "BOARDS",
@@ -76,7 +77,7 @@ class Board:
     def platform(self) -> Any:
         """A fresh platform instance (platforms can prepare one design only)."""
         module, _, cls = self.platform_class.partition(":")
-        platform = getattr(importlib.import_module(module), cls)()
+        platform = getattr(require(module, f"the {self.name} board"), cls)()
         if self.extra_resources:
             platform.add_resources(getattr(platform, self.extra_resources))
         return platform
@@ -448,7 +449,9 @@ def build_bitstream(
         try:
             board = BOARDS[board]
         except KeyError:
-            raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {board!r}") from None
+            raise ArgumentError(
+                f"board must be one of {', '.join(BOARDS)}, not {board!r}"
+            ) from None
     toolchain_env(board.tools)  # a missing tool is found in a second, not after elaborating
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

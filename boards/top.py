@@ -29,6 +29,7 @@ from mchsm.constants import (
 from mchsm.rtl.bridge import UartBridge
 from mchsm.rtl.core import MchsmCore
 from mchsm.rtl.uart import UARTRx, UARTTx, divisor_for
+from mchsm.sw.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["LED_ROLES", "SIM_DIVISOR", "SIM_TIMEOUT_LOG2", "BoardTop", "LedSignature", "UartHsm"]
 
@@ -85,7 +86,7 @@ class UartHsm(wiring.Component):
         blink_log2: int = 6,
     ) -> None:
         if not isinstance(blink_log2, int) or not 4 <= blink_log2 <= 30:
-            raise ValueError(f"blink_log2 must be an integer in 4..30, not {blink_log2!r}")
+            raise ArgumentError(f"blink_log2 must be an integer in 4..30, not {blink_log2!r}")
         self.contexts = contexts
         self.divisor = divisor
         self.timeout_log2 = timeout_log2
@@ -169,7 +170,7 @@ class BoardTop(Elaboratable):
     ) -> None:
         unknown = set(leds or {}) - set(LED_ROLES)
         if unknown:
-            raise ValueError(f"LED roles must be among {LED_ROLES}, not {sorted(unknown)!r}")
+            raise ArgumentError(f"LED roles must be among {LED_ROLES}, not {sorted(unknown)!r}")
         self.contexts = contexts
         self.baud = baud
         self.leds = dict(leds or {})
@@ -185,7 +186,7 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform: object) -> Module:
         if platform is None or getattr(platform, "default_clk_frequency", None) is None:
-            raise TypeError(
+            raise ArgumentTypeError(
                 "BoardTop needs an amaranth-boards platform with a default clock; "
                 "simulate UartHsm instead"
             )

@@ -6,6 +6,7 @@ import errno
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 from mchsm.constants import DEFAULT_CONTEXTS, MAX_CONTEXTS, MONITOR_BUDGET, MONITOR_FAIL_LIMIT
 from mchsm.failures import DEBUG_ENV, EXIT_BUG, debug_from_env, describe, first_line, os_error
 from mchsm.inputs import writable_dir, writable_file
-from mchsm.sw.backends import (
+from mchsm.sim.backends import (
     BACKENDS,
     DESCRIPTIONS,
     INPUT_LIMITS,
@@ -126,11 +127,18 @@ class MchsmGroup(click.Group):
             line, code = describe(exc)
             raise _Failure(line, code) from exc
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, **extra)
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(args, prog_name, complete_var, False, **extra)
         except _NO_ARGS_IS_HELP as exc:  # `mchsm`, `mchsm rtl`: the help, as click shows it
             exc.show()
             sys.exit(exc.exit_code)
@@ -154,7 +162,8 @@ class _Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code per class (a ClassVar); ours is per failure
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 def _debugging(ctx: click.Context) -> bool:
@@ -335,12 +344,12 @@ def _digest_files(
     what was read, not ``st_size``.  A waveform's path goes to stderr, so stdout stays what
     ``sha256sum`` prints.
     """
-    from mchsm.inputs import read_input
+    from mchsm.inputs import Input, read_input
     from mchsm.sw.errors import InputError
     from mchsm.sw.jobs import digest_files
 
     _check_waves(backend, waves)
-    inputs = []
+    inputs: list[Input] = []
     try:
         for name in files:
             # the model's limit is its LEN register's, per file; a simulator's is time, so
@@ -605,6 +614,7 @@ def rtl_export(
     """Write the core as Verilog, a C header of its registers, a C driver and a FuseSoC core
     file."""
     from mchsm import export
+    from mchsm.sim.lint import lint as verilator_lint
 
     writable_dir(out_dir, "--out")
     try:
@@ -614,7 +624,7 @@ def rtl_export(
     for path in paths:
         click.echo(f"wrote {path}")
     if lint:
-        result = export.lint(paths[0], name)
+        result = verilator_lint(paths[0], name)
         if not result.clean:
             click.echo(result.output, err=True)
             raise click.ClickException("verilator --lint-only -Wall reported problems")

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from mchsm.sw.service.client import ServiceClient
+
+T = TypeVar("T")
 
 __all__ = ["add_commands"]
 
@@ -46,13 +52,13 @@ def _device(value: str) -> bytes:
     return dev
 
 
-def _client(url: str, token_file: Path | None):  # type: ignore[no-untyped-def]
+def _client(url: str, token_file: Path | None) -> ServiceClient:
     from mchsm.sw.service.client import ServiceClient
 
     return ServiceClient(url, token_file=token_file)
 
 
-def _run(fn):  # type: ignore[no-untyped-def]
+def _run(fn: Callable[[], T]) -> T:
     """Call ``fn()``; an expected failure becomes one line and exit status 1."""
     from mchsm.sw.errors import MchsmError
 

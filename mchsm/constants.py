@@ -15,6 +15,8 @@ import struct
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
+from mchsm._errors import ArgumentError
+
 __all__ = [
     "ACK_LABEL",
     "ATT_LABEL",
@@ -41,6 +43,7 @@ __all__ = [
     "ROOT_KEY_SIZE",
     "SHA_BLOCK_SIZE",
     "STATUS_SHAPE",
+    "STATUS_TEXT",
     "UPD_LABEL",
     "UPD_MESSAGE_SIZE",
     "Access",
@@ -174,16 +177,16 @@ def u32(value: int) -> bytes:
 def check_build(contexts: int, budget: int, fail_limit: int) -> None:
     """Refuse build parameters the HSM (model or RTL) cannot have."""
     if not isinstance(contexts, int) or not 1 <= contexts <= MAX_CONTEXTS:
-        raise ValueError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
+        raise ArgumentError(f"contexts must be an integer in 1..{MAX_CONTEXTS}, not {contexts!r}")
     for name, value in (("budget", budget), ("fail_limit", fail_limit)):
         if not isinstance(value, int) or not 0 <= value <= 255:
-            raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
+            raise ArgumentError(f"{name} must be an integer in 0..255, not {value!r}")
 
 
 def ctx_bit(ctx: int) -> int:
     """Selection-mask bit of context ``ctx`` (1..32): bit ``ctx - 1``."""
     if not 1 <= ctx <= MAX_CONTEXTS:
-        raise ValueError(f"context must be in 1..{MAX_CONTEXTS}, not {ctx!r}")
+        raise ArgumentError(f"context must be in 1..{MAX_CONTEXTS}, not {ctx!r}")
     return 1 << (ctx - 1)
 
 
@@ -215,23 +218,45 @@ class Cmd(enum.IntEnum, shape=CMD_SHAPE):
 
 
 class Status(enum.IntEnum, shape=STATUS_SHAPE):
-    """Result of every command.  Checked in the order of the table in ``docs/protocol.md``."""
+    """Result of every command.  Checked in the order of the table in ``docs/protocol.md``;
+    what each means is :data:`STATUS_TEXT`."""
 
     OK = 0x00
-    ERR_UNKNOWN_CMD = 0x01  #: no such command code
-    ERR_DENIED = 0x02  #: this caller may not issue this command (or name that context)
-    ERR_NOT_PROVISIONED = 0x03  #: the command needs K_root and the device has none yet
-    ERR_PROVISIONED = 0x04  #: PROVISION when a root key is already set
-    ERR_CONTEXT = 0x05  #: context argument out of range, or non-zero where none is taken
-    ERR_LENGTH = 0x06  #: the declared data length is wrong for this command
-    ERR_SELECT = 0x07  #: attestation selection mask empty or names contexts beyond N
-    ERR_AUTH = 0x08  #: MAC tag does not verify
-    ERR_VERSION = 0x09  #: update's old version is not the current one (stale or replayed)
-    ERR_ROLLBACK = 0x0A  #: update's new version is not greater than the old one
-    ERR_NOT_TRUSTED = 0x0B  #: task key requested while the task is not in its reference state
-    ERR_NO_KEY = 0x0C  #: HMAC without an imported key owned by this caller
-    ERR_COUNTER = 0x0D  #: attestation counter exhausted
-    ERR_ABORTED = 0x0E  #: the command was aborted before it finished; nothing changed
+    ERR_UNKNOWN_CMD = 0x01
+    ERR_DENIED = 0x02
+    ERR_NOT_PROVISIONED = 0x03
+    ERR_PROVISIONED = 0x04
+    ERR_CONTEXT = 0x05
+    ERR_LENGTH = 0x06
+    ERR_SELECT = 0x07
+    ERR_AUTH = 0x08
+    ERR_VERSION = 0x09
+    ERR_ROLLBACK = 0x0A
+    ERR_NOT_TRUSTED = 0x0B
+    ERR_NO_KEY = 0x0C
+    ERR_COUNTER = 0x0D
+    ERR_ABORTED = 0x0E
+
+
+#: what each status means, in words: the one text of the host's error messages, the C header's
+#: comments and docs/registers.md
+STATUS_TEXT: dict[Status, str] = {
+    Status.OK: "success",
+    Status.ERR_UNKNOWN_CMD: "the HSM does not know this command code",
+    Status.ERR_DENIED: "this caller may not issue this command or name that context",
+    Status.ERR_NOT_PROVISIONED: "the device has no root key yet (run PROVISION first)",
+    Status.ERR_PROVISIONED: "the device is already provisioned; the root key is write-once",
+    Status.ERR_CONTEXT: "the context argument is out of range for this device",
+    Status.ERR_LENGTH: "the data length is wrong for this command",
+    Status.ERR_SELECT: "the selection mask is empty or names contexts the device does not have",
+    Status.ERR_AUTH: "the MAC tag does not verify (forged or for another device)",
+    Status.ERR_VERSION: "the update is for a version that is not the current one (replayed?)",
+    Status.ERR_ROLLBACK: "the update's new version is not newer than the current one",
+    Status.ERR_NOT_TRUSTED: "the task is not in its reference state, so its key is unavailable",
+    Status.ERR_NO_KEY: "no HMAC key was imported by this caller",
+    Status.ERR_COUNTER: "the attestation counter is exhausted",
+    Status.ERR_ABORTED: "the command was aborted before it finished; nothing changed",
+}
 
 
 class CtxFlag(enum.IntFlag):
@@ -469,7 +494,7 @@ def pack_reg(layout: data.Layout, **fields: int) -> int:
         offset, mask = table[name]
         value = int(value)
         if not 0 <= value <= mask:
-            raise ValueError(f"{name} must fit {mask.bit_length()} bits, not {value!r}")
+            raise ArgumentError(f"{name} must fit {mask.bit_length()} bits, not {value!r}")
         word |= value << offset
     return word
 

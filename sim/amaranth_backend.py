@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from mchsm.constants import DEFAULT_CONTEXTS
 from mchsm.rtl.core import MchsmCore
 from mchsm.sw.driver import HsmDriver, Transport
-from mchsm.sw.errors import BusRefusedError, TransportError
+from mchsm.sw.errors import ArgumentTypeError, BusRefusedError, TransportError
 
 __all__ = ["AmaranthRun", "AmaranthTransport", "run_on_amaranth"]
 
@@ -54,7 +54,7 @@ class AmaranthTransport(Transport):
         irq: Any = None,
     ) -> None:
         if core is None and (bus is None or caller is None):
-            raise TypeError("AmaranthTransport needs the core, or both bus and caller")
+            raise ArgumentTypeError("AmaranthTransport needs the core, or both bus and caller")
         self.ctx = ctx
         self.core = core
         self.bus = bus if bus is not None else core.bus  # type: ignore[union-attr]
@@ -97,7 +97,7 @@ class AmaranthTransport(Transport):
                         f"the HSM refused the {'write' if we else 'read'} of 0x{addr:02x} by "
                         f"caller {caller} (err)"
                     )
-                return data
+                return int(data)
         raise TransportError(
             f"no Wishbone ack within {ACK_TIMEOUT} cycles at 0x{self.base + addr:02x}"
         )

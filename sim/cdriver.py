@@ -8,7 +8,7 @@ and compares the results line by line:
 * in C: ``sim/cdriver_tb.cpp`` links the driver with the exported Verilog under Verilator (no
   cocotb; :mod:`mchsm.sim.cdriver_build` builds and caches it) and prints one line per result;
 * in Python: :func:`scenario_job` runs the same steps through :class:`~mchsm.sw.driver.HsmDriver`
-  on any backend (:func:`mchsm.sw.backends.run_on_backend`) and returns the same lines.
+  on any backend (:func:`mchsm.sim.backends.run_on_backend`) and returns the same lines.
 
 The scenario: probe, provision, updates from version 0 authorised by the verifier (and a forged
 one), resets, images measured (one in memory, one streamed in odd-sized chunks, a wrong one, an
@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 from mchsm.constants import (
@@ -43,8 +43,14 @@ from mchsm.constants import (
 )
 from mchsm.sim.cdriver_build import C_ONLY, CONTEXTS, build_testbench, run_testbench
 from mchsm.sw.command import REFUSED, Outcome, Read, Write
-from mchsm.sw.driver import CtxInfo, HsmDriver, StatusInfo, Transport
-from mchsm.sw.errors import HsmError, MailboxBusyError, MailboxLostError, TransportError
+from mchsm.sw.driver import CtxInfo, HsmDriver, Reply, StatusInfo, Transport
+from mchsm.sw.errors import (
+    ArgumentError,
+    HsmError,
+    MailboxBusyError,
+    MailboxLostError,
+    TransportError,
+)
 from mchsm.sw.interpose import perform
 from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
 
@@ -74,7 +80,7 @@ def make_inputs(contexts: int = CONTEXTS, seed: int = 21) -> Inputs:
     then measured with an image other than the authorised one, context 4 with an empty image.
     """
     if contexts < 4:
-        raise ValueError(f"the scenario needs at least 4 contexts, not {contexts}")
+        raise ArgumentError(f"the scenario needs at least 4 contexts, not {contexts}")
     rng = random.Random(seed)
     dev_id, root = rng.randbytes(DEVICE_ID_SIZE), rng.randbytes(ROOT_KEY_SIZE)
     images = {1: rng.randbytes(300), 2: rng.randbytes(1000), 3: rng.randbytes(200)}
@@ -189,9 +195,9 @@ async def _attempt(awaitable: Any) -> tuple[str, Any, int]:
     return "OK", value, 0
 
 
-async def _checked(reply: Any) -> bytes:
-    """A raw command's result, or its HsmError, as a typed port method would give it."""
-    return (await reply).check()  # type: ignore[no-any-return]
+async def _checked(reply: Awaitable[Reply]) -> bytes:
+    """A raw command's result, or the HsmError its status means."""
+    return (await reply).check()
 
 
 def _line(label: str, rc: str, status: int, fields: str = "") -> str:
@@ -289,8 +295,8 @@ async def scenario_job(driver: HsmDriver, inputs: str) -> list[str]:
         mgr.attest(nonce, sel),
         lambda e: f"sel={e.sel:08x} ok={e.ok:08x} ctr={e.ctr} tag={_hex(e.tag)}",
     )
-    # the typed Python port refuses an empty selection before the bus (ArgumentError); the C
-    # driver leaves that check to the HSM, so this line goes as a raw command: ERR_SELECT
+    # the Python driver refuses an empty selection before the bus (ArgumentError); the C driver
+    # sends it and the HSM answers ERR_SELECT: the raw command does what the C driver does
     await run("attest.empty_sel", _checked(mgr.call(Cmd.ATTEST, data=u32(0) + nonce)))
     await run("status.manager", mgr.status(), _status_fields)
     await run("status.task1", task[1].status(), _status_fields)
@@ -349,7 +355,7 @@ async def scenario_job(driver: HsmDriver, inputs: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the testbench, run the scenario in it and through the Python driver, compare."""
-    from mchsm.sw.backends import BACKENDS, run_on_backend
+    from mchsm.sim.backends import BACKENDS, run_on_backend
 
     parser = argparse.ArgumentParser(prog="python -m mchsm.sim.cdriver", description=main.__doc__)
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="model")

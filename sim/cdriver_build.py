@@ -47,6 +47,7 @@ from mchsm.sim.verilator_env import (
     verilator_root,
     verilator_version,
 )
+from mchsm.sim.verilator_run import SimulationError
 
 __all__ = [
     "CONTEXTS",
@@ -283,7 +284,7 @@ def run_testbench(
         )
         seconds = time.perf_counter() - began
     if done.returncode != 0:
-        raise RuntimeError(
+        raise SimulationError(
             f"the C driver testbench failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
         )
     lines, c_only = [], []

@@ -41,6 +41,7 @@ from cocotb.simtime import get_sim_time
 
 from mchsm.sim.cocotb_transport import CocotbTransport, reset_and_clock
 from mchsm.sw.driver import HsmDriver
+from mchsm.sw.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["job_spec", "load_job", "run_job"]
 
@@ -55,14 +56,16 @@ def job_spec(job: Callable[..., Awaitable[Any]]) -> str:
     """
     name = getattr(job, "__qualname__", None) or repr(job)
     if not inspect.iscoroutinefunction(job):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"a job must be an `async def` function taking the driver, not {name} "
             f"({type(job).__name__}); put arguments in job_args, not in a partial"
         )
     if inspect.ismethod(job):
-        raise TypeError(f"a job must be a module-level function, not the bound method {name}")
+        raise ArgumentTypeError(
+            f"a job must be a module-level function, not the bound method {name}"
+        )
     if "<lambda>" in name or "<locals>" in name:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"a job must be a module-level async function, not {name}: the simulator runs in "
             f"another process and imports the job by name, which a lambda or closure does not "
             f"have; move it to module level and pass data through job_args"
@@ -71,12 +74,14 @@ def job_spec(job: Callable[..., Awaitable[Any]]) -> str:
     if module == "__main__":
         path = getattr(sys.modules["__main__"], "__file__", None)
         if not path:
-            raise TypeError(f"job {name} is defined interactively and cannot be imported")
+            raise ArgumentTypeError(f"job {name} is defined interactively and cannot be imported")
         spec = f"{Path(path).resolve()}:{name}"
     else:
         spec = f"{module}:{name}"
     if load_job(spec, _main=module == "__main__") is not job:
-        raise TypeError(f"job {spec} does not import back as the same function (decorated?)")
+        raise ArgumentTypeError(
+            f"job {spec} does not import back as the same function (decorated?)"
+        )
     return spec
 
 
@@ -84,7 +89,7 @@ def load_job(spec: str, *, _main: bool = False) -> Callable[..., Awaitable[Any]]
     """The function a :func:`job_spec` string names."""
     module_name, sep, qualname = spec.rpartition(":")
     if not sep or not module_name or not qualname:
-        raise ValueError(f"MCHSM_JOB must look like 'package.module:function', not {spec!r}")
+        raise ArgumentError(f"MCHSM_JOB must look like 'package.module:function', not {spec!r}")
     if module_name.endswith(".py") or os.sep in module_name:
         if _main:
             obj: Any = sys.modules["__main__"]
@@ -93,7 +98,7 @@ def load_job(spec: str, *, _main: bool = False) -> Callable[..., Awaitable[Any]]
         else:
             file_spec = importlib.util.spec_from_file_location(_SCRIPT_MODULE, module_name)
             if file_spec is None or file_spec.loader is None:
-                raise ImportError(f"cannot load a job from {module_name}")
+                raise ArgumentError(f"cannot load a job from {module_name}")
             obj = importlib.util.module_from_spec(file_spec)
             sys.modules[_SCRIPT_MODULE] = obj
             file_spec.loader.exec_module(obj)

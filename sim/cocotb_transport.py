@@ -1,21 +1,23 @@
 """The host driver's :class:`~mchsm.sw.driver.Transport` over the cocotb Wishbone master.
 
 With this, :class:`~mchsm.sw.driver.HsmDriver` - the same code that talks to the golden model and
-to a board - drives the RTL inside a cocotb test, word for word on the real bus.
+to a board - drives the RTL inside a cocotb test, word for word on the real bus.  The bus model's
+errors are the driver's own (:class:`~mchsm.sim.wishbone_bfm.WishboneBusError` is a
+:class:`~mchsm.sw.errors.BusRefusedError`, every other one a
+:class:`~mchsm.sw.errors.TransportError`), as on every other transport.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, RisingEdge
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
-from mchsm.sim.wishbone_bfm import WishboneBusError, WishboneError, WishboneMaster
+from mchsm.sim.wishbone_bfm import WishboneMaster
 from mchsm.sw.driver import Transport
-from mchsm.sw.errors import BusRefusedError, TransportError
 
 __all__ = ["IRQ_WAIT_CYCLES", "CocotbTransport", "reset_and_clock"]
 
@@ -32,6 +34,7 @@ class CocotbTransport(Transport):
         self.bfm = bfm
         self.irq = irq
         self.sees_irq = irq is not None
+        self._period: int | None = None  # clock period in simulator steps, once measured
 
     @classmethod
     def for_dut(cls, dut: Any, *, prefix: str = "bus", **kwargs: Any) -> CocotbTransport:
@@ -40,38 +43,38 @@ class CocotbTransport(Transport):
         return cls(WishboneMaster(dut, prefix, **kwargs), getattr(dut, "irq", None))
 
     async def wait_irq(self) -> bool:
-        """Let Verilator run until irq rises (or IRQ_WAIT_CYCLES pass): no Python wakes up
-        every cycle, which is what makes polling STATUS slow under cocotb."""
+        """Let the simulator run until irq rises (or IRQ_WAIT_CYCLES pass) without waking
+        Python in between: the timeout is a Timer, not ClockCycles (which counts the cycles in
+        Python, one wake-up each), and polling STATUS would cost a bus read per few cycles."""
         if self.irq is None:
             return False
         if self.irq.value != 1:
             clock = self.bfm.clock
-            await First(RisingEdge(self.irq), ClockCycles(clock, IRQ_WAIT_CYCLES))
+            period = await self._clock_period()
+            if self.irq.value != 1:
+                await First(RisingEdge(self.irq), Timer(IRQ_WAIT_CYCLES * period, unit="step"))
             await RisingEdge(clock)  # back on a clock edge, where the bus model starts cycles
-        return self.irq.value == 1
+        return bool(self.irq.value == 1)
+
+    async def _clock_period(self) -> int:
+        """The clock's period in simulator steps, measured over one cycle the first time (a
+        command that raises the interrupt computes for longer than that)."""
+        if self._period is None:
+            clock = self.bfm.clock
+            await RisingEdge(clock)
+            began = get_sim_time("step")
+            await RisingEdge(clock)
+            self._period = get_sim_time("step") - began
+        return self._period
 
     async def read(self, addr: int, caller: int) -> int:
-        with _typed_errors():
-            return await self.bfm.read(addr, caller)
+        return await self.bfm.read(addr, caller)
 
     async def write(self, addr: int, value: int, caller: int) -> None:
-        with _typed_errors():
-            await self.bfm.write(addr, value, caller)
+        await self.bfm.write(addr, value, caller)
 
     async def write_burst(self, addr: int, values: Sequence[int], caller: int) -> None:
-        with _typed_errors():
-            await self.bfm.write_burst(addr, values, caller)
-
-
-@contextmanager
-def _typed_errors() -> Iterator[None]:
-    """The bus model's errors as the driver's: err is a refusal, anything else the link's."""
-    try:
-        yield
-    except WishboneBusError as e:
-        raise BusRefusedError(str(e)) from None
-    except WishboneError as e:
-        raise TransportError(str(e)) from None
+        await self.bfm.write_burst(addr, values, caller)
 
 
 async def reset_and_clock(

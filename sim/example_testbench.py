@@ -6,6 +6,7 @@ model, the transport and the driver are the ones the project's own co-simulation
 
 import hashlib
 import itertools
+from typing import Any
 
 import cocotb
 
@@ -15,7 +16,7 @@ from mchsm.sw.driver import HsmDriver
 
 
 @cocotb.test()
-async def hash_and_status(dut):
+async def hash_and_status(dut: Any) -> None:
     """Hash a message on the HSM and read its status, as the manager (caller id 0)."""
     await reset_and_clock(dut, period_ns=10)
     # in your SoC, point prefix/name_scheme at the HSM's bus signals; stb_pattern shakes the
@@ -27,8 +28,10 @@ async def hash_and_status(dut):
     message = b"hello from my SoC"
     digest = await manager.hash(message)
     assert digest == hashlib.sha256(message).digest()
-    hash_cycles = manager.last.cycles  # `last` is the reply of the port's latest command
+    assert manager.last is not None  # `last` is the reply of the port's latest command
+    hash_cycles = manager.last.cycles
     status = await manager.status()
+    assert manager.last is not None
     assert status.contexts == info.contexts and not status.provisioned
     dut._log.info(
         "HASH of %d bytes took %d cycles, STATUS %d", len(message), hash_cycles, manager.last.cycles

@@ -16,8 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from mchsm.sim.backends import BACKENDS, run_on_backend
 from mchsm.sim.isolation import Interleaving, check_isolation, interleave_job
-from mchsm.sw.backends import BACKENDS, run_on_backend
 
 __all__ = ["FuzzTally", "main"]
 

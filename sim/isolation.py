@@ -20,6 +20,7 @@ see must not depend on it.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -173,6 +174,7 @@ def hostile(caller: int, rng: random.Random, count: int, contexts: int) -> Agent
     DATA, IRQ_EN, result words - sometimes as the holder of the mailbox, mostly not."""
     for _ in range(count):
         kind = rng.random()
+        addr: int
         if kind < 0.35:
             addr = rng.choice(_REGISTERS)
         elif kind < 0.5:
@@ -532,7 +534,7 @@ async def attack_silence(driver: HsmDriver) -> dict[str, Any]:
         await HsmDriver(h.inner).run(MANAGER, Cmd.RESET, 2)
 
     for label, after in (("while_data", 6), ("while_computing", 4 + len(data) // 4)):
-        t = Interposer(driver.transport, 2, {after: lambda h, label=label: interrupt(h, label)})
+        t = Interposer(driver.transport, 2, {after: functools.partial(interrupt, label=label)})
         task = HsmDriver(t, retries=0)
         try:
             got = await task.port(2).hash(data)
@@ -556,12 +558,10 @@ async def attack_read_results(driver: HsmDriver) -> dict[str, Any]:
 
     task2 = HsmDriver(Interposer(driver.transport, 2, _every(1, 40, peek))).port(2)
     await task2.hmac_key(b"task two's key")
-    secrets = [
-        await task2.hmac(b"task two's message"),
-        await task2.hash(b"task two's data"),
-        await m.hmac_key(b"manager key") or await m.hmac(b"manager message"),
-        (await driver.run(MANAGER, Cmd.READ_CTX, 1)).result,
-    ]
+    secrets = [await task2.hmac(b"task two's message"), await task2.hash(b"task two's data")]
+    await m.hmac_key(b"manager key")
+    secrets.append(await m.hmac(b"manager message"))
+    secrets.append((await driver.run(MANAGER, Cmd.READ_CTX, 1)).result)
     after: list[int] = []
     t = driver.transport
     await t.write(Reg.CTRL, Ctrl.CLAIM, 1)

@@ -143,7 +143,7 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             commands.append(Command(caller(), Cmd.HASH, 0, rng.randbytes(rng.randrange(0, 200))))
         else:  # malformed: unknown codes, wrong lengths, wrong contexts
             code = rng.choice([*list(Cmd), 0x00, 0x05, 0x22, 0x7F, 0xFF])
-            spec = command_spec(code) if code in Cmd.__members__.values() else None
+            spec = command_spec(Cmd(code)) if code in Cmd.__members__.values() else None
             length = spec.length if spec is not None and spec.length is not None else 8
             data = rng.randbytes(max(0, length + rng.choice([-1, 1, 0])))
             commands.append(Command(caller(), code, rng.randrange(0, contexts + 3), data))

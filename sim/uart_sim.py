@@ -60,7 +60,7 @@ def uart_verilog(contexts: int = DEFAULT_CONTEXTS) -> str:
 
     from mchsm.boards.top import UartHsm
 
-    return verilog.convert(UartHsm(contexts), name=TOPLEVEL, emit_src=False)
+    return str(verilog.convert(UartHsm(contexts), name=TOPLEVEL, emit_src=False))
 
 
 class SerialPortModel:

@@ -15,7 +15,7 @@ This module is the public face of four small ones:
     at a known path, and read cocotb's results.
 :mod:`mchsm.sim.verilator_jobs`
     :func:`simulate_job` / :func:`run_job_on_verilator`: the same ``async def job(driver)`` the
-    golden model runs, against the RTL (see :mod:`mchsm.sw.backends`).
+    golden model runs, against the RTL (see :mod:`mchsm.sim.backends`).
 
 Everything below is importable from here; the split is for reading, not for callers.
 """

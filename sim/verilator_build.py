@@ -52,7 +52,7 @@ from mchsm.sim.verilator_env import (
     verilator_root,
     verilator_version,
 )
-from mchsm.sw.errors import MchsmError
+from mchsm.sw.errors import ArgumentError, MchsmError
 
 __all__ = [
     "DEFAULT_VERILATOR_ARGS",
@@ -149,7 +149,7 @@ def _waves_format(waves: bool | str | None) -> str | None:
                 "apt-get install liblz4-dev zlib1g-dev); use waves=True for VCD instead"
             )
         return "fst"
-    raise ValueError(f"waves must be a bool, 'vcd' or 'fst', not {waves!r}")
+    raise ArgumentError(f"waves must be a bool, 'vcd' or 'fst', not {waves!r}")
 
 
 def _verilator_args(waves: str | None, extra_args: Sequence[str]) -> list[str]:
@@ -315,7 +315,7 @@ def build(
     starts and one when it ends.
     """
     if public not in ("top", "all"):
-        raise ValueError(f"public must be 'top' or 'all', not {public!r}")
+        raise ArgumentError(f"public must be 'top' or 'all', not {public!r}")
     t0 = time.perf_counter()
     setup_environment()
     text = normalise_verilog(verilog_text)

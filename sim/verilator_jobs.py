@@ -1,7 +1,7 @@
 """Host jobs in a cocotb + Verilator simulation: the same ``async def job(driver)`` everywhere.
 
 :func:`run_job_on_verilator` runs the same ``async def job(driver)`` that the golden model runs
-(see :mod:`mchsm.sw.backends`), against the RTL, in a cocotb simulation.  The job is named
+(see :mod:`mchsm.sim.backends`), against the RTL, in a cocotb simulation.  The job is named
 ``module:function`` because the simulator is another process that imports it
 (:mod:`mchsm.sim.cocotb_job` is the test module on the other side).
 """
@@ -23,7 +23,7 @@ from mchsm.constants import DEFAULT_CONTEXTS
 from mchsm.sim.verilator_build import BuildInfo, build
 from mchsm.sim.verilator_env import tail
 from mchsm.sim.verilator_run import SimRun, SimulationError, run
-from mchsm.sw.errors import MchsmError
+from mchsm.sw.errors import ArgumentError, MchsmError
 
 __all__ = ["JobError", "JobRun", "launch_job", "run_job_on_verilator", "simulate_job"]
 
@@ -62,7 +62,7 @@ def _default_verilog(contexts: int, toplevel: str) -> str:
     from mchsm.export import TOP_NAME, verilog_text
 
     if toplevel != TOP_NAME:
-        raise ValueError(f"the exported core's top module is {TOP_NAME!r}, not {toplevel!r}")
+        raise ArgumentError(f"the exported core's top module is {TOP_NAME!r}, not {toplevel!r}")
     return verilog_text(contexts)
 
 
@@ -217,7 +217,7 @@ def run_job_on_verilator(
 ) -> T:
     """Run ``job`` on the RTL in Verilator and return its value (see :func:`simulate_job`).
 
-    This has the shape of a :data:`mchsm.sw.backends.BACKENDS` runner; use
+    This has the shape of a :data:`mchsm.sim.backends.BACKENDS` runner; use
     :func:`simulate_job` for cycles and wall time as well.
     """
     return simulate_job(

@@ -22,7 +22,7 @@ from xml.etree import ElementTree
 
 from mchsm.sim.verilator_build import BuildInfo
 from mchsm.sim.verilator_env import setup_environment, tail
-from mchsm.sw.errors import MchsmError
+from mchsm.sw.errors import ArgumentError, MchsmError
 
 __all__ = ["SimRun", "SimulationError", "SimulationTimeout", "TestOutcome", "run"]
 
@@ -81,7 +81,9 @@ class SimRun:
         for t in self.tests:
             if t.name == name:
                 return t
-        raise KeyError(f"no test {name!r} in {self.results}; ran {[t.name for t in self.tests]}")
+        raise SimulationError(
+            f"no test {name!r} in {self.results}; ran {[t.name for t in self.tests]}"
+        )
 
     def __fspath__(self) -> str:
         return str(self.results)
@@ -169,7 +171,7 @@ def run(
     """
     setup_environment()
     if waves and build_info.waves is None:
-        raise ValueError(
+        raise ArgumentError(
             f"the build of {build_info.toplevel} cannot trace: build it with "
             f"waves=True to record waves"
         )

@@ -352,7 +352,7 @@ def commands(path: str | Path, *, clock: str = "clk") -> list[CommandSpan]:
                 start=start,
                 end=end,
                 cmd=_name(Cmd, s["cmd"][after]),
-                caller=s["owner"][after] if isinstance(s["owner"][after], int) else None,
+                caller=owner if isinstance(owner := s["owner"][after], int) else None,
                 status=None if end is None else _name(Status, s["status"][end]),
             )
         )

@@ -5,10 +5,18 @@ this model.  It is written like the cocotbext-axi masters: one class per role, t
 ``async`` methods, and optional *patterns* shape the traffic to shake out handshake bugs.
 
 Timing (classic, non-pipelined): a transfer's signals are driven just after a rising edge; the
-model samples ``ack`` (and ``dat_r``) in the ReadOnly phase of each cycle, so a target may answer
+model samples ``ack`` (and ``dat_r``) as the next rising edge samples them, so a target may answer
 combinationally in the same cycle or registered any number of cycles later; the transfer ends at
-the next rising edge.  Back-to-back transfers keep ``cyc``/``stb`` high across that edge.  A
-:meth:`write_burst` is one block cycle: ``cyc`` stays high, idle cycles drop only ``stb``.
+the first rising edge that samples ``ack``.  Back-to-back transfers keep ``cyc``/``stb`` high
+across that edge.  A :meth:`write_burst` is one block cycle: ``cyc`` stays high, idle cycles drop
+only ``stb``.
+
+How it samples costs Python wake-ups, which is what a cocotb simulation spends its time on.  On
+Verilator (``sample_at_edge``, the default there) the model reads ``ack`` in the rising edge's own
+callback: Verilator calls it before it evaluates the edge and applies writes after it, so what
+the callback reads is exactly what the edge samples - one wake-up per cycle.  Elsewhere it reads
+in the ReadOnly phase of each cycle and then waits for the edge - two per cycle.  Only the
+signals that change are written: in a burst, ``dat_w`` alone.
 
 Amaranth names the members of an interface port ``bus__adr``, ``bus__dat_w`` ...; the name scheme
 is a parameter for other conventions (``"{prefix}_{name}_o"`` and the like).
@@ -19,23 +27,32 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import cocotb
 from cocotb.handle import LogicObject
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Lock, ReadOnly, RisingEdge
 
+from mchsm.sw.errors import ArgumentError, BusRefusedError, TransportError
+
 __all__ = ["WishboneBusError", "WishboneError", "WishboneMaster", "WishboneTimeoutError"]
 
 
-class WishboneError(Exception):
-    """A Wishbone transfer did not complete normally."""
+class WishboneError(TransportError):
+    """A Wishbone transfer did not complete normally (a :class:`TransportError` of mchsm's)."""
 
 
 class WishboneTimeoutError(WishboneError, TimeoutError):
     """The target did not acknowledge within ``timeout_cycles``."""
 
 
-class WishboneBusError(WishboneError):
-    """The target ended a transfer with ``err`` (or ``rty``)."""
+class WishboneBusError(WishboneError, BusRefusedError):
+    """The target ended a transfer with ``err`` (or ``rty``): for the HSM, a refused access."""
+
+
+def _on_verilator() -> bool:
+    """Whether the simulator is Verilator, whose edge callbacks come before the edge's
+    evaluation (see the module docstring)."""
+    return str(getattr(cocotb, "SIM_NAME", "") or "").lower().startswith("verilator")
 
 
 class WishboneMaster:
@@ -59,6 +76,10 @@ class WishboneMaster:
         When it runs out the master strobes whenever it can.
     timeout_cycles : int
         Cycles to wait for ``ack`` before :class:`WishboneTimeoutError`.
+    sample_at_edge : bool, optional
+        Sample ``ack``/``dat_r`` in the rising edge's callback instead of the ReadOnly phase
+        before it: right only on a simulator that calls back before it evaluates the edge (see
+        the module docstring).  Default: on for Verilator, off elsewhere.
     """
 
     def __init__(
@@ -71,6 +92,7 @@ class WishboneMaster:
         name_scheme: str = "{prefix}__{name}",
         stb_pattern: Iterable[int | bool] | None = None,
         timeout_cycles: int = 1000,
+        sample_at_edge: bool | None = None,
     ) -> None:
         self.dut = dut
         self.prefix = prefix
@@ -93,6 +115,7 @@ class WishboneMaster:
         self.addr_width = len(self.adr)
         self.byte_shift = (self.data_width // 8).bit_length() - 1
         self.timeout_cycles = timeout_cycles
+        self.sample_at_edge = _on_verilator() if sample_at_edge is None else sample_at_edge
         self._pattern: Iterator[int | bool] | None = None
         self.set_stb_pattern(stb_pattern)
         self._lock = Lock()
@@ -113,7 +136,7 @@ class WishboneMaster:
             return getattr(self.dut, full)
         except AttributeError:
             if required:
-                raise AttributeError(
+                raise ArgumentError(
                     f"Wishbone master: the DUT has no signal {full!r} (prefix {self.prefix!r}, "
                     f"name scheme {self.name_scheme!r})"
                 ) from None
@@ -140,13 +163,13 @@ class WishboneMaster:
 
     def _word(self, addr_byte: int) -> int:
         if addr_byte < 0 or addr_byte % (1 << self.byte_shift):
-            raise ValueError(
+            raise ArgumentError(
                 f"Wishbone address 0x{addr_byte:x} is not aligned to "
                 f"{self.data_width // 8}-byte words"
             )
         word = addr_byte >> self.byte_shift
         if word >> self.addr_width:
-            raise ValueError(
+            raise ArgumentError(
                 f"Wishbone address 0x{addr_byte:x} is beyond the "
                 f"{self.addr_width}-bit word address of {self.prefix}"
             )
@@ -173,26 +196,40 @@ class WishboneMaster:
     async def _block(self, word: int, values: list[int | None], caller: int) -> list[int]:
         """One Wishbone cycle of transfers to ``word``: None reads, an int writes."""
         mask = (1 << self.data_width) - 1
+        edge = RisingEdge(self.clock)
+        at_edge = self.sample_at_edge
         async with self._lock:
             if self._edge_time != get_sim_time():
                 # not right after our own last transfer: start on a clean edge
-                await RisingEdge(self.clock)
+                await edge
             out: list[int] = []
+            driven = False  # the strobe and address are on the bus from the last word
             try:
                 for i, value in enumerate(values):
                     while not self._may_strobe():
                         self._idle(hold_cyc=i > 0)
-                        await RisingEdge(self.clock)
+                        driven = False
+                        await edge
                         self.idle_cycles += 1
-                    self._drive(word, value, caller, mask)
+                    if driven and (value is None) == (values[i - 1] is None):
+                        if value is not None:  # the next word of a burst: only its data
+                            self.dat_w.value = value & mask
+                    else:
+                        self._drive(word, value, caller, mask)
+                        driven = True
                     waited = 0
                     while True:
-                        await ReadOnly()
+                        if at_edge:
+                            await edge  # the values this edge samples (module docstring)
+                        else:
+                            await ReadOnly()
+                        # ack and err/rty exclude each other: the latter only read without ack
                         ack = self.ack.value == 1
-                        err = self.err is not None and self.err.value == 1
-                        rty = self.rty is not None and self.rty.value == 1
+                        err = not ack and self.err is not None and self.err.value == 1
+                        rty = not ack and self.rty is not None and self.rty.value == 1
                         data = self._sample() if ack and value is None else 0
-                        await RisingEdge(self.clock)
+                        if not at_edge:
+                            await edge
                         if ack or err or rty:
                             break
                         waited += 1
@@ -232,7 +269,7 @@ class WishboneMaster:
         if self.caller_signal is not None:
             self.caller_signal.value = caller
         elif caller:
-            raise ValueError(f"caller {caller}: the DUT has no caller-id sideband")
+            raise ArgumentError(f"caller {caller}: the DUT has no caller-id sideband")
         self.cyc.value = 1
         self.stb.value = 1
 

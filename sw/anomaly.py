@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mchsm.sw.errors import ArgumentError
 from mchsm.sw.kernel import Features
 from mchsm.sw.profile import (
     ALL,
@@ -110,13 +111,13 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if self.warmup < 8:
-            raise ValueError(f"warmup must be at least 8 periods, not {self.warmup}")
+            raise ArgumentError(f"warmup must be at least 8 periods, not {self.warmup}")
         if self.log_arl <= 0:
-            raise ValueError(f"log_arl must be positive, not {self.log_arl}")
+            raise ArgumentError(f"log_arl must be positive, not {self.log_arl}")
         if not 0 <= self.refine_rate < 1 or self.refine_sd < 0:
-            raise ValueError("refine_rate must be in [0, 1) and refine_sd >= 0")
+            raise ArgumentError("refine_rate must be in [0, 1) and refine_sd >= 0")
         if self.excuse_cap < 0 or self.excuse_window < 1 or self.common_bound < 1:
-            raise ValueError("excuse_cap >= 0, excuse_window >= 1 and common_bound >= 1")
+            raise ArgumentError("excuse_cap >= 0, excuse_window >= 1 and common_bound >= 1")
 
 
 @dataclass(frozen=True)
@@ -433,8 +434,10 @@ class AnomalyDetector:
                 if sender is not None and not sender.flagged:
                     if sender.profile is None:
                         continue  # a sender still learning is not judged: its input neither
-                    if peer in judged and self._explained(
-                        sender, judged[peer][1], expected[peer], me
+                    if (
+                        peer is not None
+                        and peer in judged
+                        and self._explained(sender, judged[peer][1], expected[peer], me)
                     ):
                         continue
                 out.setdefault(tid, {})[name] = limit
@@ -594,12 +597,12 @@ class AnomalyDetector:
             )
         if not envelope and top < 0.25 and cfg.refine_rate > 0:
             for name in cfg.refine:
-                test = task.tests.get(name)
-                if test is None:
+                refined = task.tests.get(name)
+                if refined is None:
                     continue
-                bound = cfg.refine_sd * test.model.sd
-                adj = test.adj + cfg.refine_rate * residuals[name]
-                test.adj = min(max(adj, -bound), bound)
+                bound = cfg.refine_sd * refined.model.sd
+                adj = refined.adj + cfg.refine_rate * residuals[name]
+                refined.adj = min(max(adj, -bound), bound)
         return None
 
 

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from mchsm.constants import Cmd
 from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig
-from mchsm.sw.errors import HsmError
+from mchsm.sw.errors import ArgumentError, HsmError
 from mchsm.sw.kernel import Microkernel, Program, TaskApi
 from mchsm.sw.manager import Manager
 from mchsm.sw.profile import Profile
@@ -614,7 +614,7 @@ def _plan(run: _Run) -> int:
 
             run.at(when, again)
     elif cls not in ("normal", "periodic"):
-        raise ValueError(f"unknown scenario class {cls!r}")
+        raise ArgumentError(f"unknown scenario class {cls!r}")
     return BENIGN_PERIODS
 
 
@@ -1088,9 +1088,9 @@ def evaluate(
             tick("profiles", len(wanted))
             size = max(1, min(16, len(todo) // (8 * jobs)))
             batches = [todo[i : i + size] for i in range(0, len(todo), size)]
-            futures = [pool.submit(_batch, images, b) for b in batches]
-            for f in as_completed(futures):
-                got = f.result()
+            runs = [pool.submit(_batch, images, b) for b in batches]
+            for run in as_completed(runs):
+                got = run.result()
                 outcomes.extend(got)
                 tick(f"{got[-1].cls} {got[-1].param}", len(got))
     config = DetectorConfig()

@@ -190,7 +190,7 @@ def _claim(limit: int) -> Steps:
 def _status(cmd: Cmd | int, *, ran: bool) -> Steps:
     """``STATUS`` as we read it; :class:`MailboxLostError` unless we hold the mailbox."""
     word = yield Read(Reg.STATUS)
-    status = unpack_reg(StatusReg, 0 if word is REFUSED else word)
+    status = unpack_reg(StatusReg, word if isinstance(word, int) else 0)  # REFUSED: not mine
     if not status.mine:
         raise MailboxLostError(cmd, ran=ran)
     return status

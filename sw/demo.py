@@ -454,7 +454,7 @@ class _Story:
             "a task races the manager's MEASURE (LEN, DATA, CLAIM between its accesses)",
             report.failed == [control.tid]
             and measured == sha256(payload)
-            and racing.seen
+            and bool(racing.seen)
             and not steered,
             f"sensor tried {len(racing.seen)} accesses while the manager held the mailbox: "
             f"{len(racing.seen) - len(steered)} refused\n"

@@ -38,6 +38,7 @@ from mchsm.sw.errors import (
     ArgumentError,
     ArgumentTypeError,
     BusRefusedError,
+    ConcurrencyError,
     ContextError,
     MailboxBusyError,
     TransportError,
@@ -128,16 +129,16 @@ class StatusInfo:
     @classmethod
     def parse(cls, data: bytes) -> StatusInfo:
         fields = unpack(MESSAGE_LAYOUTS["STATUS_RESULT"], data)
-        info = unpack_reg(StatusInfoWord, int(fields["info"]))  # type: ignore[arg-type]
+        info = unpack_reg(StatusInfoWord, int(fields["info"]))
         return cls(
             provisioned=bool(info.provisioned),
             contexts=info.contexts,
             protocol_version=info.version,
-            counter=int(fields["counter"]),  # type: ignore[arg-type]
-            ok=int(fields["ok"]),  # type: ignore[arg-type]
-            loaded=int(fields["loaded"]),  # type: ignore[arg-type]
-            anomaly=int(fields["anomaly"]),  # type: ignore[arg-type]
-            dev_id=bytes(fields["dev_id"]),  # type: ignore[arg-type]
+            counter=int(fields["counter"]),
+            ok=int(fields["ok"]),
+            loaded=int(fields["loaded"]),
+            anomaly=int(fields["anomaly"]),
+            dev_id=bytes(fields["dev_id"]),
         )
 
 
@@ -158,10 +159,10 @@ class CtxInfo:
     def parse(cls, data: bytes) -> CtxInfo:
         fields = unpack(MESSAGE_LAYOUTS["READ_CTX_RESULT"], data)
         return cls(
-            flags=CtxFlag(fields["flags"]),
-            version=int(fields["version"]),  # type: ignore[arg-type]
-            measurement=bytes(fields["measurement"]),  # type: ignore[arg-type]
-            reference=bytes(fields["reference"]),  # type: ignore[arg-type]
+            flags=CtxFlag(int(fields["flags"])),
+            version=int(fields["version"]),
+            measurement=bytes(fields["measurement"]),
+            reference=bytes(fields["reference"]),
         )
 
 
@@ -247,7 +248,7 @@ class HsmDriver:
         if cmd in Cmd.__members__.values():
             cmd = Cmd(cmd)
         if self._active:
-            raise RuntimeError(
+            raise ConcurrencyError(
                 "HsmDriver.run is not re-entrant: one command at a time per driver (the bus "
                 "carries one access at a time)"
             )
@@ -378,6 +379,8 @@ class HsmPort:
     #: attributes fixed when the port is made: rebinding either would make it another
     #: caller's port (Python cannot stop ``object.__setattr__``; this stops every plain path)
     _FIXED = frozenset({"_driver", "_caller"})
+    _driver: HsmDriver
+    _caller: int
 
     def __init__(self, driver: HsmDriver, caller: int) -> None:
         if "_caller" in self.__dict__:
@@ -503,7 +506,7 @@ class HsmPort:
         fields = unpack(
             MESSAGE_LAYOUTS["UPDATE_RESULT"], await self._ok(Cmd.UPDATE, ctx, auth.command_data())
         )
-        return UpdateAck(ctx=ctx, new=int(fields["new"]), ack=bytes(fields["ack"]))  # type: ignore[arg-type]
+        return UpdateAck(ctx=ctx, new=int(fields["new"]), ack=bytes(fields["ack"]))
 
     async def task_mac(self, data: bytes | Iterable[bytes], length: int | None = None) -> bytes:
         return await self._ok(Cmd.TASK_MAC, data=data, length=length)

@@ -7,14 +7,17 @@ The HSM itself never raises: it answers with a status.  The host turns a failing
 
 from __future__ import annotations
 
-from mchsm.constants import Cmd, Status
+from mchsm._errors import ArgumentError, ArgumentTypeError, MchsmError
+from mchsm.constants import STATUS_TEXT, Cmd, Status
 
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "AttestationError",
     "BusRefusedError",
+    "ConcurrencyError",
     "ContextError",
+    "FrameError",
     "HsmError",
     "InputError",
     "MailboxBusyError",
@@ -28,42 +31,10 @@ __all__ = [
     "explain",
 ]
 
-_EXPLAIN: dict[Status, str] = {
-    Status.ERR_UNKNOWN_CMD: "the HSM does not know this command code",
-    Status.ERR_DENIED: "this caller may not issue this command or name that context",
-    Status.ERR_NOT_PROVISIONED: "the device has no root key yet (run PROVISION first)",
-    Status.ERR_PROVISIONED: "the device is already provisioned; the root key is write-once",
-    Status.ERR_CONTEXT: "the context argument is out of range for this device",
-    Status.ERR_LENGTH: "the data length is wrong for this command",
-    Status.ERR_SELECT: "the selection mask is empty or names contexts the device does not have",
-    Status.ERR_AUTH: "the MAC tag does not verify (forged or for another device)",
-    Status.ERR_VERSION: "the update is for a version that is not the current one (replayed?)",
-    Status.ERR_ROLLBACK: "the update's new version is not newer than the current one",
-    Status.ERR_NOT_TRUSTED: "the task is not in its reference state, so its key is unavailable",
-    Status.ERR_NO_KEY: "no HMAC key was imported by this caller",
-    Status.ERR_COUNTER: "the attestation counter is exhausted",
-    Status.ERR_ABORTED: "the command was aborted before it finished; nothing changed",
-}
-
 
 def explain(status: Status) -> str:
-    """What a status means, in words."""
-    return "success" if status is Status.OK else _EXPLAIN[status]
-
-
-class MchsmError(Exception):
-    """Base of every error the mchsm host software raises on purpose."""
-
-
-class ArgumentError(MchsmError, ValueError):
-    """A host API call was given a value it cannot send: out of its range or wider than its
-    register field.  Raised before anything reaches the HSM (a ``ValueError`` too, for callers
-    that catch that)."""
-
-
-class ArgumentTypeError(ArgumentError, TypeError):
-    """A host API call was given an argument of the wrong type (``str`` where bytes are
-    expected, a float for a context...).  Raised before anything reaches the HSM."""
+    """What a status means, in words (:data:`mchsm.constants.STATUS_TEXT`)."""
+    return STATUS_TEXT[status]
 
 
 class ContextError(ArgumentError):
@@ -81,11 +52,21 @@ class HsmError(MchsmError):
         self.cmd = cmd
         self.status = status
         name = cmd.name if isinstance(cmd, Cmd) else f"command 0x{cmd:02x}"
-        super().__init__(f"{name} failed with {status.name}: {_EXPLAIN.get(status, 'unknown')}")
+        super().__init__(f"{name} failed with {status.name}: {STATUS_TEXT.get(status, 'unknown')}")
 
 
 class TransportError(MchsmError):
     """The bus or link to the HSM misbehaved (timeout, bad frame, no such device)."""
+
+
+class FrameError(TransportError, ValueError):
+    """Bytes that are not a whole, valid request frame of the UART link; the message starts
+    with the :class:`~mchsm.constants.LinkStatus` the bridge answers it with."""
+
+
+class ConcurrencyError(MchsmError, RuntimeError):
+    """Something that runs one at a time was started twice: a second command on a driver
+    whose first has not finished, a second detector on one kernel.  A program error."""
 
 
 class BusRefusedError(TransportError):

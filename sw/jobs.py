@@ -1,4 +1,4 @@
-"""Module-level jobs of the command line, runnable on every backend (see mchsm.sw.backends)."""
+"""Module-level jobs of the command line, runnable on every backend (see mchsm.sim.backends)."""
 
 from __future__ import annotations
 

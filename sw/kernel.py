@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from mchsm.constants import KERNEL_BUDGET_WINDOW, MANAGER, Cmd, Status
 from mchsm.sw.driver import HsmDriver, HsmPort, Reply
-from mchsm.sw.errors import MchsmError
+from mchsm.sw.errors import ArgumentError, MchsmError
 
 __all__ = [
     "HSM_BUDGET_WINDOW",
@@ -50,6 +50,7 @@ __all__ = [
     "Task",
     "TaskApi",
     "TaskState",
+    "UnknownTaskError",
     "command_kind",
 ]
 
@@ -65,6 +66,10 @@ class CapabilityError(MchsmError):
 
 class MemoryFault(MchsmError):
     """A task touched memory outside its own address space."""
+
+
+class UnknownTaskError(MchsmError, KeyError):
+    """No task of that name or id (a ``KeyError`` too, as a lookup that fails)."""
 
 
 class TaskState(enum.Enum):
@@ -159,9 +164,9 @@ class HsmBudget:
 
     def __post_init__(self) -> None:
         if self.window < 1:
-            raise ValueError(f"a budget window is at least 1 period, not {self.window}")
+            raise ArgumentError(f"a budget window is at least 1 period, not {self.window}")
         if any(v < 0 for v in (*self.per_period.values(), *self.per_window.values())):
-            raise ValueError("HSM budgets are counts: none may be negative")
+            raise ArgumentError("HSM budgets are counts: none may be negative")
 
 
 class Task:
@@ -310,7 +315,7 @@ class Microkernel:
         for task in self.tasks.values():
             if name_or_id in (task.tid, task.name):
                 return task
-        raise KeyError(f"no task {name_or_id!r}")
+        raise UnknownTaskError(f"no task {name_or_id!r}")
 
     def set_hsm_budget(self, name_or_id: str | int, budget: HsmBudget | None) -> None:
         """Limit the task's HSM commands per kind (``None``: no kernel budget, only the HSM's

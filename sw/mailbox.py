@@ -29,7 +29,7 @@ from mchsm.constants import (
     pack_reg,
     unpack_reg,
 )
-from mchsm.sw.errors import BusRefusedError
+from mchsm.sw.errors import ArgumentError, BusRefusedError
 from mchsm.sw.model import HsmModel, Response
 
 __all__ = ["ModelMailbox"]
@@ -80,7 +80,7 @@ class ModelMailbox:
     @staticmethod
     def _check_address(addr: int) -> None:
         if not 0 <= addr < ADDRESS_SPACE or addr % 4:
-            raise ValueError(
+            raise ArgumentError(
                 f"mailbox address must be a multiple of 4 below 0x{ADDRESS_SPACE:x}, not {addr!r}"
             )
 
@@ -100,7 +100,7 @@ class ModelMailbox:
             return int(self.irq_enable)
         if addr == Reg.OWNER:
             held = self.holder is not None
-            return pack_reg(OwnerReg, caller=self.holder if held else 0, held=held)
+            return pack_reg(OwnerReg, caller=self.holder or 0, held=held)
         if addr in (Reg.LEN, Reg.CYCLES) or Reg.RESULT <= addr < _RESULT_END:
             if not mine:
                 raise self._refuse(f"the read of {self._name(addr)}", caller)

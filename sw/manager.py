@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mchsm.sw.driver import HsmPort
+from mchsm.sw.errors import ConcurrencyError
 from mchsm.sw.kernel import Features, Microkernel, TaskState
 from mchsm.sw.profile import Profile, ProfileError, split_image
 from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth
@@ -74,7 +75,7 @@ class Manager:
         task judged against the verified profile of its loaded image (and its HSM budget set
         in the kernel)."""
         if self.detector is not None:
-            raise RuntimeError("the manager already watches the kernel with a detector")
+            raise ConcurrencyError("the manager already watches the kernel with a detector")
         self.detector = detector
         detector.bind({t.tid: t.name for t in self.kernel.tasks.values()})
         for tid, task in sorted(self.kernel.tasks.items()):

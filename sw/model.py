@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
@@ -34,6 +35,7 @@ from mchsm.constants import (
     pack_reg,
     u32,
 )
+from mchsm.sw.errors import ArgumentTypeError, MchsmError
 from mchsm.sw.protocol import (
     ZERO_DIGEST,
     Evidence,
@@ -57,7 +59,7 @@ __all__ = ["ContextState", "HsmBusyError", "HsmModel", "HsmState", "Response"]
 U32_MAX = 0xFFFF_FFFF
 
 
-class HsmBusyError(RuntimeError):
+class HsmBusyError(MchsmError, RuntimeError):
     """A command was started while another one runs; the mailbox ignores such writes."""
 
 
@@ -209,7 +211,7 @@ class HsmModel:
         ``length`` defaults to the length of ``data`` (then ``data`` must be bytes)."""
         if length is None:
             if not isinstance(data, bytes | bytearray):
-                raise TypeError("length is required when data is streamed as chunks")
+                raise ArgumentTypeError("length is required when data is streamed as chunks")
             length = len(data)
         response = self.start(caller, cmd, ctx, length)
         if response is not None:
@@ -346,14 +348,14 @@ class HsmModel:
         handler = getattr(self, f"_do_{running.cmd.name.lower()}")
         return self._end(running.caller, handler(running))
 
-    def _set_context(self, ctx: int, **changes: object) -> None:
+    def _set_context(self, ctx: int, **changes: Any) -> None:
         contexts = list(self._state.contexts)
         contexts[ctx - 1] = replace(contexts[ctx - 1], **changes)
         self._state = replace(self._state, contexts=tuple(contexts))
 
     def _do_provision(self, run: _Running) -> Response:
         fields = unpack(MESSAGE_LAYOUTS["PROVISION_DATA"], bytes(run.buffer))
-        dev_id, root = bytes(fields["dev_id"]), bytes(fields["root_key"])  # type: ignore[arg-type]
+        dev_id, root = bytes(fields["dev_id"]), bytes(fields["root_key"])
         self._keys = _Keys(root=root, att=derive_att_key(root), upd=derive_upd_key(root))
         self._state = replace(self._state, provisioned=True, dev_id=dev_id)
         return Response(Status.OK)
@@ -420,7 +422,7 @@ class HsmModel:
     def _do_attest(self, run: _Running) -> Response:
         assert self._keys is not None
         fields = unpack(MESSAGE_LAYOUTS["ATTEST_DATA"], bytes(run.buffer))
-        sel, nonce = int(fields["sel"]), bytes(fields["nonce"])  # type: ignore[arg-type]
+        sel, nonce = int(fields["sel"]), bytes(fields["nonce"])
         if sel == 0 or sel >> self.contexts:
             return Response(Status.ERR_SELECT)
         if self._state.counter == U32_MAX:

@@ -28,6 +28,7 @@ from mchsm.constants import (
     Field,
     u32,
 )
+from mchsm.sw.errors import ArgumentError
 
 __all__ = [
     "UPDATE_ACK_SIZE",
@@ -159,7 +160,7 @@ def att_message(dev_id: bytes, nonce: bytes, sel: int, ok: int, ctr: int, digest
     try:
         return _ATT.pack(_ATT_LABEL, dev_id, nonce, sel, ok, ctr, digest)
     except struct.error as exc:
-        raise ValueError(f"attestation message: {exc}") from None
+        raise ArgumentError(f"attestation message: {exc}") from None
 
 
 def upd_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> bytes:
@@ -180,7 +181,7 @@ def ack_message(dev_id: bytes, ctx: int, old: int, new: int, ref: bytes) -> byte
 
 def _check_len(what: str, value: bytes, size: int) -> None:
     if len(value) != size:
-        raise ValueError(f"{what} must be {size} bytes, not {len(value)}")
+        raise ArgumentError(f"{what} must be {size} bytes, not {len(value)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def unpack_evidence(data: bytes) -> tuple[int, int, int, bytes]:
     """(sel, ok, ctr, tag) of the 44 wire bytes of an :class:`Evidence`, without building one
     (the verifier does this for every attestation it checks)."""
     _check_len("evidence", data, EVIDENCE_SIZE)
-    return _EVIDENCE.unpack(data)  # type: ignore[return-value]
+    return _EVIDENCE.unpack(data)
 
 
 @dataclass(frozen=True)

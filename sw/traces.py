@@ -45,7 +45,7 @@ from typing import Any, TypeVar, cast
 
 from mchsm.constants import MANAGER, RESULT_SIZE, Access, Cmd, CtxFlag, Status, command_spec
 from mchsm.sw.driver import HsmDriver, Reply, Transport
-from mchsm.sw.errors import HsmError
+from mchsm.sw.errors import ArgumentError, HsmError
 from mchsm.sw.kernel import Features, Microkernel, Program, TaskApi
 from mchsm.sw.profile import Profile, RecordedTrace, derive, embed
 
@@ -237,8 +237,9 @@ class TaskSystem:
     def program(self, name: str, variant: str) -> Program:
         """A fresh genuine program of task ``name``'s image ``variant``."""
         if variant not in VARIANTS.get(name, ()):
-            raise ValueError(f"no variant {variant!r} of task {name!r}")
-        return getattr(self, f"_{name}")(variant)
+            raise ArgumentError(f"no variant {variant!r} of task {name!r}")
+        program: Program = getattr(self, f"_{name}")(variant)
+        return program
 
     def _sensor(self, variant: str) -> Program:
         rng, size, reads = self.rng, (16 if variant == "v1" else 24), (1 if variant == "v1" else 2)
@@ -431,7 +432,7 @@ def _attack(system: TaskSystem, kind: str, name: str) -> Hijack:
             return probe
 
         return brute
-    raise ValueError(f"unknown attack {kind!r}: exfil, busy or bruteforce")
+    raise ArgumentError(f"unknown attack {kind!r}: exfil, busy or bruteforce")
 
 
 def record_attack(

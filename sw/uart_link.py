@@ -22,6 +22,7 @@ next write: only a CMD write changes the window.
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ from mchsm.constants import (
     unpack_reg,
 )
 from mchsm.sw.driver import Transport
-from mchsm.sw.errors import BusRefusedError, TransportError
+from mchsm.sw.errors import ArgumentError, BusRefusedError, FrameError, TransportError
+from mchsm.sw.extras import require
 
 __all__ = [
     "CorruptReply",
@@ -111,23 +113,25 @@ class Request:
 
     def __post_init__(self) -> None:
         if not 0 <= self.caller < 1 << CALLER_BITS:
-            raise ValueError(f"caller must be in 0..{(1 << CALLER_BITS) - 1}, not {self.caller!r}")
+            raise ArgumentError(
+                f"caller must be in 0..{(1 << CALLER_BITS) - 1}, not {self.caller!r}"
+            )
         if not 0 <= self.addr < 1 << BUS_ADDR_WIDTH:
-            raise ValueError(
+            raise ArgumentError(
                 f"word address must be in 0..{(1 << BUS_ADDR_WIDTH) - 1}, not {self.addr!r}"
             )
         if not 1 <= self.count <= LINK_MAX_BURST:
-            raise ValueError(f"count must be in 1..{LINK_MAX_BURST}, not {self.count!r}")
+            raise ArgumentError(f"count must be in 1..{LINK_MAX_BURST}, not {self.count!r}")
         if self.op in (LinkOp.READ, LinkOp.WRITE) and self.count != 1:
-            raise ValueError(f"{self.op.name} moves one word; use the burst op for {self.count}")
+            raise ArgumentError(f"{self.op.name} moves one word; use the burst op for {self.count}")
         if self.is_write != bool(self.data) or (self.is_write and len(self.data) != self.count):
-            raise ValueError(
+            raise ArgumentError(
                 f"{self.op.name} with count {self.count} must carry "
                 f"{self.count if self.is_write else 0} data words, "
                 f"not {len(self.data)}"
             )
         if any(not 0 <= w <= 0xFFFF_FFFF for w in self.data):
-            raise ValueError("data words must be unsigned 32-bit integers")
+            raise ArgumentError("data words must be unsigned 32-bit integers")
 
     @property
     def is_write(self) -> bool:
@@ -149,23 +153,23 @@ class Request:
         """Parse one whole request frame (for bridge models and tests); ``ValueError`` names
         the :class:`LinkStatus` the bridge would answer."""
         if len(frame) < _FRAMING + LINK_HEADER_SIZE or frame[0] != LINK_SYNC:
-            raise ValueError(f"{LinkStatus.ERR_TIMEOUT.name}: not a whole request frame")
+            raise FrameError(f"{LinkStatus.ERR_TIMEOUT.name}: not a whole request frame")
         op, caller, addr, count = frame[1:5]
         try:
             link_op = LinkOp(op)
         except ValueError:
-            raise ValueError(f"{LinkStatus.ERR_OP.name}: opcode 0x{op:02x}") from None
+            raise FrameError(f"{LinkStatus.ERR_OP.name}: opcode 0x{op:02x}") from None
         if caller >> CALLER_BITS or addr >> BUS_ADDR_WIDTH:
-            raise ValueError(f"{LinkStatus.ERR_FIELD.name}: caller {caller}, address {addr}")
+            raise FrameError(f"{LinkStatus.ERR_FIELD.name}: caller {caller}, address {addr}")
         single = link_op in (LinkOp.READ, LinkOp.WRITE)
         if count == 0 or count > LINK_MAX_BURST or (single and count != 1):
-            raise ValueError(f"{LinkStatus.ERR_LENGTH.name}: count {count}")
+            raise FrameError(f"{LinkStatus.ERR_LENGTH.name}: count {count}")
         write = link_op in (LinkOp.WRITE, LinkOp.WRITE_BURST)
         size = _FRAMING + LINK_HEADER_SIZE + (4 * count if write else 0)
         if len(frame) != size:
-            raise ValueError(f"{LinkStatus.ERR_TIMEOUT.name}: {len(frame)} bytes, not {size}")
+            raise FrameError(f"{LinkStatus.ERR_TIMEOUT.name}: {len(frame)} bytes, not {size}")
         if crc16(frame[1:]) != 0:
-            raise ValueError(f"{LinkStatus.ERR_CRC.name}: CRC does not check")
+            raise FrameError(f"{LinkStatus.ERR_CRC.name}: CRC does not check")
         data = tuple(
             int.from_bytes(frame[5 + 4 * i : 9 + 4 * i], "big")
             for i in range(count if write else 0)
@@ -308,7 +312,7 @@ class FramedTransport(Transport):
 
     def __init__(self, *, retries: int = 3) -> None:
         if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+            raise ArgumentError(f"retries must be a non-negative integer, not {retries!r}")
         self.retries = retries
         self.stats = LinkStats()
         self._result: dict[tuple[int, int], int] = {}  # (caller, word addr) -> cached word
@@ -419,8 +423,11 @@ class FramedTransport(Transport):
 class SerialTransport(FramedTransport):
     """The HSM on a board, through a serial port (pyserial).
 
-    The driver is async but a serial port is not: each exchange blocks the event loop, which is
-    what a host that talks to one device wants (nothing else runs meanwhile).
+    The driver is async but a serial port is not: each exchange runs in a worker thread
+    (:func:`asyncio.to_thread`), so the event loop goes on while a frame crosses the line (a
+    verifier service, a second device, a progress display).  One exchange at a time: the driver
+    runs one command at a time.  A port that fails (unplugged, closed) raises
+    :class:`~mchsm.sw.errors.TransportError`.
 
     Parameters
     ----------
@@ -448,7 +455,7 @@ class SerialTransport(FramedTransport):
     ) -> None:
         super().__init__(retries=retries)
         if isinstance(port, str):
-            import serial
+            serial = require("serial", "a board on a serial port")
 
             try:
                 self.serial = serial.Serial(port, baud, timeout=0.01)
@@ -475,6 +482,15 @@ class SerialTransport(FramedTransport):
         return nbytes * 10 / self.baud
 
     async def exchange(self, frame: bytes, reply_words: int) -> LinkReply | CorruptReply | None:
+        try:
+            return await asyncio.to_thread(self._exchange, frame, reply_words)
+        except OSError as e:  # pyserial's SerialException is one
+            raise TransportError(
+                f"{getattr(self.serial, 'port', 'the serial port')}: {e}"
+            ) from None
+
+    def _exchange(self, frame: bytes, reply_words: int) -> LinkReply | CorruptReply | None:
+        """One frame out and its reply in, blocking (in a worker thread)."""
         self.serial.reset_input_buffer()  # a late reply to an earlier frame is not ours
         self.serial.write(frame)
         # an error reply comes only after the line has been idle for the bridge's timeout

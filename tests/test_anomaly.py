@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import driver_on
 
 from mchsm.cli import main
 from mchsm.constants import Cmd, Status
+from mchsm.sim.backends import run_on_backend
 from mchsm.sw import anomaly_eval, demo
 from mchsm.sw.anomaly import AnomalyDetector, DetectorConfig, check_trace
 from mchsm.sw.anomaly_eval import Report, Spec, plot_roc, run_spec
-from mchsm.sw.backends import run_on_backend
-from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.kernel import Microkernel
-from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.manager import Manager
 from mchsm.sw.model import HsmModel
 from mchsm.sw.profile import Profile, RecordedTrace, derive, named_features
@@ -357,7 +356,7 @@ async def _device(
     """A provisioned golden-model HSM with the traced tasks installed (references from a
     verifier) and loaded.  The HSM's own monitor is off: only the manager's detector acts."""
     model = HsmModel(len(TASKS), budget=0, fail_limit=0)
-    kernel = Microkernel(HsmDriver(ModelTransport(ModelMailbox(model))), len(TASKS))
+    kernel = Microkernel(driver_on(model), len(TASKS))
     manager = Manager(kernel)
     verifier = Verifier(db)
     record_ = verifier.register_device(contexts=len(TASKS), name="traced")

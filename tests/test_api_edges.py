@@ -195,7 +195,7 @@ def test_update_auth_fields_are_checked() -> None:
     ):
         fields = {"ctx": 1, "old": 0, "new": 1, "ref": bytes(32), "tag": bytes(32), **bad}
         with pytest.raises(ArgumentError, match=says):
-            run(port.update(UpdateAuth(**fields)))
+            run(port.update(UpdateAuth(**fields)))  # type: ignore[arg-type]  # wrong on purpose
 
 
 # -- data that does not add up to its length -----------------------------------------------------
@@ -211,7 +211,11 @@ def _chunks(*parts: bytes) -> Iterator[bytes]:
         (lambda: _chunks(b"abc", b"def"), 10, "ended after 6 of the 10 bytes"),
         (lambda: _chunks(b"abc", b"defgh"), 5, "longer than the 5 bytes"),
         (lambda: b"abc", 10, "ended after 3 of the 10 bytes"),
-        (lambda: _chunks(bytes(5000), "tail"), 5004, "data chunks must be bytes, not str"),
+        (
+            lambda: _chunks(bytes(5000), "tail"),  # type: ignore[arg-type]  # str on purpose
+            5004,
+            "data chunks must be bytes, not str",
+        ),
     ],
     ids=["short", "long", "short-bytes", "bad-chunk"],
 )

@@ -30,7 +30,7 @@ from click.testing import CliRunner, Result
 from mchsm.cli import main
 from mchsm.constants import Cmd, Status
 from mchsm.failures import EXIT_BUG
-from mchsm.sw.backends import INPUT_LIMITS
+from mchsm.sim.backends import INPUT_LIMITS
 from mchsm.sw.errors import (
     BusRefusedError,
     HsmError,

@@ -7,6 +7,8 @@ them (see docs/boards.md).  Only the test that needs a real board skips without 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import re
@@ -27,26 +29,17 @@ from mchsm.boards.platforms import (
 )
 from mchsm.boards.top import BoardTop
 from mchsm.cli import BOARD_NAMES, main
-from mchsm.constants import LINK_SYNC, LinkOp
-from mchsm.sw.backends import run_on_backend
-from mchsm.sw.demo import run_story
+from mchsm.constants import LINK_SYNC, MANAGER, LinkOp
+from mchsm.sim.backends import run_on_backend
+from mchsm.sw.demo import DemoReport, run_story
+from mchsm.sw.driver import HsmDriver
+from mchsm.sw.errors import TransportError
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
-from mchsm.sw.uart_link import bridge_model_reply
+from mchsm.sw.uart_link import SerialTransport, bridge_model_reply
 
 
-@pytest.fixture(scope="module")
-def model_story(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    db = tmp_path_factory.mktemp("model") / "v.sqlite"
-    return run_on_backend(
-        "model",
-        run_story,
-        8,
-        job_args={"db_path": db, "backend": "model", "contexts": 8, "seed": 3},
-    ).value
-
-
-def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_over_uart_sim_same_as_model(model_story: DemoReport, registry_path: Path) -> None:
     """`mchsm demo --backend uart-sim`: the board design in Verilator, every register access a
     CRC-checked frame on the simulated serial line; same story, same answers as the model."""
     run = run_on_backend(
@@ -54,7 +47,7 @@ def test_demo_over_uart_sim_same_as_model(model_story, tmp_path: Path) -> None: 
         run_story,
         8,
         job_args={
-            "db_path": tmp_path / "v.sqlite",
+            "db_path": registry_path,
             "backend": "uart-sim",
             "contexts": 8,
             "seed": 3,
@@ -146,9 +139,9 @@ def pty_board() -> Iterator[PtyBoard]:
     board.close()
 
 
-def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, tmp_path: Path) -> None:
+def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, registry_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["demo", "--port", pty_board.path, "--db", str(tmp_path / "v.sqlite")]
+        main, ["demo", "--port", pty_board.path, "--db", str(registry_path)]
     )
     assert result.exit_code == 0, result.output
     assert "every step went as the protocol says" in result.output
@@ -160,6 +153,41 @@ def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, tmp_path: Path) -> No
     # a second run finds the device provisioned and says what to do
     again = CliRunner().invoke(main, ["demo", "--port", pty_board.path])
     assert again.exit_code != 0 and "already provisioned" in again.output
+
+
+def test_serial_exchanges_leave_the_event_loop_running(pty_board: PtyBoard) -> None:
+    """SerialTransport over a real tty: while a frame crosses the line, other coroutines run
+    (the exchange is in a worker thread).  A blocking exchange would let the ticker run only
+    once the job had finished; here it runs during every exchange.  A port closed under the
+    driver is a TransportError, not pyserial's own."""
+    data = bytes(range(256)) * 8
+
+    async def job() -> tuple[bytes, int, int]:
+        ticks = 0
+        finished = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not finished:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        running = asyncio.create_task(ticker())
+        with SerialTransport(pty_board.path) as transport:
+            driver = HsmDriver(transport)
+            await driver.probe()
+            digest = await driver.port(MANAGER).hash(data)
+            frames = transport.stats.frames
+            transport.serial.close()  # the port goes away under the driver
+            with pytest.raises(TransportError):
+                await driver.port(MANAGER).status()
+        finished = True
+        await running
+        return digest, ticks, frames
+
+    digest, ticks, frames = asyncio.run(job())
+    assert digest == hashlib.sha256(data).digest()
+    assert frames > 10 and ticks >= frames
 
 
 def test_demo_port_errors_are_readable() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from mchsm.constants import KDF_ATT, KDF_UPD, CtxFlag, ctx_bit
 from mchsm.export import c_driver_sources, c_header
+from mchsm.sim.backends import run_on_backend
 from mchsm.sim.cdriver import inputs_text, make_inputs, scenario_job
 from mchsm.sim.cdriver_build import (
     C_FLAGS,
@@ -26,7 +27,6 @@ from mchsm.sim.cdriver_build import (
     relink,
     run_testbench,
 )
-from mchsm.sw.backends import run_on_backend
 from mchsm.sw.protocol import ZERO_DIGEST, ack_message, att_message, derive_task_key, reference
 
 Inputs = dict[str, list[str]]

@@ -18,8 +18,8 @@ from mchsm.cli import main
 from mchsm.sw.verifier import Verifier
 
 
-def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
-    db = tmp_path / "v.sqlite"
+def test_demo_tells_the_whole_story(registry_path: Path) -> None:
+    db = registry_path
     result = CliRunner().invoke(main, ["demo", "--backend", "model", "--db", str(db)])
     assert result.exit_code == 0, result.output
     out = result.output
@@ -56,7 +56,7 @@ def test_demo_refuses_contexts_it_cannot_use() -> None:
 
 
 def test_backend_help_names_every_backend() -> None:
-    from mchsm.sw.backends import BACKENDS
+    from mchsm.sim.backends import BACKENDS
 
     for command in ("demo", "hash", "hmac"):
         text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
@@ -266,7 +266,7 @@ def test_hash_in_a_shell_pipeline_matches_sha256sum(tmp_path: Path) -> None:
 
 def test_hash_limits_are_in_the_help() -> None:
     from mchsm.inputs import size_text
-    from mchsm.sw.backends import INPUT_LIMITS
+    from mchsm.sim.backends import INPUT_LIMITS
 
     for command in ("hash", "hmac"):
         text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
@@ -281,7 +281,7 @@ def test_input_at_the_limit_is_taken_and_one_more_byte_is_not(
 ) -> None:
     """The bound is exact: a limit of 100 bytes takes 100 and refuses 101, from a file and
     from standard input (which has no size to check first)."""
-    from mchsm.sw import backends
+    from mchsm.sim import backends
 
     monkeypatch.setitem(backends.INPUT_LIMITS, "model", 100)
     ok, over = tmp_path / "ok", tmp_path / "over"

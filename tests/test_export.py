@@ -18,6 +18,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 from amaranth.lib import enum as amaranth_enum
 from click.testing import CliRunner
+from conftest import model_driver
 
 from mchsm import constants, export
 from mchsm.cli import main
@@ -35,9 +36,7 @@ from mchsm.constants import (
     command_spec,
     unpack_reg,
 )
-from mchsm.sw.driver import HsmDriver, ModelTransport
-from mchsm.sw.mailbox import ModelMailbox
-from mchsm.sw.model import HsmModel
+from mchsm.sim.lint import lint
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "registers.md"
 
@@ -99,7 +98,7 @@ def test_lint_still_catches_real_problems(tmp_path: Path) -> None:
         waivers + "\nmodule mchsm_core(input a, input b, output reg y);\n"
         "  always @(*) if (a) y = b;\nendmodule\n"
     )
-    result = export.lint(bad)
+    result = lint(bad)
     assert not result.clean
     assert result.warnings["LATCH"] >= 1
 
@@ -144,8 +143,9 @@ def _expected_macros(contexts: int, budget: int, fail_limit: int) -> dict[str, i
     }
     for cmd in Cmd:
         out[f"MCHSM_CMD_{cmd.name}_RESULT_SIZE"] = RESULT_SIZE[cmd]
-        if command_spec(cmd).length is not None:
-            out[f"MCHSM_CMD_{cmd.name}_DATA_SIZE"] = command_spec(cmd).length
+        length = command_spec(cmd).length
+        if length is not None:
+            out[f"MCHSM_CMD_{cmd.name}_DATA_SIZE"] = length
     return out
 
 
@@ -205,7 +205,7 @@ def test_message_layouts_fit_the_commands() -> None:
         name, _, part = message.rpartition("_")
         assert sum(size for _, size in fields) == sizes[part](Cmd[name]), message
 
-    driver = HsmDriver(ModelTransport(ModelMailbox(HsmModel(5))))
+    driver = model_driver(5)
     result = asyncio.run(driver.run(MANAGER, Cmd.STATUS)).check()
     offset = dict(export.message_fields()["STATUS_RESULT: byte offsets and sizes of its fields"])
     at = offset["STATUS_RESULT_INFO_OFFSET"]
@@ -259,7 +259,7 @@ def test_c_header_follows_new_constants() -> None:
     assert re.search(r"#define MCHSM_CLAIM_OWNER_MASK +0x3F00u", header)
     assert "CLAIM register: fields" in header
 
-    fake.CMD_CLAIM = 1  # would be MCHSM_CMD_CLAIM, like the command
+    fake.CMD_CLAIM = 1  # type: ignore[attr-defined]  # would be MCHSM_CMD_CLAIM, like the command
     with pytest.raises(ValueError, match="MCHSM_CMD_CLAIM"):
         export.c_header(4, source=fake)
 

@@ -14,22 +14,22 @@ from typing import Any
 
 import pytest
 from amaranth.sim import Simulator
+from conftest import REPO
 
 from mchsm.constants import MAGIC, MANAGER, Cmd, Ctrl, Reg, Status
 from mchsm.export import verilog_text
 from mchsm.sim import verilator as vl
 from mchsm.sim.amaranth_backend import AmaranthTransport
+from mchsm.sim.backends import run_on_backend
 from mchsm.sim.example_soc import HSM_BASE, RAM_BASE, RAM_WORDS, MySoC
-from mchsm.sw.backends import run_on_backend
 from mchsm.sw.driver import HsmDriver
 from mchsm.sw.errors import BusRefusedError
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
+DOCS = REPO / "docs"
 
 
 def _verbatim_in(doc: str, example: str) -> None:
-    text = (ROOT / example).read_text()
+    text = (REPO / example).read_text()
     assert text in (DOCS / doc).read_text(), f"docs/{doc} does not show {example} as it is"
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from mchsm.constants import Cmd, Reg, Status
 from mchsm.sim.amaranth_backend import run_on_amaranth
+from mchsm.sim.backends import run_on_backend
 from mchsm.sim.isolation import (
     HOSTILE_TASKS,
     Access,
@@ -29,7 +30,6 @@ from mchsm.sim.isolation import (
     check_isolation,
     interleave_job,
 )
-from mchsm.sw.backends import run_on_backend
 from mchsm.sw.errors import MchsmError
 
 BACKENDS = ["model", "amaranth", "verilator", "uart-sim"]
@@ -40,7 +40,7 @@ CONTEXTS = 8
 
 @functools.cache
 def attacks(backend: str) -> dict[str, Any]:
-    return run_on_backend(backend, attacks_job, CONTEXTS).value  # type: ignore[no-any-return]
+    return run_on_backend(backend, attacks_job, CONTEXTS).value
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,7 +90,7 @@ def test_a_task_cannot_evict_the_managers_key(backend: str) -> None:
 
 def _model(seeds: list[int], hostile: int = 30) -> list[Interleaving]:
     job_args = {"seeds": seeds, "contexts": CONTEXTS, "hostile_accesses": hostile}
-    return run_on_backend("model", interleave_job, CONTEXTS, job_args=job_args).value  # type: ignore[no-any-return]
+    return run_on_backend("model", interleave_job, CONTEXTS, job_args=job_args).value
 
 
 @settings(

@@ -6,17 +6,16 @@ import asyncio
 import hashlib
 
 import pytest
+from conftest import driver_on
 
 from mchsm.constants import Cmd, Status
-from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.kernel import CapabilityError, MemoryFault, Microkernel, TaskApi
-from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
 
 
 def make() -> tuple[HsmModel, Microkernel]:
     model = HsmModel(4)
-    return model, Microkernel(HsmDriver(ModelTransport(ModelMailbox(model))), 4)
+    return model, Microkernel(driver_on(model), 4)
 
 
 def test_loader_measures_what_it_loads() -> None:

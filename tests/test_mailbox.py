@@ -206,7 +206,7 @@ def test_driver_raises_typed_errors() -> None:
     ("field", "kwargs"),
     [("context", {"ctx": 257}), ("command code", {"cmd": 0x142}), ("caller", {"caller": 64})],
 )
-def test_driver_refuses_values_wider_than_their_field(field: str, kwargs: dict) -> None:  # type: ignore[type-arg]
+def test_driver_refuses_values_wider_than_their_field(field: str, kwargs: dict) -> None:
     _, driver = make()
     args = {"caller": 0, "cmd": Cmd.READ_CTX, "ctx": 1, **kwargs}
     with pytest.raises(ValueError, match=field):

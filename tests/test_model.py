@@ -9,6 +9,7 @@ import random
 import struct
 
 import pytest
+from conftest import DEV, ROOT_KEY
 
 from mchsm.constants import (
     DEVICE_ID_SIZE,
@@ -21,9 +22,6 @@ from mchsm.constants import (
     command_spec,
 )
 from mchsm.sw.model import HsmModel, Response
-
-DEV = bytes(range(16))
-ROOT = bytes(range(100, 132))
 
 
 def sha(data: bytes) -> bytes:
@@ -40,12 +38,12 @@ def ref(image: bytes) -> bytes:
 
 def provisioned(n: int = 8) -> HsmModel:
     hsm = HsmModel(n)
-    assert hsm.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT).ok
+    assert hsm.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY).ok
     return hsm
 
 
 def authorise(
-    ctx: int, old: int, new: int, reference: bytes, root: bytes = ROOT, dev: bytes = DEV
+    ctx: int, old: int, new: int, reference: bytes, root: bytes = ROOT_KEY, dev: bytes = DEV
 ) -> bytes:
     """UPDATE data built by hand from the spec's byte layout (independent of sw/protocol.py)."""
     k_upd = mac(root, b"mchsm/v1/upd")
@@ -184,7 +182,7 @@ def test_attest_tag_known_layout() -> None:
     got_sel, ok, ctr = struct.unpack(">III", r.result[:12])
     assert (got_sel, ok, ctr) == (sel, 0b10001, 1)
     d = sha(ref(images[1]) + ref(images[2]) + bytes(32) + ref(images[5]))
-    k_att = mac(ROOT, b"mchsm/v1/att")
+    k_att = mac(ROOT_KEY, b"mchsm/v1/att")
     msg = b"ATT1" + DEV + nonce + struct.pack(">III", sel, ok, ctr) + d
     assert r.result[12:] == mac(k_att, msg)
     r2 = hsm.execute(MANAGER, Cmd.ATTEST, 0, struct.pack(">I", sel) + nonce)
@@ -224,7 +222,7 @@ def test_update_accepts_then_rejects_replay_rollback_forgery() -> None:
     hsm = provisioned()
     image1, image2 = b"v1" * 400, b"v2" * 400
     r = install_and_load(hsm, 4, image1)
-    k_upd = mac(ROOT, b"mchsm/v1/upd")
+    k_upd = mac(ROOT_KEY, b"mchsm/v1/upd")
     ack_msg = b"ACK1" + DEV + struct.pack(">III", 4, 0, 1) + ref(image1)
     assert r.result == struct.pack(">I", 1) + mac(k_upd, ack_msg)
     assert hsm.context(4).ok
@@ -271,7 +269,7 @@ def test_task_mac_only_while_ok_and_only_own_key() -> None:
     assert hsm.execute(2, Cmd.TASK_MAC, 0, b"hi").status is Status.ERR_NOT_TRUSTED
     install_and_load(hsm, 2, image)
     r = hsm.execute(2, Cmd.TASK_MAC, 0, b"hi")
-    k_task = mac(ROOT, b"mchsm/v1/tsk" + struct.pack(">I", 2) + ref(image))
+    k_task = mac(ROOT_KEY, b"mchsm/v1/tsk" + struct.pack(">I", 2) + ref(image))
     assert r.result == mac(k_task, b"hi")
     assert hsm.execute(2, Cmd.TASK_MAC, 2, b"hi").status is Status.ERR_CONTEXT
     assert hsm.execute(MANAGER, Cmd.TASK_MAC, 0, b"hi").status is Status.ERR_DENIED
@@ -288,7 +286,7 @@ def _valid_args(cmd: Cmd) -> tuple[int, bytes]:
     spec = command_spec(cmd)
     ctx = 3 if spec.context else 0
     if cmd is Cmd.PROVISION:
-        return ctx, DEV + ROOT
+        return ctx, DEV + ROOT_KEY
     if cmd is Cmd.ATTEST:
         return ctx, struct.pack(">I", 0b100) + bytes(32)
     if cmd is Cmd.UPDATE:
@@ -395,11 +393,11 @@ def test_no_command_returns_a_key() -> None:
     install_and_load(hsm, 1, b"img")
     hsm.execute(1, Cmd.HMAC_KEY, 0, b"secret hmac key")
     keys = [
-        ROOT,
-        mac(ROOT, b"mchsm/v1/att"),
-        mac(ROOT, b"mchsm/v1/upd"),
+        ROOT_KEY,
+        mac(ROOT_KEY, b"mchsm/v1/att"),
+        mac(ROOT_KEY, b"mchsm/v1/upd"),
         b"secret hmac key",
-        mac(ROOT, b"mchsm/v1/tsk" + struct.pack(">I", 1) + ref(b"img")),
+        mac(ROOT_KEY, b"mchsm/v1/tsk" + struct.pack(">I", 1) + ref(b"img")),
     ]
     for cmd in Cmd:
         for caller in (0, 1):
@@ -420,7 +418,7 @@ def test_context_count_parameter(n: int) -> None:
 
 def test_monitor_budget_flags_a_task_that_hammers_the_hsm() -> None:
     for h in (HsmModel(8, budget=5, fail_limit=0),):
-        h.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
+        h.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY)
         install_and_load(h, 2, b"img")
         for _ in range(5):
             assert h.execute(2, Cmd.TASK_MAC, 0, b"x").ok
@@ -439,7 +437,7 @@ def test_monitor_budget_flags_a_task_that_hammers_the_hsm() -> None:
 
 def test_monitor_failure_limit_flags_brute_force_and_reset_clears_it() -> None:
     hsm = HsmModel(8, budget=0, fail_limit=3)
-    hsm.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
+    hsm.execute(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY)
     install_and_load(hsm, 4, b"img")
     for _ in range(2):
         assert hsm.execute(4, Cmd.HMAC, 0, b"guess").status is Status.ERR_NO_KEY

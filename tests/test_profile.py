@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import driver_on
 
 from mchsm.cli import main
 from mchsm.constants import PROFILE_MAGIC, Cmd, Status
 from mchsm.sw.anomaly import AnomalyDetector
-from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.kernel import Features, Microkernel, TaskApi
-from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.manager import Manager
 from mchsm.sw.model import HsmModel
 from mchsm.sw.profile import (
@@ -169,7 +168,7 @@ def test_derive_needs_a_trace() -> None:
 
 async def _device(tmp: Path, images: dict[str, bytes]) -> tuple[HsmModel, Manager, Verifier]:
     model = HsmModel(2, budget=0, fail_limit=0)
-    kernel = Microkernel(HsmDriver(ModelTransport(ModelMailbox(model))), 2)
+    kernel = Microkernel(driver_on(model), 2)
     manager = Manager(kernel)
     verifier = Verifier(tmp / "v.sqlite")
     record = verifier.register_device(contexts=2, name="profiled")

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
 from mchsm import constants
 from mchsm.cli import main
 from mchsm.sw import mutation, prove
 from mchsm.sw.mutation import Mutant, MutantClass, MutantError
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE_MODELS = ("attestation.pv", "update.pv")
 MESSAGES = {
     "att_msg": constants.ATT_FIELDS,
@@ -142,7 +142,7 @@ def test_mutants_cover_every_check_line(mutants: list[Mutant]) -> None:
 def test_argued_mutants_are_argued_in_the_docs(mutants: list[Mutant]) -> None:
     argued = [m for m in mutants if m.argued]
     assert all(m.kind is MutantClass.MUST_CATCH for m in argued)
-    docs = (ROOT / "docs" / "proofs.md").read_text(encoding="utf-8")
+    docs = (REPO / "docs" / "proofs.md").read_text(encoding="utf-8")
     for m in argued:
         assert f"`{m.id}`" in docs, f"{m.id} is argued but docs/proofs.md does not say why"
 

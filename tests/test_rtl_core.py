@@ -11,6 +11,7 @@ import random
 import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
+from conftest import DEV, ROOT_KEY, model_driver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,11 +25,9 @@ from mchsm.constants import (
 )
 from mchsm.rtl.core import MchsmCore
 from mchsm.sim.amaranth_backend import CLOCK_PERIOD, AmaranthTransport, run_on_amaranth
+from mchsm.sim.backends import run_on_backend
 from mchsm.sim.scenarios import Command, random_commands, run_commands, scan_bus
-from mchsm.sw.backends import run_on_backend
-from mchsm.sw.driver import CtxInfo, HsmDriver, ModelTransport, StatusInfo
-from mchsm.sw.mailbox import ModelMailbox
-from mchsm.sw.model import HsmModel
+from mchsm.sw.driver import CtxInfo, HsmDriver, StatusInfo
 from mchsm.sw.protocol import (
     UpdateAuth,
     derive_att_key,
@@ -37,16 +36,16 @@ from mchsm.sw.protocol import (
     reference,
 )
 
-DEV = bytes(range(16))
-ROOT = bytes(range(200, 232))
-
 
 def on_model(commands: list[Command], contexts: int) -> list[tuple[int, bytes]]:
     return run_on_backend("model", run_commands, contexts, job_args={"commands": commands}).value
 
 
 def on_rtl(commands: list[Command], contexts: int) -> list[tuple[int, bytes]]:
-    return run_on_amaranth(lambda d: run_commands(d, commands), contexts).result
+    result: list[tuple[int, bytes]] = run_on_amaranth(
+        lambda d: run_commands(d, commands), contexts
+    ).result
+    return result
 
 
 def assert_same(commands: list[Command], contexts: int = 4) -> list[tuple[int, bytes]]:
@@ -83,7 +82,7 @@ def test_hmac_against_stdlib(key_len: int) -> None:
 
 
 def _install(ctx: int, old: int, new: int, image: bytes) -> Command:
-    auth = UpdateAuth.issue(derive_upd_key(ROOT), DEV, ctx, old, new, reference(image))
+    auth = UpdateAuth.issue(derive_upd_key(ROOT_KEY), DEV, ctx, old, new, reference(image))
     return Command(MANAGER, Cmd.UPDATE, ctx, auth.command_data())
 
 
@@ -91,8 +90,8 @@ def test_protocol_story_matches_model_and_keys() -> None:
     img = {1: b"first" * 70, 2: b"second" * 33, 3: b""}
     commands = [
         Command(MANAGER, Cmd.ATTEST, 0, u32(1) + bytes(32)),  # not provisioned
-        Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT),
-        Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT),  # write-once
+        Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY),
+        Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY),  # write-once
         *[_install(i, 0, 1, img[i]) for i in img],
         *[
             c
@@ -120,11 +119,11 @@ def test_protocol_story_matches_model_and_keys() -> None:
     evidence = out[15][1]
     assert out[15][0] == Status.OK and len(evidence) == 44
     assert evidence[:8] == u32(0b111) + u32(0b111)
-    # the tag, independently: the HSM's K_att is derived from ROOT as the spec says
+    # the tag, independently: the HSM's K_att is derived from ROOT_KEY as the spec says
     d = hashlib.sha256(b"".join(reference(img[i]) for i in (1, 2, 3))).digest()
     msg = b"ATT1" + DEV + b"n" * 32 + evidence[:12] + d
-    assert evidence[12:] == hmac.new(derive_att_key(ROOT), msg, hashlib.sha256).digest()
-    task_key = derive_task_key(ROOT, 2, reference(img[2]))
+    assert evidence[12:] == hmac.new(derive_att_key(ROOT_KEY), msg, hashlib.sha256).digest()
+    task_key = derive_task_key(ROOT_KEY, 2, reference(img[2]))
     assert out[16] == (Status.OK, hmac.new(task_key, b"telemetry", hashlib.sha256).digest())
     assert out[18][0] == Status.ERR_NOT_TRUSTED
 
@@ -140,15 +139,15 @@ def test_random_sequence_with_32_contexts() -> None:
 
 
 def test_no_bus_read_returns_a_key_word() -> None:
-    k_att, k_upd = derive_att_key(ROOT), derive_upd_key(ROOT)
+    k_att, k_upd = derive_att_key(ROOT_KEY), derive_upd_key(ROOT_KEY)
     hmac_key = b"an imported hmac key, 40 bytes long!!!!!"
-    task_key = derive_task_key(ROOT, 1, reference(b"img"))
-    keys = [ROOT, k_att, k_upd, hmac_key, task_key]
+    task_key = derive_task_key(ROOT_KEY, 1, reference(b"img"))
+    keys = [ROOT_KEY, k_att, k_upd, hmac_key, task_key]
     key_words = {int.from_bytes(k[i : i + 4], "big") for k in keys for i in range(0, 32, 4)}
 
-    async def job(driver: HsmDriver) -> list[int]:
+    async def job(driver: HsmDriver) -> list[int | None]:
         seen = await scan_bus(driver, [0, 1, 5])
-        await driver.run(MANAGER, Cmd.PROVISION, 0, DEV + ROOT)
+        await driver.run(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY)
         seen += await scan_bus(driver, [0, 1, 5])
         await run_commands(
             driver,
@@ -190,7 +189,7 @@ def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
     async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]
         driver = HsmDriver(AmaranthTransport(ctx, core))
         port = driver.port(MANAGER)
-        await port.provision(DEV, ROOT)
+        await port.provision(DEV, ROOT_KEY)
         refs = {0: bytes(32)}
         version = 0
         # how long a whole UPDATE takes, and where its commit is: the last cycles
@@ -232,7 +231,7 @@ def test_monitor_matches_model_with_small_limits() -> None:
     """Budget and failure limit small enough that random sequences trip them often."""
 
     async def on_model_small(cmds: list[Command]) -> list[tuple[int, bytes]]:
-        driver = HsmDriver(ModelTransport(ModelMailbox(HsmModel(4, budget=3, fail_limit=2))))
+        driver = model_driver(4, budget=3, fail_limit=2)
         return await run_commands(driver, cmds)
 
     commands = [Command(3, Cmd.STATUS, 0, b"")] * 5 + random_commands(7, 4, 30)

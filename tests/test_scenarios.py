@@ -10,16 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import DEV, ROOT_KEY
 
 from mchsm.constants import MANAGER, Cmd, Status, u32
+from mchsm.sim.backends import run_on_backend
 from mchsm.sim.scenarios import Command, random_commands, run_commands
-from mchsm.sw.backends import run_on_backend
-from mchsm.sw.demo import run_story
+from mchsm.sw.demo import DemoReport, run_story
 from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
 
 RTL = ["amaranth", "verilator"]
-DEV = bytes(range(1, 17))
-ROOT = bytes(range(64, 96))
 
 
 #: the contexts of every HSM here: 8, like the demo's, so that Verilator builds one design
@@ -31,30 +30,21 @@ def on(backend: str, commands: list[Command], contexts: int = CONTEXTS) -> list[
 
 
 def install(
-    ctx: int, old: int, new: int, image: bytes, dev: bytes = DEV, root: bytes = ROOT
+    ctx: int, old: int, new: int, image: bytes, dev: bytes = DEV, root: bytes = ROOT_KEY
 ) -> Command:
     auth = UpdateAuth.issue(derive_upd_key(root), dev, ctx, old, new, reference(image))
     return Command(MANAGER, Cmd.UPDATE, ctx, auth.command_data())
 
 
-@pytest.fixture(scope="module")
-def model_story(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    db = tmp_path_factory.mktemp("model") / "v.sqlite"
-    return run_on_backend(
-        "model",
-        run_story,
-        8,
-        job_args={"db_path": db, "backend": "model", "contexts": 8, "seed": 3},
-    ).value
-
-
 @pytest.mark.parametrize("backend", RTL)
-def test_demo_story_same_as_model(backend: str, model_story, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_story_same_as_model(
+    backend: str, model_story: DemoReport, registry_path: Path
+) -> None:
     report = run_on_backend(
         backend,
         run_story,
         8,
-        job_args={"db_path": tmp_path / "v.sqlite", "backend": backend, "contexts": 8, "seed": 3},
+        job_args={"db_path": registry_path, "backend": backend, "contexts": 8, "seed": 3},
     ).value
     assert report.passed, report.render()
     assert model_story.passed
@@ -65,7 +55,7 @@ def test_demo_story_same_as_model(backend: str, model_story, tmp_path: Path) -> 
 
 
 ATTACKS = [
-    Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT),
+    Command(MANAGER, Cmd.PROVISION, 0, DEV + ROOT_KEY),
     install(1, 0, 1, b"good image"),
     install(2, 0, 1, b"other image"),
     Command(MANAGER, Cmd.RESET, 1, b""),

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -61,7 +62,7 @@ def _raw(
     svc: Service, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     parts = urllib.parse.urlsplit(svc.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -70,10 +71,12 @@ def _raw(
         conn.close()
 
 
-def _problem(status: int, headers: dict[str, str], body: bytes, want: int, code: str) -> dict:
+def _problem(
+    status: int, headers: dict[str, str], body: bytes, want: int, code: str
+) -> dict[str, Any]:
     assert status == want, body
     assert headers["content-type"].startswith(api.PROBLEM_TYPE)
-    doc = json.loads(body)
+    doc: dict[str, Any] = json.loads(body)
     assert doc["type"] == f"urn:mchsm:problem:{code}" and doc["status"] == want
     assert doc["title"] and doc["title"][0].isupper()  # a sentence a person reads
     return doc
@@ -81,7 +84,7 @@ def _problem(status: int, headers: dict[str, str], body: bytes, want: int, code:
 
 def _session(svc: Service, admin: ServiceClient) -> tuple[Device, dict, bytes]:
     """A device with the test images installed, a fresh session and its valid evidence."""
-    dev = provisioned(admin)  # type: ignore[arg-type]  (the client has the Verifier's calls)
+    dev = provisioned(admin)  # type: ignore[arg-type]  # the client has the Verifier's calls
     challenge = admin.challenge(dev.record.dev_id)
     session = api.encode_session(dev.record.dev_id, challenge.nonce)
     return dev, {"session": session, "challenge": challenge}, dev.attest(challenge).pack()
@@ -376,7 +379,7 @@ def test_operations_health_metrics_openapi_logs(svc: Service, admin: ServiceClie
     assert 'mchsm_http_requests_total{method="GET",route="admin.audit",status="401"}' in text
     assert "mchsm_http_request_duration_seconds_bucket" in text
     assert "mchsm_registry_batch_items_bucket" in text
-    doc = admin.request("GET", api.OPENAPI_PATH)[1]
+    doc: Any = admin.request("GET", api.OPENAPI_PATH)[1]
     assert doc["openapi"].startswith("3.")
     assert f"{api.SESSIONS}/{{session}}/evidence" in doc["paths"]
     time.sleep(0.2)  # the log line of the refusal is written by the worker as it answers
@@ -415,7 +418,7 @@ def test_openapi_describes_exactly_the_routes(tmp_path: Path) -> None:
 
 
 def test_demo_over_http_passes_every_step(svc: Service) -> None:
-    from mchsm.sw.backends import run_on_backend
+    from mchsm.sim.backends import run_on_backend
     from mchsm.sw.demo import run_story
 
     run = run_on_backend(

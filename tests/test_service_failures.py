@@ -19,6 +19,7 @@ from mchsm.sw.errors import SessionError
 from mchsm.sw.service import api
 from mchsm.sw.service.loadgen import LoadDevice, LoadResult, run_load
 from mchsm.sw.service.spawn import Service, start_service
+from mchsm.sw.verifier.localpg import LocalPostgres
 
 
 def _fleet(service: Service, count: int) -> list[LoadDevice]:
@@ -47,7 +48,7 @@ def _load_in_background(
 
 
 def test_a_worker_killed_under_load_loses_nothing(
-    pg_server,  # noqa: F811  (the fixture imported above)
+    pg_server: LocalPostgres,  # noqa: F811  (the fixture imported above)
     tmp_path: Path,
 ) -> None:
     url = pg_server.create_database(f"kill{os.getpid()}")
@@ -135,7 +136,4 @@ def test_shutdown_under_load_answers_every_accepted_request(tmp_path: Path) -> N
     # no attempt was accepted whose answer did not reach its client, and every answer stands
     assert not used & set(result.unanswered)
     assert trusted == result.completed
-    assert any(
-        d.get("msg", "").startswith("worker stopped")  # type: ignore[union-attr]
-        for d in service.log_lines()
-    )
+    assert any(str(d.get("msg", "")).startswith("worker stopped") for d in service.log_lines())

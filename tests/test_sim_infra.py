@@ -136,7 +136,7 @@ class StandIn(wiring.Component):
 
 
 def standin_verilog(**kwargs: Any) -> str:
-    return verilog.convert(StandIn(**kwargs), name=TOP)
+    return str(verilog.convert(StandIn(**kwargs), name=TOP))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +520,7 @@ def test_verilator_backend_names_waves_like_the_others(
 ) -> None:
     """run_on_backend("verilator", waves=DIR) writes DIR/waves.vcd straight from the simulator
     (no temporary run directory is left behind) and a GTKWave save file beside it."""
-    from mchsm.sw.backends import WAVES_NAME, run_on_backend
+    from mchsm.sim.backends import WAVES_NAME, run_on_backend
 
     made: list[vl.JobRun[Any]] = []
     real = vl.simulate_job

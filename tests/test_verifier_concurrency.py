@@ -97,7 +97,8 @@ def test_racing_processes_accept_each_nonce_once_and_counters_only_rise(
         ctrs = [e.detail["ctr"] for e in log]
         assert ctrs == sorted(ctrs) and len(set(ctrs)) == len(ctrs)
         assert len(log) == len(every)
-        assert v.store.read(lambda s: s.device(dev_id)).last_ctr == ctrs[-1] == 2 * ROUNDS
+        row = v.store.read(lambda s: s.device(dev_id))
+        assert row is not None and row.last_ctr == ctrs[-1] == 2 * ROUNDS
         rejected = [e for e in v.audit(dev_id) if e.outcome == "rejected"]
         assert len(rejected) == ROUNDS * 2 * PROCESSES - len(every)
 
@@ -139,7 +140,7 @@ def test_kill_9_mid_batch_loses_nothing_and_accepts_nothing_twice(registry: Regi
         parent, child = _fork.Pipe()
         proc = _fork.Process(target=_batch_worker, args=(registry, batches[start:], child))
         proc.start()
-        reported = []
+        reported: list[int] = []
         wanted = rng.randint(1, 3)
         finished = False
         while len(reported) < wanted:
@@ -152,6 +153,7 @@ def test_kill_9_mid_batch_loses_nothing_and_accepts_nothing_twice(registry: Regi
             assert got >= 0, "a batch the killed process had not committed was rejected"
             reported.append(start + got)
         time.sleep(rng.uniform(0.0, 0.02))  # somewhere in the next batch, usually
+        assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         while parent.poll():

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mchsm.cli import main
 from mchsm.constants import MANAGER, Cmd, Status
 from mchsm.sim import waveplot
-from mchsm.sw.backends import run_on_backend
+from mchsm.sim.backends import run_on_backend
 from mchsm.sw.driver import HsmDriver
 
 # Verilator's dialect: ranges after names, one identifier shared by two scopes, x values,
@@ -131,7 +131,9 @@ async def _three_commands(driver: HsmDriver) -> list[tuple[int, int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def run_vcd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, ...]]]:
+def run_vcd(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[tuple[int, int, int, int]]]:
     vcd = tmp_path_factory.mktemp("waves") / "run.vcd"
     run = run_on_backend("amaranth", _three_commands, 2, waves=vcd)
     assert run.waves == vcd and vcd.is_file()

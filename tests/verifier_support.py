@@ -128,9 +128,9 @@ class Registry:
                 conn.close()
         import psycopg
 
-        with psycopg.connect(self.db, autocommit=True) as conn:
-            conn.execute("SET search_path TO mchsm")
-            cur = conn.execute(query.replace("?", "%s"), args)
+        with psycopg.connect(self.db, autocommit=True) as pg:
+            pg.execute("SET search_path TO mchsm")
+            cur = pg.execute(query.replace("?", "%s"), args)
             return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 
 from mchsm.constants import DEVICE_ID_SIZE, EVIDENCE_SIZE, NONCE_SIZE
+from mchsm.sw.errors import ArgumentError
 from mchsm.sw.protocol import UPDATE_ACK_SIZE
 
 __all__ = [
@@ -68,13 +69,13 @@ def b64url(data: bytes) -> str:
 def unb64url(text: str) -> bytes:
     """Inverse of :func:`b64url`; ValueError for anything that is not its output."""
     if not text.isascii() or "=" in text:
-        raise ValueError("not unpadded base64url")
+        raise ArgumentError("not unpadded base64url")
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise ValueError("not unpadded base64url") from None
+        raise ArgumentError("not unpadded base64url") from None
     if b64url(data) != text:  # one spelling per value
-        raise ValueError("not canonical base64url")
+        raise ArgumentError("not canonical base64url")
     return data
 
 
@@ -91,8 +92,8 @@ def encode_session(dev_id: bytes, nonce: bytes) -> str:
 def decode_session(session: str) -> tuple[bytes, bytes]:
     """(dev_id, nonce) of a session id; ValueError if it is not one."""
     if len(session) != SESSION_ID_LEN:
-        raise ValueError(f"a session id is {SESSION_ID_LEN} characters")
+        raise ArgumentError(f"a session id is {SESSION_ID_LEN} characters")
     raw = unb64url(session)
     if len(raw) != SESSION_BYTES:
-        raise ValueError("not a session id")
+        raise ArgumentError("not a session id")
     return raw[:DEVICE_ID_SIZE], raw[DEVICE_ID_SIZE:]

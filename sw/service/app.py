@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mchsm.constants import DEVICE_ID_SIZE, MAX_CONTEXTS
 from mchsm.sw.errors import (
     EvidenceError,
+    ServiceError,
     SessionError,
     UnknownDeviceError,
     VerifierError,
@@ -74,7 +75,7 @@ class ServiceConfig:
     def from_env(cls) -> ServiceConfig:
         raw = os.environ.get(ENV_CONFIG)
         if not raw:
-            raise RuntimeError(f"${ENV_CONFIG} is not set: start the service with mchsm verifier")
+            raise ServiceError(f"${ENV_CONFIG} is not set: start the service with mchsm verifier")
         return cls(**json.loads(raw))
 
 
@@ -118,7 +119,8 @@ class Service:
         if self.batcher is not None:
             await self.batcher.close()
 
-    def ear(self, state_or: tuple[bytes, bytes, int], result: Any, session: str) -> str:
+    def ear(self, state_or: tuple[bytes, bytes, int], result: Any, session: str) -> tuple[str, str]:
+        """The signed EAR and its overall status."""
         dev_id, nonce, sel = state_or
         claims = ear_claims(
             dev_id=dev_id,

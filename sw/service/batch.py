@@ -96,18 +96,18 @@ class Batcher:
                         [(d, n, e) for d, n, e, _ in attempts],
                     )
                 except Exception as exc:  # the whole batch rolled back: every request fails
-                    for *_, fut in (*challenges, *attempts):
+                    for fut in [c[-1] for c in challenges] + [a[-1] for a in attempts]:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
                 if self._observe is not None:
                     self._observe(len(challenges) + len(attempts), time.perf_counter() - began)
-                for (*_, fut), result in zip(challenges, issued, strict=True):
+                for (*_, fut), issue in zip(challenges, issued, strict=True):
                     if not fut.done():
-                        fut.set_result(result)
-                for (*_, fut), result in zip(attempts, judged, strict=True):
+                        fut.set_result(issue)
+                for (*_, fut), judgement in zip(attempts, judged, strict=True):
                     if not fut.done():
-                        fut.set_result(result)
+                        fut.set_result(judgement)
         finally:
             self._running = None
 

@@ -68,8 +68,13 @@ def verify_ear(token: str, jwks: dict[str, Any], *, issuer: str | None = None) -
             raise EvidenceError(
                 f"the EAR is signed with key {kid!r}, not the verifier's", "signature"
             )
-        options = {"require": ["exp", "iat", "iss"]}
-        return jwt.decode(token, key=key, algorithms=["ES256"], issuer=issuer, options=options)
+        return jwt.decode(
+            token,
+            key=key,
+            algorithms=["ES256"],
+            issuer=issuer,
+            options={"require": ["exp", "iat", "iss"]},
+        )
     except jwt.PyJWTError as exc:
         raise EvidenceError(f"the EAR does not verify: {exc}", "signature") from None
 
@@ -127,7 +132,8 @@ class ServiceClient:
                 if self._parts.scheme == "https"
                 else http.client.HTTPConnection
             )
-            self._conn = cls(self._parts.hostname, self._parts.port, timeout=self.timeout)
+            host = self._parts.hostname or ""  # checked in __init__
+            self._conn = cls(host, self._parts.port, timeout=self.timeout)
         return self._conn
 
     def _admin_token(self) -> str:

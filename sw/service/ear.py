@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from mchsm.sw.errors import EvidenceError
+from mchsm.sw.errors import EvidenceError, ServiceError
 from mchsm.sw.verifier import AttestationReport, Verdict
 
 __all__ = [
@@ -150,7 +150,7 @@ def overall(claims: dict[str, Any]) -> str:
     statuses = [s["ear.status"] for s in claims.get("submods", {}).values()]
     if not statuses:
         return STATUS_CONTRAINDICATED
-    return max(statuses, key=lambda s: _ORDER.get(s, 2))
+    return str(max(statuses, key=lambda s: _ORDER.get(s, 2)))
 
 
 def verdict_of(status: str) -> Verdict:
@@ -163,7 +163,7 @@ class EarSigner:
 
     def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ValueError("the EAR signing key must be an EC P-256 key (ES256)")
+            raise ServiceError("the EAR signing key must be an EC P-256 key (ES256)")
         self._key = key
         numbers = key.public_key().public_numbers()
         self._jwk = {

@@ -102,12 +102,12 @@ def ear_key(db: str, path: Path | None = None) -> tuple[ec.EllipticCurvePrivateK
             )
     if not os.path.lexists(path):
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
+        new_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _create_private(path, pem)
+        _create_private(path, new_pem)
         return key, f"the new key file {path}"
     return _load_pem(_read_private(path, "the EAR key file"), str(path)), f"the key file {path}"
 

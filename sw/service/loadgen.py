@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mchsm.sw import protocol
+from mchsm.sw.errors import ArgumentError
 
 from . import api
 
@@ -83,9 +84,9 @@ def _loopback(url: str) -> tuple[str, int]:
     try:
         addresses = {ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(host, port)}
     except (OSError, ValueError):
-        raise ValueError(f"cannot resolve {host!r}") from None
+        raise ArgumentError(f"cannot resolve {host!r}") from None
     if not addresses or not all(a.is_loopback for a in addresses):
-        raise ValueError(f"the load generator only targets loopback addresses, not {host!r}")
+        raise ArgumentError(f"the load generator only targets loopback addresses, not {host!r}")
     return host, port
 
 
@@ -205,7 +206,7 @@ def run_load(
     """Attest ``devices`` against the service at ``url`` (loopback only) until ``count``
     attestations were started or ``seconds`` passed, on ``connections`` connections."""
     if not 1 <= connections <= 4096 or count < 0 or not 0 < seconds <= 3600:
-        raise ValueError("connections 1..4096, count >= 0, seconds in (0, 3600]")
+        raise ArgumentError("connections 1..4096, count >= 0, seconds in (0, 3600]")
     try:
         import uvloop
 

@@ -47,7 +47,7 @@ def _ok(description: str, ref: str | None = None, status: str = "200") -> dict[s
     return {status: {"description": description, **({"content": content} if content else {})}}
 
 
-ADMIN = [{"bearerAuth": []}]
+ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 DEVICE_HEX = {"type": "string", "pattern": f"^[0-9a-f]{{{2 * 16}}}$"}
 
 

@@ -14,6 +14,7 @@ from mchsm.sw.errors import (
     AttestationError,
     InvalidArgumentError,
     KekError,
+    MchsmError,
     SessionError,
     StoreError,
     UnknownDeviceError,
@@ -46,7 +47,7 @@ TITLES: dict[str, tuple[int, str]] = {
 }
 
 
-class Problem(Exception):
+class Problem(MchsmError):
     """A refusal, rendered as problem+json by the app's handler."""
 
     def __init__(

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mchsm.sw.errors import ServiceError
+
 __all__ = ["Service", "start_service"]
 
 from .client import ServiceClient
@@ -104,14 +106,14 @@ def start_service(
         ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
         if not ready or proc.poll() is not None:
             proc.kill()
-            raise AssertionError(f"the service did not start: {log.read_text()[-2000:]}")
+            raise ServiceError(f"the service did not start: {log.read_text()[-2000:]}")
         line += os.read(proc.stdout.fileno(), 1)
     url = line.decode().strip().removeprefix("listening on ")
     service = Service(url, db, token, proc, log, env or {})
     while len(set(service.worker_pids())) < workers:
         if time.monotonic() > deadline or proc.poll() is not None:
             service.stop(signal.SIGKILL)
-            raise AssertionError(f"workers did not start: {log.read_text()[-2000:]}")
+            raise ServiceError(f"workers did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     service.client().wait_ready(START_SECONDS)
     return service

@@ -20,6 +20,7 @@ verifiers may share one store.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from mchsm.constants import (
     DEFAULT_CONTEXTS,
@@ -56,7 +57,6 @@ from .args import MAX_NAME
 from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence, contexts_of
 from .postgres import PostgresStore, is_url
 from .records import (
-    Attempt,
     AttestationReport,
     AuditEntry,
     Challenge,
@@ -760,8 +760,13 @@ class Verifier:
             raise result
         return result
 
-    def verify_many(self, attempts: Iterable[Attempt]) -> list[AttestationReport | VerifierError]:
+    def verify_many(
+        self, attempts: Iterable[tuple[object, object, object]]
+    ) -> list[AttestationReport | VerifierError]:
         """Verify many ``(dev_id, nonce, evidence)`` attempts in one transaction (group commit).
+
+        Bytes-likes (``bytearray``, ``memoryview``) count as bytes; an attempt of any other
+        shape or type is judged and rejected in its place, so the items are typed as objects.
 
         Each attempt gets exactly what :meth:`verify` would have done to it, in order: its nonce
         is consumed, its audit row appended, its counter checked against the counters accepted
@@ -780,7 +785,7 @@ class Verifier:
                 f"attempts must be an iterable of (dev_id, nonce, evidence), not "
                 f"{type(attempts).__name__}"
             )
-        batch = []
+        batch: list[tuple[object, object, object]] = []  # malformed ones too: judged later
         for item in attempts:
             if (  # the common case, already as wanted
                 type(item) is tuple
@@ -842,7 +847,14 @@ class Verifier:
                         checked = Checked(None, exc, {})
             if checked is None:
                 checked = check_evidence(
-                    dev_id, nonce, evidence, found, device, now, lambda d=dev_id: s.pending(d)
+                    dev_id,
+                    nonce,
+                    evidence,
+                    found,
+                    device,
+                    now,
+                    # asked only of a device found in the registry, whose id is bytes
+                    functools.partial(s.pending, cast(bytes, dev_id)),
                 )
             report = checked.report
             valid_dev = type(dev_id) is bytes and len(dev_id) == DEVICE_ID_SIZE
@@ -992,7 +1004,7 @@ def _entry(r: tuple[Any, ...]) -> AuditEntry:
     try:
         detail = json.loads(r[6])
         if not isinstance(detail, dict):
-            raise ValueError("not an object")
+            raise StoreError("the registry is damaged: an audit row's detail is not an object")
         return AuditEntry(
             id=int(r[0]),
             time=float(r[1]),

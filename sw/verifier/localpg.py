@@ -23,13 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mchsm.sw.errors import ArgumentError, StoreError
+
 __all__ = ["LocalPostgres", "PostgresUnavailable", "binaries"]
 
 #: Unix socket paths longer than this do not fit in sockaddr_un
 _SOCKET_MAX = 100
 
 
-class PostgresUnavailable(RuntimeError):
+class PostgresUnavailable(StoreError, RuntimeError):
     """The pgserver wheel is not installed, or its server would not start."""
 
 
@@ -168,7 +170,7 @@ class LocalPostgres:
         import psycopg
 
         if not name.replace("_", "").isalnum():
-            raise ValueError(f"not a plain database name: {name!r}")
+            raise ArgumentError(f"not a plain database name: {name!r}")
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)

