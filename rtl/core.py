@@ -167,6 +167,9 @@ class MchsmCore(wiring.Component):
         flaws: frozenset[str] = frozenset(),
         engine: Callable[[], wiring.Component] | None = None,
     ) -> None:
+        # a core refused by the checks below was never meant to be built: no "created but
+        # never used" warning for it when it is collected (Amaranth's own idiom, hdl._ir)
+        self._MustUse__silence = True
         check_build(contexts, budget, fail_limit)
         unknown = set(flaws) - set(FLAWS) - set(CORE_FLAWS)
         if unknown:
@@ -186,6 +189,7 @@ class MchsmCore(wiring.Component):
                 "irq": Out(1),
             }
         )
+        self._MustUse__silence = False  # accepted: warn again if it is never elaborated
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

@@ -132,6 +132,7 @@ class Mailbox(wiring.Component):
     """
 
     def __init__(self, contexts: int, *, flaws: frozenset[str] = frozenset()) -> None:
+        self._MustUse__silence = True  # refused below: no "never used" warning (as MchsmCore)
         unknown = set(flaws) - set(FLAWS)
         if unknown:
             raise ValueError(f"flaws must be among {', '.join(FLAWS)}, not {sorted(unknown)!r}")
@@ -147,6 +148,7 @@ class Mailbox(wiring.Component):
                 "cmd": Out(CommandSignature()),
             }
         )
+        self._MustUse__silence = False  # accepted: warn again if it is never elaborated
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
