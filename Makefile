@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # pytest workers: the machine this is developed and CI'd on has 2 cores
 JOBS   ?= 2
 
-.PHONY: all install demo test lint typecheck bench bitstreams waves prove mutants fuzz anomaly formal clean
+.PHONY: all install demo test lint typecheck bench bitstreams waves prove mutants fuzz anomaly formal stability clean
 
 all: test
 
@@ -90,6 +90,11 @@ waves: install
 	$(BIN)/mchsm hmac --backend amaranth --key-hex $(HMAC_KEY_HEX) --waves build/hmac.vcd build/m64
 	$(BIN)/mchsm waves build/hmac.vcd --command HMAC --out docs/img/hmac_waves.png \
 	    -s bus__we -s bus__adr -s w_en -s pc -s k -s sha.busy -s sha.rnd -s mailbox.r_done
+
+# make test five times in a row: 1 and 2 workers, shuffled orders (pytest-randomly seeds), file
+# order, warm and cold Verilator caches; stops at the first failure (.ci/stability)
+stability: install
+	./.ci/stability
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache .hypothesis .cache
