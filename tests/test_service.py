@@ -20,6 +20,7 @@ import jwt
 import pytest
 from verifier_support import IMAGES, Device, pg_server, provisioned  # noqa: F401
 
+from mchsm.constants import NONCE_SIZE
 from mchsm.sw.errors import (
     AuthorizationError,
     EvidenceError,
@@ -30,6 +31,7 @@ from mchsm.sw.errors import (
 from mchsm.sw.service import api
 from mchsm.sw.service.client import ServiceClient
 from mchsm.sw.service.ear import EAR_PROFILE
+from mchsm.sw.service.server import KEEP_ALIVE_SECONDS
 from mchsm.sw.service.spawn import Service, start_service
 
 
@@ -490,6 +492,17 @@ def test_cli_operator_commands(svc: Service) -> None:
         main, ["verifier", "audit", "--url", svc.url], env={"MCHSM_VERIFIER_TOKEN_FILE": ""}
     )
     assert result.exit_code == 1 and "token" in result.output and "Traceback" not in result.output
+
+
+def test_client_survives_the_server_closing_an_idle_connection(
+    svc: Service, admin: ServiceClient
+) -> None:
+    """A demo on the RTL simulates for longer than the keep-alive timeout between two calls;
+    the POST after the pause must go out on a new connection, not fail with a broken pipe."""
+    dev = provisioned(admin)  # type: ignore[arg-type]  # the client has the Verifier's calls
+    time.sleep(KEEP_ALIVE_SECONDS + 1)
+    challenge = admin.challenge(dev.record.dev_id)  # a POST: it is never sent twice
+    assert len(challenge.nonce) == NONCE_SIZE
 
 
 def test_session_ids_round_trip_and_refuse_other_spellings() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import time
 import urllib.parse
 from typing import Any
@@ -126,6 +127,8 @@ class ServiceClient:
         self.close()
 
     def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is not None and _dropped(self._conn):
+            self.close()  # the server let the idle connection go (its keep-alive timeout)
         if self._conn is None:
             cls = (
                 http.client.HTTPSConnection
@@ -173,17 +176,23 @@ class ServiceClient:
             )
         for attempt in (1, 2):  # a kept-alive connection the server closed meanwhile: once more
             conn = self._connection()
+            sent = False
             try:
                 conn.request(method, target, body=body, headers=headers)
+                sent = True
                 resp = conn.getresponse()
                 data = resp.read(MAX_ANSWER + 1)
                 break
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
                 self.close()
-                fresh = isinstance(
+                closed = isinstance(
                     exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
                 )
-                if attempt == 1 and fresh and method == "GET":
+                # Again only where running the request twice cannot happen or cannot matter: the
+                # server had closed the connection before the request was out (it read none of
+                # it), or a GET (which changes nothing).  A POST whose answer was lost is not
+                # sent twice: it may have consumed a nonce or installed an update.
+                if attempt == 1 and closed and (not sent or method == "GET"):
                     continue
                 raise ServiceError(f"the verifier at {self.url} did not answer: {exc}") from None
         if len(data) > MAX_ANSWER:
@@ -422,3 +431,22 @@ def _problem_error(status: int, data: bytes, ctype: str) -> Exception:
     if code == "bad-evidence":
         return EvidenceError(detail, "malformed")
     return ServiceError(detail, status)
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether a kept-alive connection was closed by the server while it sat idle.
+
+    Servers close idle connections after their keep-alive timeout (uvicorn: 5 s); a client
+    that simulates RTL between two calls waits longer than that.  With no request out, a
+    socket that reads as ready holds the server's EOF (or something it should not have sent):
+    either way the connection is not to be used again.  (A TLS 1.3 session ticket also reads
+    as ready; the cost is one new connection.)
+    """
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)

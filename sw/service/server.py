@@ -32,6 +32,9 @@ log = logging.getLogger("mchsm.service")
 
 #: seconds a worker waits for the requests it accepted before it gives up at shutdown
 GRACEFUL_SECONDS = 30
+#: an idle kept-alive connection is closed after this long (uvicorn's default, named here: the
+#: client reconnects when it finds one closed, and a test waits it out)
+KEEP_ALIVE_SECONDS = 5
 #: connections a worker serves at once; more wait in the listen backlog
 CONCURRENCY = 1024
 
@@ -134,6 +137,7 @@ def serve(opts: ServeOptions, *, announce=print) -> None:  # type: ignore[no-unt
         access_log=False,
         log_config=log_config(opts.log_level),
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         limit_concurrency=CONCURRENCY,
         server_header=False,
         proxy_headers=False,
