@@ -98,6 +98,7 @@ class Vcd:
     """The signals of a VCD that were asked for, by the name they were asked for."""
 
     traces: dict[str, Trace]
+    path: str = "the VCD"  #: where it was read from, for messages
 
 
 def _resolve(names: Sequence[str], wanted: str) -> str:
@@ -244,7 +245,7 @@ def read_vcd(path: str | Path, wanted: Iterable[str]) -> Vcd:
                     else:
                         trace.times.append(now)
                         trace.values.append(value)
-    return Vcd(traces)
+    return Vcd(traces, str(path))
 
 
 def _rising_edges(clock: Trace) -> list[int]:
@@ -324,7 +325,10 @@ def _edges_and_samples(
 ) -> tuple[list[int], dict[str, list[Value]]]:
     edges = _rising_edges(vcd.traces[clock])
     if not edges:
-        raise WaveError(f"the clock {vcd.traces[clock].name} never rises")
+        raise WaveError(
+            f"{vcd.path}: the clock {vcd.traces[clock].name} never rises in this VCD "
+            "(no clock cycle recorded: a run cut short?)"
+        )
     return edges, {s: [vcd.traces[s].before(t) for t in edges] for s in signals}
 
 

@@ -145,6 +145,11 @@ def test_the_waves_seed_is_good() -> None:
         assert result.exit_code == 0 and "HASH" in result.stdout, result.output
 
 
+def test_a_vcd_cut_after_its_header_names_the_file() -> None:
+    """Hypothesis found it: declarations but no value change; the line must say which VCD."""
+    _waves_case(VCD[: VCD.index(b"$enddefinitions")] + b"$enddefinitions $end\n", "--list")
+
+
 @SETTINGS
 @given(content=st.binary(max_size=2048), signals=st.booleans())
 def test_arbitrary_bytes_as_vcd(content: bytes, signals: bool) -> None:
