@@ -7,16 +7,26 @@ directory on the path, as for ``verifier_support``); fixtures are found by pytes
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from mchsm.sim.backends import run_on_backend
 from mchsm.sw.demo import DemoReport, run_story
 from mchsm.sw.driver import HsmDriver, ModelTransport
 from mchsm.sw.mailbox import ModelMailbox
 from mchsm.sw.model import HsmModel
+
+# Property tests draw the same examples in every run (derandomize: a digest of the test picks
+# its seed, and no local example database replays what another checkout found), so the suite's
+# result does not depend on the run, the order or the machine (issue 21).  To explore new
+# examples instead: MCHSM_HYPOTHESIS=explore make test (a failure prints its seed to reproduce).
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("MCHSM_HYPOTHESIS", "repeatable"))
 
 #: the repository (for tests that read its files)
 REPO = Path(__file__).resolve().parents[1]
