@@ -58,10 +58,12 @@ from mchsm.constants import (
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     RESULT_SIZE,
+    Access,
     Cmd,
     Ctrl,
     Reg,
     Status,
+    command_spec,
 )
 from mchsm.rtl.core import CORE_FLAWS, CTX_STRIDE, HMAC_SLOT0, KEY_SLOT_WORDS, S_DEV, MchsmCore
 from mchsm.rtl.mailbox import FLAWS
@@ -612,7 +614,9 @@ class HmacSlotsHarness(Harness):
 class ProgressHarness(Harness):
     """A command whose data is all in (phase run) is done within ``bound`` cycles, and each
     of ``commands`` completes with OK (covers).  Directed: the initiator follows ``script``
-    and the engine answers at once; no warm reset."""
+    and the engine answers at once; no warm reset.  With ``free_memories`` the context
+    store, the scratch memory and the key store start with any contents too, so that with
+    the persistent state free the command starts from anything a device may hold."""
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -620,6 +624,9 @@ class ProgressHarness(Harness):
         bound = self.params["bound"]
         core, probes = self.core(m, "dut")
         self.free_persistent(m, "dut", probes)
+        if self.params.get("free_memories"):
+            for memid in ("ctxmem", "scratch", "keymem"):  # the names of CoreProbes' memories
+                self.free_memory("dut", memid)
         free_engine(m, probes, eager=self.params.get("eager", False))
         req, answered = self.initiator(m)
         drive(m, core, req)
@@ -789,6 +796,57 @@ PROGRESS_SCRIPT = [
     Step(1, Reg.CMD, int(Cmd.HASH), wait=True),
     Step(1, Reg.CMD, int(Cmd.READ_CTX) | 1 << 8, wait=True),
 ]
+
+
+#: how the per-command progress runs issue each command: the caller (a task where the
+#: command is for tasks only, else the manager), context 1 where it takes one, and its data
+#: length (one word where any length is allowed)
+def _issue(cmd: Cmd) -> tuple[int, int, int]:
+    spec = command_spec(cmd)
+    caller = 1 if spec.access is Access.TASK else MANAGER
+    return caller, int(spec.context), 4 if spec.length is None else spec.length
+
+
+#: the bound of each command's progress run: cycles from its last data word (phase run) to
+#: ``done`` with an engine that answers at once (measured in simulation; the proofs check
+#: them).  TASK_MAC (149) and PROVISION (274) are beyond a practical depth: not run.
+PROGRESS_BOUND: dict[Cmd, int] = {
+    Cmd.STATUS: 13,
+    Cmd.READ_CTX: 22,
+    Cmd.RESET: 21,
+    Cmd.SET_ANOMALY: 4,
+    Cmd.NEW_PERIOD: 4,
+    Cmd.HASH: 13,
+    Cmd.EXTEND: 23,
+    Cmd.MEASURE: 52,
+    Cmd.HMAC: 36,
+    Cmd.HMAC_KEY: 65,
+    Cmd.ATTEST: 70,
+    Cmd.UPDATE: 86,
+}
+
+
+def _progress_script(cmd: Cmd) -> list[Step]:
+    caller, ctx, length = _issue(cmd)
+    return _command(caller, cmd, ctx, length)
+
+
+def _progress_depth(cmd: Cmd) -> int:
+    """Cycles to claim, issue and feed ``cmd`` (two a bus write), then its bound and two."""
+    _, _, length = _issue(cmd)
+    return 8 + 2 * ((length + 3) // 4) + PROGRESS_BOUND[cmd] + 2
+
+
+#: the manager installs an update of context 1 (any data: the proof picks one that verifies)
+UPDATE_SCRIPT = _command(MANAGER, Cmd.UPDATE, 1, command_spec(Cmd.UPDATE).length or 0)
+#: task 1 computes an HMAC of one word with its imported key, then reads STATUS and
+#: CYCLES whenever it likes (the MAC words are declassified: reading them shows nothing more)
+HMAC_SCRIPT = [
+    *_command(1, Cmd.HMAC, 0, 4),
+    Step(1, Reg.STATUS, read=True, wait=True),
+    Step(1, Reg.CYCLES, read=True, wait=True),
+]
+
 #: task 1 hashes an empty message; the manager takes the mailbox back and reads the window
 PREEMPT_SCRIPT = [
     *_command(1, Cmd.HASH),
@@ -837,6 +895,7 @@ class Property:
     params: dict[str, Any] = field(default_factory=dict)
     fast: bool = False  #: part of the quick run in ``make test``
     engine: str = "smtbmc yices"
+    skip: int = 0  #: the first ``skip`` steps of a bounded check need not be checked
 
     @property
     def flaws(self) -> tuple[str, ...]:
@@ -869,7 +928,7 @@ class Job:
 
     @property
     def skip(self) -> int:
-        return 0 if self.variant is None else self.variant.skip
+        return self.prop.skip if self.variant is None else self.variant.skip
 
     @property
     def expect(self) -> Literal["PASS", "FAIL", "UNKNOWN"]:
@@ -892,6 +951,8 @@ class Job:
         return self.prop.harness(self.flaw, **self.params)
 
 
+#: the depth of a directed UPDATE: claim, issue, 18 data words, 86 cycles to done
+UPDATE_DEPTH = 8 + 2 * 18 + 86 + 2
 #: directed runs: the engine answers at once, no warm reset
 _EAGER = {"eager": True, "resets": False}
 #: ... and the initiator presents each write at once
@@ -933,7 +994,14 @@ PROPERTIES: tuple[Property, ...] = (
         AtomicUpdateHarness,
         "prove",
         depth=3,
-        variants=(Variant("flip_split", 3, mode="prove"),),
+        variants=(
+            Variant(
+                "flip_split",
+                UPDATE_DEPTH,
+                skip=UPDATE_DEPTH - 12,
+                params={"script": UPDATE_SCRIPT, "free_memories": True, **_EAGER_BUS},
+            ),
+        ),
     ),
     Property(
         "mailbox_rules",
@@ -993,6 +1061,16 @@ PROPERTIES: tuple[Property, ...] = (
         params={"script": HASH_SCRIPT, **_EAGER_BUS},
     ),
     Property(
+        "key_secrecy_hmac",
+        "2-safety, directed: an HMAC with an imported key that differs between the copies "
+        "takes the same cycles and answers alike, but for its MAC words",
+        KeySecrecyHarness,
+        "bmc",
+        depth=56,
+        variants=(Variant("key_timing", 56),),
+        params={"script": HMAC_SCRIPT, **_EAGER_BUS},
+    ),
+    Property(
         "iso_steer",
         "2-safety: other callers cannot change what the holder sees of its session",
         IsolationSteerHarness,
@@ -1040,6 +1118,26 @@ PROPERTIES: tuple[Property, ...] = (
             "commands": (Cmd.STATUS, Cmd.HASH, Cmd.READ_CTX),
             **_EAGER_BUS,
         },
+    ),
+    *(
+        Property(
+            f"progress_{cmd.name.lower()}",
+            f"directed: {cmd.name} from any persistent state and memory contents, any data, "
+            f"is done within {PROGRESS_BOUND[cmd]} cycles of its last data word",
+            ProgressHarness,
+            "bmc",
+            depth=_progress_depth(cmd),
+            # the flaw holds an OK completion: its counterexample is also the cover
+            variants=(Variant("done_late", _progress_depth(cmd)),),
+            fast=cmd is Cmd.STATUS,
+            params={
+                "bound": PROGRESS_BOUND[cmd],
+                "script": _progress_script(cmd),
+                "free_memories": True,
+                **_EAGER_BUS,
+            },
+        )
+        for cmd in PROGRESS_BOUND
     ),
 )
 
