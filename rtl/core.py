@@ -898,5 +898,9 @@ class MchsmCore(wiring.Component):
             & (u_op == uc.Op.SPECIAL)
             & (u_target == uc.Special.UPD_CHECK),
             tag_ok=~neq,
+            running=fsm.ongoing("RUN"),
+            pc=pc,
+            ret=(ret0, ret1),
+            slot=r_slot,
         )
         return m

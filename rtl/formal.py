@@ -31,7 +31,8 @@ Conventions shared by every harness
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any, Literal
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
@@ -65,6 +66,7 @@ from mchsm.constants import (
     Status,
     command_spec,
 )
+from mchsm.rtl import microcode as uc
 from mchsm.rtl.core import CORE_FLAWS, CTX_STRIDE, HMAC_SLOT0, KEY_SLOT_WORDS, S_DEV, MchsmCore
 from mchsm.rtl.mailbox import FLAWS
 from mchsm.rtl.observe import CoreProbes
@@ -356,6 +358,106 @@ def observe(m: Module, core: MchsmCore) -> tuple[Signal, Signal, Signal, Signal]
     return core.bus.ack, core.bus.err, core.bus.dat_r, core.irq
 
 
+@dataclass(frozen=True)
+class ProgramState:
+    """Where a command's microcode may be: the instruction, the return stack and the key slot
+    of the running subroutine (``None``: anything, left from an earlier command)."""
+
+    pc: int
+    ret0: int | None = None
+    ret1: int | None = None
+    slot: uc.Load | None = None
+
+
+@cache
+def program_states(cmd: Cmd) -> frozenset[ProgramState]:
+    """Every :class:`ProgramState` the engine can be in while it runs ``cmd``, found by
+    following the assembled program (``rtl/microcode.py``) from the command's entry: ``CALL``
+    pushes (``ret1`` takes ``ret0``) and sets the slot when it names one, ``RET`` pops
+    (``ret0`` takes ``ret1``, which keeps its value), as ``rtl/core.py`` does."""
+    program = uc.assemble()
+    code, labels = program.code, program.labels
+    seen: set[ProgramState] = set()
+    todo = [ProgramState(labels[uc.ENTRY[cmd]])]
+    while todo:
+        state = todo.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        u = code[state.pc]
+        target = labels[u.target] if isinstance(u.target, str) else u.target
+        op = uc.Op
+        if u.op is op.DONE:
+            continue
+        if u.op is op.JUMP:
+            todo.append(replace(state, pc=target))
+        elif u.op is op.JUMP_IF_LONG:
+            todo += [replace(state, pc=target), replace(state, pc=state.pc + 1)]
+        elif u.op is op.CALL:
+            slot = state.slot if u.load is uc.Load.NONE else u.load
+            todo.append(ProgramState(target, state.pc + 1, state.ret0, slot))
+        elif u.op is op.RET:
+            assert state.ret0 is not None, f"{cmd.name}: RET at {state.pc} with no CALL"
+            todo.append(ProgramState(state.ret0, state.ret1, state.ret1, state.slot))
+        else:
+            todo.append(replace(state, pc=state.pc + 1))
+    return frozenset(seen)
+
+
+def _slot_is(slot: Signal, load: uc.Load, caller: Value) -> Value:
+    """The slot register holds what a ``CALL`` naming ``load`` puts there (for ``HMAC``: the
+    slot of the caller's own imported key)."""
+    if load is uc.Load.HMAC:
+        return slot == Cat(Const(0, 4), HMAC_SLOT0 + caller)[: len(slot)]
+    return slot == uc.SLOT_ADDRESS[load]
+
+
+def mailbox_invariants(probes: CoreProbes, contexts: int) -> list[Value]:
+    """What keeps the command's caller fixed while the engine runs it: a command runs only
+    while its caller holds the mailbox, which nobody else can then claim; a release waits
+    for the command's end; no wipe (whose end may hand the mailbox to the manager) while the
+    microcode runs; and the caller passed check 2 (it exists)."""
+    mb, link = probes.mailbox, probes.link
+    return [
+        ~link.busy | mb.held,
+        ~mb.releasing | (mb.wiping & ~link.busy),
+        ~mb.wiping | ~probes.running,
+        ~probes.running | (link.caller <= contexts),
+    ]
+
+
+def program_invariant(probes: CoreProbes) -> Value:
+    """While the engine runs a command, its program counter, return stack and key slot are
+    a :func:`program_states` of that command (the command is the mailbox's ``code``, which
+    stays as it is while the engine is busy).  An invariant that makes properties about
+    which command writes where inductive."""
+    link = probes.link
+    ok: Value = Const(0)
+    for cmd in Cmd:
+        for state in program_states(cmd):
+            term = (link.code == cmd) & (probes.pc == state.pc)
+            if state.ret0 is not None:
+                term = term & (probes.ret[0] == state.ret0)
+            if state.ret1 is not None:
+                term = term & (probes.ret[1] == state.ret1)
+            if state.slot is not None:
+                term = term & _slot_is(probes.slot, state.slot, link.caller)
+            ok = ok | term
+    return ~probes.running | ok
+
+
+def _provisioned_at() -> int:
+    """Address of PROVISION's ``PROVISIONED`` step (every subroutine comes before it)."""
+    program = uc.assemble()
+    start = program.labels[uc.ENTRY[Cmd.PROVISION]]
+    for pc in range(start, len(program.code)):
+        u = program.code[pc]
+        if u.op is uc.Op.SPECIAL and u.target == uc.Special.PROVISIONED:
+            assert all(pc > s.pc for s in program_states(Cmd.PROVISION) if s.pc < start)
+            return pc
+    raise AssertionError("PROVISION has no PROVISIONED step")
+
+
 # ---------------------------------------------------------------------------------------------
 # The properties
 # ---------------------------------------------------------------------------------------------
@@ -492,6 +594,13 @@ class WriteOnceHarness(Harness):
                 Assert(~(sw.en & (sw.addr < DEV_ID_WORDS.stop))),
             ]
         m.d.comb += Assert(~was | probes.provisioned)
+        # invariants that make it inductive: the program is where its command can be, and a
+        # PROVISION runs only unprovisioned until its PROVISIONED step
+        m.d.comb += Assert(program_invariant(probes))
+        m.d.comb += [Assert(x) for x in mailbox_invariants(probes, self.contexts)]
+        provisioning = probes.running & (probes.link.code == Cmd.PROVISION)
+        with m.If(provisioning & (probes.pc <= _provisioned_at())):
+            m.d.comb += Assert(~probes.provisioned)
         return m
 
 
@@ -608,6 +717,9 @@ class HmacSlotsHarness(Harness):
             )
         with m.If(kw.en & (slot == HMAC_SLOT0 - 1)):
             m.d.comb += Assert(link.busy & (link.code == Cmd.TASK_MAC))
+        # invariants that make it inductive (see keys_write_once)
+        m.d.comb += Assert(program_invariant(probes))
+        m.d.comb += [Assert(x) for x in mailbox_invariants(probes, self.contexts)]
         return m
 
 
@@ -808,8 +920,8 @@ def _issue(cmd: Cmd) -> tuple[int, int, int]:
 
 
 #: the bound of each command's progress run: cycles from its last data word (phase run) to
-#: ``done`` with an engine that answers at once (measured in simulation; the proofs check
-#: them).  TASK_MAC (149) and PROVISION (274) are beyond a practical depth: not run.
+#: ``done`` with an engine that answers at once (measured in simulation, a few cycles added
+#: where the data may come earlier than there; the proofs check them).  PROVISION (274) is beyond a practical depth: not run.
 PROGRESS_BOUND: dict[Cmd, int] = {
     Cmd.STATUS: 13,
     Cmd.READ_CTX: 22,
@@ -819,10 +931,11 @@ PROGRESS_BOUND: dict[Cmd, int] = {
     Cmd.HASH: 13,
     Cmd.EXTEND: 23,
     Cmd.MEASURE: 52,
-    Cmd.HMAC: 36,
-    Cmd.HMAC_KEY: 65,
-    Cmd.ATTEST: 70,
-    Cmd.UPDATE: 86,
+    Cmd.HMAC: 41,
+    Cmd.HMAC_KEY: 70,
+    Cmd.ATTEST: 74,
+    Cmd.UPDATE: 90,
+    Cmd.TASK_MAC: 154,
 }
 
 
@@ -1020,16 +1133,16 @@ PROPERTIES: tuple[Property, ...] = (
         "keys_write_once",
         "after PROVISION: K_root, K_att, K_upd and dev_id are never written again",
         WriteOnceHarness,
-        "bmc",
-        depth=14,
+        "prove",
+        depth=3,
         variants=(Variant("reprovision", 14),),
     ),
     Property(
         "hmac_slots",
         "caller c's HMAC key slot is written only by c's HMAC_KEY",
         HmacSlotsHarness,
-        "bmc",
-        depth=14,
+        "prove",
+        depth=3,
         variants=(
             Variant("shared_hmac_slot", 60, params={"script": HMAC_KEY_SCRIPT, **_EAGER_BUS}),
         ),
