@@ -921,7 +921,8 @@ def _issue(cmd: Cmd) -> tuple[int, int, int]:
 
 #: the bound of each command's progress run: cycles from its last data word (phase run) to
 #: ``done`` with an engine that answers at once (measured in simulation, a few cycles added
-#: where the data may come earlier than there; the proofs check them).  PROVISION (274) is beyond a practical depth: not run.
+#: where the data may come earlier than there; the proofs check them).  PROVISION (274) is
+#: beyond a practical depth: not run.
 PROGRESS_BOUND: dict[Cmd, int] = {
     Cmd.STATUS: 13,
     Cmd.READ_CTX: 22,
