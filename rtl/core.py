@@ -84,6 +84,9 @@ CORE_FLAWS = {
     "shared_hmac_slot": "every caller's imported HMAC key goes into the manager's slot",
     "empty_stream_hangs": "a command with streamed data of length 0 waits for a data word "
     "that never comes",
+    "done_late": "a command that completes with OK is held 16 cycles before it is done",
+    "key_timing": "loading a key midstate stalls a cycle when bit 0 of its first word is set "
+    "(a timing leak of the key store)",
 }
 
 # context store layout (words)
@@ -459,7 +462,8 @@ class MchsmCore(wiring.Component):
 
         def finish(status: Status | Value) -> None:
             m.d.sync += r_fin.eq(status)
-            m.next = "FINISH"
+            late = flaw["done_late"] and isinstance(status, Status) and status is Status.OK
+            m.next = "LATE" if late else "FINISH"
 
         def step(last: Value | int) -> None:
             """Advance k; after word ``last``, complete the microinstruction."""
@@ -581,6 +585,11 @@ class MchsmCore(wiring.Component):
             # the first key word is addressed while the engine still finishes a message, and
             # the first shift happens in the very cycle it is done: no cycle waits for another
             active = Mux(loading, primed, 1) & ~sha.busy
+            if flaw["key_timing"]:
+                stalled = Signal()
+                stall = loading & (k == 0) & key_rd.data[0] & ~stalled
+                m.d.sync += stalled.eq(stall)
+                active = active & ~stall
             m.d.comb += key_rd.addr.eq(Cat(Mux(active, k + 1, k)[:3], slot[3:]))
             with m.If(loading & ~primed):
                 m.d.sync += primed.eq(1)
@@ -843,6 +852,13 @@ class MchsmCore(wiring.Component):
                 with m.If(link.abort):
                     finish(Status.ERR_ABORTED)
 
+            if flaw["done_late"]:
+                late_count = Signal(4)
+                with m.State("LATE"):
+                    m.d.sync += late_count.eq(late_count + 1)
+                    with m.If(late_count == 15):
+                        m.next = "FINISH"
+
             with m.State("FINISH"):
                 m.d.comb += [
                     sha_rst.eq(1),
@@ -886,5 +902,9 @@ class MchsmCore(wiring.Component):
             & (u_op == uc.Op.SPECIAL)
             & (u_target == uc.Special.UPD_CHECK),
             tag_ok=~neq,
+            running=fsm.ongoing("RUN"),
+            pc=pc,
+            ret=(ret0, ret1),
+            slot=r_slot,
         )
         return m

@@ -31,7 +31,8 @@ Conventions shared by every harness
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any, Literal
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
@@ -58,11 +59,14 @@ from mchsm.constants import (
     MONITOR_BUDGET,
     MONITOR_FAIL_LIMIT,
     RESULT_SIZE,
+    Access,
     Cmd,
     Ctrl,
     Reg,
     Status,
+    command_spec,
 )
+from mchsm.rtl import microcode as uc
 from mchsm.rtl.core import CORE_FLAWS, CTX_STRIDE, HMAC_SLOT0, KEY_SLOT_WORDS, S_DEV, MchsmCore
 from mchsm.rtl.mailbox import FLAWS
 from mchsm.rtl.observe import CoreProbes
@@ -354,6 +358,106 @@ def observe(m: Module, core: MchsmCore) -> tuple[Signal, Signal, Signal, Signal]
     return core.bus.ack, core.bus.err, core.bus.dat_r, core.irq
 
 
+@dataclass(frozen=True)
+class ProgramState:
+    """Where a command's microcode may be: the instruction, the return stack and the key slot
+    of the running subroutine (``None``: anything, left from an earlier command)."""
+
+    pc: int
+    ret0: int | None = None
+    ret1: int | None = None
+    slot: uc.Load | None = None
+
+
+@cache
+def program_states(cmd: Cmd) -> frozenset[ProgramState]:
+    """Every :class:`ProgramState` the engine can be in while it runs ``cmd``, found by
+    following the assembled program (``rtl/microcode.py``) from the command's entry: ``CALL``
+    pushes (``ret1`` takes ``ret0``) and sets the slot when it names one, ``RET`` pops
+    (``ret0`` takes ``ret1``, which keeps its value), as ``rtl/core.py`` does."""
+    program = uc.assemble()
+    code, labels = program.code, program.labels
+    seen: set[ProgramState] = set()
+    todo = [ProgramState(labels[uc.ENTRY[cmd]])]
+    while todo:
+        state = todo.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        u = code[state.pc]
+        target = labels[u.target] if isinstance(u.target, str) else u.target
+        op = uc.Op
+        if u.op is op.DONE:
+            continue
+        if u.op is op.JUMP:
+            todo.append(replace(state, pc=target))
+        elif u.op is op.JUMP_IF_LONG:
+            todo += [replace(state, pc=target), replace(state, pc=state.pc + 1)]
+        elif u.op is op.CALL:
+            slot = state.slot if u.load is uc.Load.NONE else u.load
+            todo.append(ProgramState(target, state.pc + 1, state.ret0, slot))
+        elif u.op is op.RET:
+            assert state.ret0 is not None, f"{cmd.name}: RET at {state.pc} with no CALL"
+            todo.append(ProgramState(state.ret0, state.ret1, state.ret1, state.slot))
+        else:
+            todo.append(replace(state, pc=state.pc + 1))
+    return frozenset(seen)
+
+
+def _slot_is(slot: Signal, load: uc.Load, caller: Value) -> Value:
+    """The slot register holds what a ``CALL`` naming ``load`` puts there (for ``HMAC``: the
+    slot of the caller's own imported key)."""
+    if load is uc.Load.HMAC:
+        return slot == Cat(Const(0, 4), HMAC_SLOT0 + caller)[: len(slot)]
+    return slot == uc.SLOT_ADDRESS[load]
+
+
+def mailbox_invariants(probes: CoreProbes, contexts: int) -> list[Value]:
+    """What keeps the command's caller fixed while the engine runs it: a command runs only
+    while its caller holds the mailbox, which nobody else can then claim; a release waits
+    for the command's end; no wipe (whose end may hand the mailbox to the manager) while the
+    microcode runs; and the caller passed check 2 (it exists)."""
+    mb, link = probes.mailbox, probes.link
+    return [
+        ~link.busy | mb.held,
+        ~mb.releasing | (mb.wiping & ~link.busy),
+        ~mb.wiping | ~probes.running,
+        ~probes.running | (link.caller <= contexts),
+    ]
+
+
+def program_invariant(probes: CoreProbes) -> Value:
+    """While the engine runs a command, its program counter, return stack and key slot are
+    a :func:`program_states` of that command (the command is the mailbox's ``code``, which
+    stays as it is while the engine is busy).  An invariant that makes properties about
+    which command writes where inductive."""
+    link = probes.link
+    ok: Value = Const(0)
+    for cmd in Cmd:
+        for state in program_states(cmd):
+            term = (link.code == cmd) & (probes.pc == state.pc)
+            if state.ret0 is not None:
+                term = term & (probes.ret[0] == state.ret0)
+            if state.ret1 is not None:
+                term = term & (probes.ret[1] == state.ret1)
+            if state.slot is not None:
+                term = term & _slot_is(probes.slot, state.slot, link.caller)
+            ok = ok | term
+    return ~probes.running | ok
+
+
+def _provisioned_at() -> int:
+    """Address of PROVISION's ``PROVISIONED`` step (every subroutine comes before it)."""
+    program = uc.assemble()
+    start = program.labels[uc.ENTRY[Cmd.PROVISION]]
+    for pc in range(start, len(program.code)):
+        u = program.code[pc]
+        if u.op is uc.Op.SPECIAL and u.target == uc.Special.PROVISIONED:
+            assert all(pc > s.pc for s in program_states(Cmd.PROVISION) if s.pc < start)
+            return pc
+    raise AssertionError("PROVISION has no PROVISIONED step")
+
+
 # ---------------------------------------------------------------------------------------------
 # The properties
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +594,13 @@ class WriteOnceHarness(Harness):
                 Assert(~(sw.en & (sw.addr < DEV_ID_WORDS.stop))),
             ]
         m.d.comb += Assert(~was | probes.provisioned)
+        # invariants that make it inductive: the program is where its command can be, and a
+        # PROVISION runs only unprovisioned until its PROVISIONED step
+        m.d.comb += Assert(program_invariant(probes))
+        m.d.comb += [Assert(x) for x in mailbox_invariants(probes, self.contexts)]
+        provisioning = probes.running & (probes.link.code == Cmd.PROVISION)
+        with m.If(provisioning & (probes.pc <= _provisioned_at())):
+            m.d.comb += Assert(~probes.provisioned)
         return m
 
 
@@ -606,13 +717,18 @@ class HmacSlotsHarness(Harness):
             )
         with m.If(kw.en & (slot == HMAC_SLOT0 - 1)):
             m.d.comb += Assert(link.busy & (link.code == Cmd.TASK_MAC))
+        # invariants that make it inductive (see keys_write_once)
+        m.d.comb += Assert(program_invariant(probes))
+        m.d.comb += [Assert(x) for x in mailbox_invariants(probes, self.contexts)]
         return m
 
 
 class ProgressHarness(Harness):
     """A command whose data is all in (phase run) is done within ``bound`` cycles, and each
     of ``commands`` completes with OK (covers).  Directed: the initiator follows ``script``
-    and the engine answers at once; no warm reset."""
+    and the engine answers at once; no warm reset.  With ``free_memories`` the context
+    store, the scratch memory and the key store start with any contents too, so that with
+    the persistent state free the command starts from anything a device may hold."""
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -620,6 +736,9 @@ class ProgressHarness(Harness):
         bound = self.params["bound"]
         core, probes = self.core(m, "dut")
         self.free_persistent(m, "dut", probes)
+        if self.params.get("free_memories"):
+            for memid in ("ctxmem", "scratch", "keymem"):  # the names of CoreProbes' memories
+                self.free_memory("dut", memid)
         free_engine(m, probes, eager=self.params.get("eager", False))
         req, answered = self.initiator(m)
         drive(m, core, req)
@@ -789,6 +908,59 @@ PROGRESS_SCRIPT = [
     Step(1, Reg.CMD, int(Cmd.HASH), wait=True),
     Step(1, Reg.CMD, int(Cmd.READ_CTX) | 1 << 8, wait=True),
 ]
+
+
+#: how the per-command progress runs issue each command: the caller (a task where the
+#: command is for tasks only, else the manager), context 1 where it takes one, and its data
+#: length (one word where any length is allowed)
+def _issue(cmd: Cmd) -> tuple[int, int, int]:
+    spec = command_spec(cmd)
+    caller = 1 if spec.access is Access.TASK else MANAGER
+    return caller, int(spec.context), 4 if spec.length is None else spec.length
+
+
+#: the bound of each command's progress run: cycles from its last data word (phase run) to
+#: ``done`` with an engine that answers at once (measured in simulation, a few cycles added
+#: where the data may come earlier than there; the proofs check them).  PROVISION (274) is
+#: beyond a practical depth: not run.
+PROGRESS_BOUND: dict[Cmd, int] = {
+    Cmd.STATUS: 13,
+    Cmd.READ_CTX: 22,
+    Cmd.RESET: 21,
+    Cmd.SET_ANOMALY: 4,
+    Cmd.NEW_PERIOD: 4,
+    Cmd.HASH: 13,
+    Cmd.EXTEND: 23,
+    Cmd.MEASURE: 52,
+    Cmd.HMAC: 41,
+    Cmd.HMAC_KEY: 70,
+    Cmd.ATTEST: 74,
+    Cmd.UPDATE: 90,
+    Cmd.TASK_MAC: 154,
+}
+
+
+def _progress_script(cmd: Cmd) -> list[Step]:
+    caller, ctx, length = _issue(cmd)
+    return _command(caller, cmd, ctx, length)
+
+
+def _progress_depth(cmd: Cmd) -> int:
+    """Cycles to claim, issue and feed ``cmd`` (two a bus write), then its bound and two."""
+    _, _, length = _issue(cmd)
+    return 8 + 2 * ((length + 3) // 4) + PROGRESS_BOUND[cmd] + 2
+
+
+#: the manager installs an update of context 1 (any data: the proof picks one that verifies)
+UPDATE_SCRIPT = _command(MANAGER, Cmd.UPDATE, 1, command_spec(Cmd.UPDATE).length or 0)
+#: task 1 computes an HMAC of one word with its imported key, then reads STATUS and
+#: CYCLES whenever it likes (the MAC words are declassified: reading them shows nothing more)
+HMAC_SCRIPT = [
+    *_command(1, Cmd.HMAC, 0, 4),
+    Step(1, Reg.STATUS, read=True, wait=True),
+    Step(1, Reg.CYCLES, read=True, wait=True),
+]
+
 #: task 1 hashes an empty message; the manager takes the mailbox back and reads the window
 PREEMPT_SCRIPT = [
     *_command(1, Cmd.HASH),
@@ -837,6 +1009,7 @@ class Property:
     params: dict[str, Any] = field(default_factory=dict)
     fast: bool = False  #: part of the quick run in ``make test``
     engine: str = "smtbmc yices"
+    skip: int = 0  #: the first ``skip`` steps of a bounded check need not be checked
 
     @property
     def flaws(self) -> tuple[str, ...]:
@@ -869,7 +1042,7 @@ class Job:
 
     @property
     def skip(self) -> int:
-        return 0 if self.variant is None else self.variant.skip
+        return self.prop.skip if self.variant is None else self.variant.skip
 
     @property
     def expect(self) -> Literal["PASS", "FAIL", "UNKNOWN"]:
@@ -892,6 +1065,8 @@ class Job:
         return self.prop.harness(self.flaw, **self.params)
 
 
+#: the depth of a directed UPDATE: claim, issue, 18 data words, 86 cycles to done
+UPDATE_DEPTH = 8 + 2 * 18 + 86 + 2
 #: directed runs: the engine answers at once, no warm reset
 _EAGER = {"eager": True, "resets": False}
 #: ... and the initiator presents each write at once
@@ -933,7 +1108,14 @@ PROPERTIES: tuple[Property, ...] = (
         AtomicUpdateHarness,
         "prove",
         depth=3,
-        variants=(Variant("flip_split", 3, mode="prove"),),
+        variants=(
+            Variant(
+                "flip_split",
+                UPDATE_DEPTH,
+                skip=UPDATE_DEPTH - 12,
+                params={"script": UPDATE_SCRIPT, "free_memories": True, **_EAGER_BUS},
+            ),
+        ),
     ),
     Property(
         "mailbox_rules",
@@ -952,16 +1134,16 @@ PROPERTIES: tuple[Property, ...] = (
         "keys_write_once",
         "after PROVISION: K_root, K_att, K_upd and dev_id are never written again",
         WriteOnceHarness,
-        "bmc",
-        depth=14,
+        "prove",
+        depth=3,
         variants=(Variant("reprovision", 14),),
     ),
     Property(
         "hmac_slots",
         "caller c's HMAC key slot is written only by c's HMAC_KEY",
         HmacSlotsHarness,
-        "bmc",
-        depth=14,
+        "prove",
+        depth=3,
         variants=(
             Variant("shared_hmac_slot", 60, params={"script": HMAC_KEY_SCRIPT, **_EAGER_BUS}),
         ),
@@ -991,6 +1173,16 @@ PROPERTIES: tuple[Property, ...] = (
         "bmc",
         depth=40,
         params={"script": HASH_SCRIPT, **_EAGER_BUS},
+    ),
+    Property(
+        "key_secrecy_hmac",
+        "2-safety, directed: an HMAC with an imported key that differs between the copies "
+        "takes the same cycles and answers alike, but for its MAC words",
+        KeySecrecyHarness,
+        "bmc",
+        depth=56,
+        variants=(Variant("key_timing", 56),),
+        params={"script": HMAC_SCRIPT, **_EAGER_BUS},
     ),
     Property(
         "iso_steer",
@@ -1041,6 +1233,26 @@ PROPERTIES: tuple[Property, ...] = (
             **_EAGER_BUS,
         },
     ),
+    *(
+        Property(
+            f"progress_{cmd.name.lower()}",
+            f"directed: {cmd.name} from any persistent state and memory contents, any data, "
+            f"is done within {PROGRESS_BOUND[cmd]} cycles of its last data word",
+            ProgressHarness,
+            "bmc",
+            depth=_progress_depth(cmd),
+            # the flaw holds an OK completion: its counterexample is also the cover
+            variants=(Variant("done_late", _progress_depth(cmd)),),
+            fast=cmd is Cmd.STATUS,
+            params={
+                "bound": PROGRESS_BOUND[cmd],
+                "script": _progress_script(cmd),
+                "free_memories": True,
+                **_EAGER_BUS,
+            },
+        )
+        for cmd in PROGRESS_BOUND
+    ),
 )
 
 
@@ -1049,7 +1261,8 @@ def jobs(names: Sequence[str] = (), *, fast: bool = False) -> list[Job]:
     known = {p.name: p for p in PROPERTIES}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"properties must be among {', '.join(known)}, not {unknown!r}")
+        # one short line: there are too many to name here (`mchsm formal --list` does)
+        raise ValueError(f"properties must be among those `--list` names, not {unknown!r}")
     chosen = [known[n] for n in names] if names else list(PROPERTIES)
     if fast:
         chosen = [p for p in chosen if p.fast]

@@ -124,6 +124,16 @@ class CoreProbes:
         High in the cycle in which UPDATE decides whether its tag verifies.
     tag_ok : Value
         That decision (valid while :attr:`verdict`).
+    running : Value
+        The engine runs the command's microcode (after its checks, before ``done``).
+    pc : Signal
+        The microinstruction running (its address in the program of ``rtl/microcode.py``).
+    ret : tuple of Signal
+        The return stack of ``CALL``/``RET``: ``ret[0]`` is where the next ``RET`` goes,
+        ``ret[1]`` the one below it.
+    slot : Signal
+        The key store slot (word address) a subroutine works on, set by a ``CALL`` that
+        names one.
     """
 
     mailbox_component: wiring.Component
@@ -146,6 +156,10 @@ class CoreProbes:
     failures: tuple[Signal, ...]
     verdict: Value
     tag_ok: Value
+    running: Value
+    pc: Signal
+    ret: tuple[Signal, Signal]
+    slot: Signal
 
     @property
     def mailbox(self) -> MailboxProbes:
