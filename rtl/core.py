@@ -66,6 +66,7 @@ from mchsm.rtl import microcode as uc
 from mchsm.rtl import wishbone
 from mchsm.rtl.mailbox import FLAWS, Mailbox
 from mchsm.rtl.observe import CoreProbes
+from mchsm.rtl.ram import NO_RW_CHECK, read_port
 from mchsm.rtl.sha256 import SHA256
 
 __all__ = ["CORE_FLAWS", "MchsmCore"]
@@ -203,13 +204,17 @@ class MchsmCore(wiring.Component):
         link = mbox.cmd  # the one command at a time, from the mailbox's holder
         data_in = link.data  # its data words
 
-        m.submodules.ctxmem = ctxmem = memory.Memory(shape=32, depth=n * CTX_STRIDE, init=[])
-        m.submodules.scratch = scratch = memory.Memory(shape=32, depth=SCRATCH_DEPTH, init=[])
-        m.submodules.keymem = keymem = memory.Memory(shape=32, depth=key_depth(n), init=[])
-        ctx_rd, ctx_wr = ctxmem.read_port(), ctxmem.write_port()
-        ctx_rd2 = ctxmem.read_port()  # M and R side by side for the MATCH check
-        scr_rd, scr_wr = scratch.read_port(), scratch.write_port()
-        key_rd, key_wr = keymem.read_port(), keymem.write_port()
+        # No microinstruction reads a word in the cycle it writes it (RING writes digests while
+        # it reads the key store only from a slot other than the one it fills; UPD_WRITE_R reads
+        # M and writes the other bank's R): the read ports need no collision logic (rtl/ram.py).
+        mem = {"init": [], "attrs": NO_RW_CHECK}
+        m.submodules.ctxmem = ctxmem = memory.Memory(shape=32, depth=n * CTX_STRIDE, **mem)
+        m.submodules.scratch = scratch = memory.Memory(shape=32, depth=SCRATCH_DEPTH, **mem)
+        m.submodules.keymem = keymem = memory.Memory(shape=32, depth=key_depth(n), **mem)
+        ctx_rd, ctx_wr = read_port(m, ctxmem, "ctx_rd"), ctxmem.write_port()
+        ctx_rd2 = read_port(m, ctxmem, "ctx_rd2")  # M and R side by side for the MATCH check
+        scr_rd, scr_wr = read_port(m, scratch, "scr_rd"), scratch.write_port()
+        key_rd, key_wr = read_port(m, keymem, "key_rd"), keymem.write_port()
         res_wr = link.result  # the engine's writes into the mailbox's result window
 
         # ---- the command, as the mailbox holds it while it runs ----------------------------

@@ -37,6 +37,7 @@ from mchsm.constants import (
 )
 from mchsm.rtl import wishbone
 from mchsm.rtl.observe import MailboxProbes
+from mchsm.rtl.ram import NO_RW_CHECK, read_port
 
 __all__ = ["FIFO_DEPTH", "FLAWS", "CommandSignature", "Mailbox", "ResultSignature"]
 
@@ -156,8 +157,12 @@ class Mailbox(wiring.Component):
         dfifo = fifo.SyncFIFOBuffered(width=32, depth=FIFO_DEPTH)
         fifo_rst = Signal()
         m.submodules.fifo = ResetInserter(fifo_rst)(dfifo)
-        m.submodules.resmem = resmem = memory.Memory(shape=32, depth=RESULT_WORDS, init=[])
-        res_rd, res_wr = resmem.read_port(), resmem.write_port()
+        m.submodules.resmem = resmem = memory.Memory(
+            shape=32, depth=RESULT_WORDS, init=[], attrs=NO_RW_CHECK
+        )
+        # read by the bus only in READY, written by the engine only while it runs (the bus then
+        # reads 0: r_reslen is 0 until the command is done) and by the wipe outside READY
+        res_rd, res_wr = read_port(m, resmem, "res_rd"), resmem.write_port()
 
         # ---- state -----------------------------------------------------------------------
         held = Signal()
