@@ -384,7 +384,8 @@ def test_build_logs_and_paths_as_the_report_says(
     assert "through `hsm.core.advance`" in md
     for tool, log in report["logs"].items():
         text = (work / log).read_text()
-        assert f"{'yosys' if tool == 'breakdown' else tool}: " in text and "a warning on stderr" in text  # stdout and stderr
+        said = "yosys" if tool == "breakdown" else tool
+        assert f"{said}: " in text and "a warning on stderr" in text  # stdout and stderr
         assert f"`{log}`" in (work / "build/ice/report.md").read_text()
     assert report["shown_bitstream"] == "build/ice/mchsm_top.bin"
     assert str(work) not in result.stdout + result.stderr  # (the tools line names our tools)
