@@ -370,8 +370,7 @@ def test_build_logs_and_paths_as_the_report_says(
     assert "Program it: `iceprog build/ice/mchsm_top.bin  (or: openFPGALoader" in result.stdout
     report = json.loads((work / "build/ice/report.json").read_text())
     assert report["logs"] == {
-        tool: f"build/ice/{tool}.log"
-        for tool in ("yosys", "nextpnr-ice40", "icepack", "breakdown")
+        tool: f"build/ice/{tool}.log" for tool in ("yosys", "nextpnr-ice40", "icepack", "breakdown")
     }
     # the per-module table (a module's own cells, then with its submodules) and the
     # critical path, named by the signals its cells come from
