@@ -562,14 +562,16 @@ class MchsmCore(wiring.Component):
                 with m.If(fire):
                     m.d.comb += advance.eq(1)
             with m.Else():
-                tail = r_left <= 4
+                # r_left <= 4 without a 32-bit comparator: its carry chain fed the engine's
+                # `last` and byte count, the design's critical path (rtl docs, "Timing")
+                tail = (r_left[3:] == 0) & ~(r_left[2] & (r_left[:2] != 0))
                 m.d.comb += [
                     dsrc.eq(src_fifo),
                     sha.last.eq(tail),
                     sha.nbytes.eq(Mux(tail, r_left[:3], 4)),
                 ]
                 with m.If(fire):
-                    m.d.sync += r_left.eq(Mux(tail, 0, r_left - 4))
+                    m.d.sync += r_left.eq(Mux(tail, 0, Cat(r_left[:2], r_left[2:] - 1)))
                     m.d.comb += advance.eq(tail)
 
         def ring() -> None:
