@@ -230,8 +230,11 @@ class MchsmCore(wiring.Component):
         r_left = Signal(32)  # bytes of a data stream not yet fed to the engine
         k = Signal(6)
         primed = Signal()
-        r_sel = Signal(32)
-        r_ok = Signal(32)
+        # ATTEST's selection: its N context bits, and whether any bit above them was set (then
+        # ATT_CHECK refuses it, so only the N bits are ever hashed or returned)
+        r_sel = Signal(n)
+        r_sel_high = Signal()
+        r_ok = Signal(n)
         r_vold = Signal(32)
         r_vnew = Signal(32)
         r_ci = Signal(6)  # context being streamed by ATTEST
@@ -698,10 +701,13 @@ class MchsmCore(wiring.Component):
                 with m.Case(sp.ATT_SEL):
                     m.d.comb += pop.eq(1)
                     with m.If(data_in.valid):
-                        m.d.sync += r_sel.eq(data_in.payload)
+                        m.d.sync += [
+                            r_sel.eq(data_in.payload[:n]),
+                            r_sel_high.eq(data_in.payload[n:] != 0),
+                        ]
                         m.d.comb += advance.eq(1)
                 with m.Case(sp.ATT_CHECK):
-                    with m.If((r_sel == 0) | ((r_sel >> n) != 0)):
+                    with m.If((r_sel == 0) | r_sel_high):
                         finish(Status.ERR_SELECT)
                     with m.Elif(counter == U32_MAX):
                         finish(Status.ERR_COUNTER)
