@@ -406,38 +406,59 @@ class MchsmCore(wiring.Component):
         pre = Signal(8)
         caller_bad = r_owner > n
         ctx_in_range = (r_ctx >= 1) & (r_ctx <= n)
+        # The command table decoded once into a few rule bits, then every check computed once
+        # (in the order of the spec's table) instead of one chain of checks per command: the
+        # same statuses for ~150 LUT4s less.
+        known = Signal()
+        by_manager = Signal()  # Access.MANAGER
+        by_task = Signal()  # Access.TASK
+        by_owner = Signal()  # Access.MANAGER_OR_OWN
+        needs_prov = Signal()
+        refuses_prov = Signal()
+        on_context = Signal()
+        fixed_len = Signal()
+        lengths = [command_spec(cmd).length or 0 for cmd in Cmd]
+        length = Signal(range(max(lengths) + 1))
+        is_task_mac = Signal()
+        is_hmac = Signal()
         with m.Switch(r_cmd):
             for cmd in Cmd:
                 spec = command_spec(cmd)
                 with m.Case(cmd):
-                    denied = caller_bad
-                    if spec.access is Access.MANAGER:
-                        denied = denied | (r_owner != MANAGER)
-                    elif spec.access is Access.TASK:
-                        denied = denied | (r_owner == MANAGER)
-                    elif spec.access is Access.MANAGER_OR_OWN:
-                        denied = denied | ((r_owner != MANAGER) & (r_ctx != r_owner))
-                    checks: list[tuple[Value, Status]] = [(denied, Status.ERR_DENIED)]
-                    if spec.provisioned is True:
-                        checks.append((~provisioned, Status.ERR_NOT_PROVISIONED))
-                    elif spec.provisioned is False and not flaw["reprovision"]:
-                        checks.append((provisioned, Status.ERR_PROVISIONED))
-                    checks.append(
-                        (~ctx_in_range if spec.context else r_ctx != 0, Status.ERR_CONTEXT)
-                    )
-                    if spec.length is not None:
-                        checks.append((r_len != spec.length, Status.ERR_LENGTH))
-                    if cmd is Cmd.TASK_MAC:
-                        checks.append((~okmask.bit_select(cidx, 1), Status.ERR_NOT_TRUSTED))
-                    if cmd is Cmd.HMAC:
-                        checks.append((~hk_valid.bit_select(r_owner, 1), Status.ERR_NO_KEY))
-                    with m.If(checks[0][0]):
-                        m.d.comb += pre.eq(checks[0][1])
-                    for cond, status in checks[1:]:
-                        with m.Elif(cond):
-                            m.d.comb += pre.eq(status)
-            with m.Default():
-                m.d.comb += pre.eq(Status.ERR_UNKNOWN_CMD)
+                    m.d.comb += [
+                        known.eq(1),
+                        by_manager.eq(spec.access is Access.MANAGER),
+                        by_task.eq(spec.access is Access.TASK),
+                        by_owner.eq(spec.access is Access.MANAGER_OR_OWN),
+                        needs_prov.eq(spec.provisioned is True),
+                        refuses_prov.eq(spec.provisioned is False and not flaw["reprovision"]),
+                        on_context.eq(spec.context),
+                        fixed_len.eq(spec.length is not None),
+                        length.eq(spec.length or 0),
+                        is_task_mac.eq(cmd is Cmd.TASK_MAC),
+                        is_hmac.eq(cmd is Cmd.HMAC),
+                    ]
+        denied = (
+            caller_bad
+            | (by_manager & (r_owner != MANAGER))
+            | (by_task & (r_owner == MANAGER))
+            | (by_owner & (r_owner != MANAGER) & (r_ctx != r_owner))
+        )
+        checks: list[tuple[Value, Status]] = [
+            (~known, Status.ERR_UNKNOWN_CMD),
+            (denied, Status.ERR_DENIED),
+            (needs_prov & ~provisioned, Status.ERR_NOT_PROVISIONED),
+            (refuses_prov & provisioned, Status.ERR_PROVISIONED),
+            (Mux(on_context, ~ctx_in_range, r_ctx != 0), Status.ERR_CONTEXT),
+            (fixed_len & (r_len != length), Status.ERR_LENGTH),
+            (is_task_mac & ~okmask.bit_select(cidx, 1), Status.ERR_NOT_TRUSTED),
+            (is_hmac & ~hk_valid.bit_select(r_owner, 1), Status.ERR_NO_KEY),
+        ]
+        with m.If(checks[0][0]):
+            m.d.comb += pre.eq(checks[0][1])
+        for cond, status in checks[1:]:
+            with m.Elif(cond):
+                m.d.comb += pre.eq(status)
 
         # ---- the microcoded engine -----------------------------------------------------------
         program = uc.assemble()
