@@ -228,6 +228,8 @@ class MchsmCore(wiring.Component):
         # ---- engine registers ----------------------------------------------------------------
         r_fin = Signal(8)  # status the command ends with
         r_left = Signal(32)  # bytes of a data stream not yet fed to the engine
+        r_long = Signal()  # LEN > 64: a key longer than a block (JUMP_IF_LONG)
+        r_len_words = Signal(5)  # ceil(LEN / 4) for POP KEY_BY_LEN (LEN <= 64 then)
         k = Signal(6)
         primed = Signal()
         # ATTEST's selection: its N context bits, and whether any bit above them was set (then
@@ -307,7 +309,16 @@ class MchsmCore(wiring.Component):
         # ---- engine --------------------------------------------------------------------------
         m.d.comb += sha_rst.eq(start_cmd)
         with m.If(start_cmd):
-            m.d.sync += [r_reslen.eq(0), k.eq(0), primed.eq(0), r_left.eq(r_len)]
+            m.d.sync += [
+                r_reslen.eq(0),
+                k.eq(0),
+                primed.eq(0),
+                r_left.eq(r_len),
+                # LEN is fixed while the command runs: what the microcode asks of it is
+                # registered here, off the path into the microcode ROM's address
+                r_long.eq(r_len > 64),
+                r_len_words.eq((r_len + 3) >> 2),
+            ]
 
         # ---- datapath ------------------------------------------------------------------------
         # Every wide value (the engine's input word, a result word, memory write data) is chosen
@@ -658,7 +669,7 @@ class MchsmCore(wiring.Component):
         def pop_words() -> None:
             """Command data into scratch, as it arrives."""
             by_len = u_src == uc.Pop.KEY_BY_LEN
-            words = Mux(by_len, ((r_len + 3) >> 2)[:5], u_cnt + 1)
+            words = Mux(by_len, r_len_words, u_cnt + 1)
             m.d.comb += [
                 pop.eq(1),
                 swsrc.eq(0),
@@ -826,7 +837,7 @@ class MchsmCore(wiring.Component):
                     with m.Case(op.JUMP):
                         m.d.comb += pc_next.eq(u_target)
                     with m.Case(op.JUMP_IF_LONG):
-                        with m.If(r_len > 64):
+                        with m.If(r_long):
                             m.d.comb += pc_next.eq(u_target)
                         with m.Else():
                             m.d.comb += advance.eq(1)
