@@ -20,15 +20,11 @@ from mchsm.rtl.ram import NO_RW_CHECK, YOSYS_AFTER_READ, read_port
 class _Ram(wiring.Component):
     """A 32 x 32 memory with one write port and one read port, helper-made or plain."""
 
-    waddr: In(5)
-    wdata: In(32)
-    we: In(1)
-    raddr: In(5)
-    rdata: Out(32)
-
     def __init__(self, helper: bool) -> None:
         self.helper = helper
-        super().__init__()
+        super().__init__(
+            {"waddr": In(5), "wdata": In(32), "we": In(1), "raddr": In(5), "rdata": Out(32)}
+        )
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -90,12 +86,14 @@ def test_no_bypass_logic_after_synthesis(tmp_path: Path) -> None:
     """Yosys's iCE40 block RAM mapping (the memory passes of synth_ice40) maps the helper's
     port to the block RAM alone; a plain synchronous port gets the read-first emulation (a
     register of the write data and a multiplexer)."""
+    yosys = _yosys()
+    assert yosys is not None  # (the skipif above)
     flops, luts = {}, {}
     for helper in (False, True):
         name = f"ram{int(helper)}"
         (tmp_path / f"{name}.il").write_text(rtlil.convert(_Ram(helper), name="top"))
         subprocess.run(
-            [_yosys(), "-q", "-p",
+            [yosys, "-q", "-p",
              f"read_rtlil {name}.il; {YOSYS_AFTER_READ}; hierarchy -top top; proc; opt; "
              f"memory -nomap; memory_libmap -lib +/ice40/brams.txt; opt_clean; "
              f"tee -q -o {name}.txt stat"],
