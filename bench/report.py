@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.area import area_section
+
 __all__ = ["attest_plot", "markdown", "targets"]
 
 
@@ -426,6 +428,7 @@ def markdown(r: dict[str, Any]) -> str:
         "data arriving over the Wishbone bus (2 cycles per word), not the host's polling."
     )
     lines += service_section(r.get("service"))
+    lines += area_section(r.get("area"))
     for note in r.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"

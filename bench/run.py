@@ -195,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=["hsm", "tpm", "verifier", "service", "simulators", "cold-build"],
+        choices=["hsm", "tpm", "verifier", "service", "simulators", "area", "cold-build"],
         help="leave a section out (repeatable)",
     )
     parser.add_argument(
         "--only",
-        choices=["hsm", "tpm", "verifier", "service", "simulators"],
+        choices=["hsm", "tpm", "verifier", "service", "simulators", "area"],
         help="run only this section and merge it into the existing results.json",
     )
     parser.add_argument(
@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         skip.add("cold-build")
     if args.only:
-        skip |= {"hsm", "tpm", "verifier", "service", "simulators", "cold-build"} - {args.only}
+        skip |= {"hsm", "tpm", "verifier", "service", "simulators", "area", "cold-build"} - {
+            args.only
+        }
 
     def section(title: str) -> float:
         _progress(f"== {title} [{time.perf_counter() - began:.0f} s]")
@@ -314,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
             _progress, cold_build="cold-build" not in skip, repeats=1 if args.quick else 3
         )
         results["simulators"]["seconds"] = time.perf_counter() - t
+
+    if "area" not in skip:
+        from bench import area
+
+        t = section("6. Area and clock (board reports; synthesis-only sweep over N)")
+        results["area"] = area.measure_area(_progress, ROOT)
+        results["area"]["seconds"] = time.perf_counter() - t
 
     results["runtime_seconds"] = runtime = time.perf_counter() - began
     results["load_average_end"] = os.getloadavg()[0]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mchsm.constants import DEFAULT_CONTEXTS, LINK_DEFAULT_BAUD
+from mchsm.rtl.ram import YOSYS_AFTER_READ
 from mchsm.sw.errors import ArgumentError, MchsmError
 from mchsm.sw.extras import require
 
@@ -45,7 +46,10 @@ __all__ = [
     "BuildReport",
     "board_top",
     "build_bitstream",
+    "parse_critical_paths",
     "shown",
+    "subtree_totals",
+    "synth_counts",
     "tool_argv",
     "toolchain_env",
 ]
@@ -217,6 +221,8 @@ class BuildReport:
     total_seconds: float
     flash_hint: str  #: the command that programs the board, with the bitstream's path
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)  #: module -> cells
+    #: nextpnr's critical path of each clock pair (see :func:`parse_critical_paths`)
+    critical_paths: list[dict[str, Any]] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)  #: step -> its tool's log (as shown)
     shown_bitstream: str | None = None  #: the bitstream's path as printed (see :func:`shown`)
 
@@ -265,19 +271,33 @@ class BuildReport:
         if self.breakdown:
             lines += [
                 "",
-                "Per module (Yosys `-noflatten` + `stat`, before packing; local cells, "
-                "submodules excluded):",
+                "Per module (Yosys `synth -noflatten` + `stat`, before packing: the module's own "
+                "cells, then with its submodules; a logic cell packs one LUT4, its carry and "
+                "one flip-flop):",
                 "",
-                "| module | LUT4 | FF | carry | RAM |",
-                "| --- | ---: | ---: | ---: | ---: |",
+                "| module | LUT4 | FF | carry | RAM | LUT4 with sub | FF with sub | RAM with sub |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
+            totals = subtree_totals(self.breakdown)
             for module, cells in sorted(
                 self.breakdown.items(), key=lambda kv: -kv[1].get("lut", 0)
             ):
+                sub = totals[module]
                 lines.append(
                     f"| `{module}` | {cells.get('lut', 0)} | {cells.get('ff', 0)} | "
-                    f"{cells.get('carry', 0)} | {cells.get('ram', 0)} |"
+                    f"{cells.get('carry', 0)} | {cells.get('ram', 0)} | {sub.get('lut', 0)} | "
+                    f"{sub.get('ff', 0)} | {sub.get('ram', 0)} |"
                 )
+        for path in self.critical_paths:
+            lines += [
+                "",
+                f"Critical path `{path['from']}` -> `{path['to']}`: {path['delay_ns']:.2f} ns "
+                f"({path['logic_ns']:.2f} ns in {path['levels']} logic levels, "
+                f"{path['routing_ns']:.2f} ns routing), from `{path['start']}` to "
+                f"`{path['end']}`",
+            ]
+            if path.get("through"):
+                lines.append("through " + " -> ".join(f"`{c}`" for c in path["through"]))
         lines += ["", "| step | seconds | log |", "| --- | ---: | --- |"]
         lines += [
             f"| {step} | {sec:.1f} | {f'`{self.logs[step]}`' if step in self.logs else ''} |"
@@ -308,6 +328,64 @@ def parse_nextpnr_report(
         for clock, v in data.get("fmax", {}).items()
     }
     return util, fmax
+
+
+def _short(cell: str) -> str:
+    """A nextpnr cell name without the suffixes Yosys and nextpnr derive from the cells they
+    made (``hsm.core.mailbox.r_irq_en_SB_DFFESR_Q_DFFLC`` -> ``hsm.core.mailbox.r_irq_en``)."""
+    return re.split(r"_SB_|_TRELLIS|_LUT4|_DFFLC|_CCU2C|\$|_LC$", cell, maxsplit=1)[0]
+
+
+def parse_critical_paths(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The critical path of each clock pair in ``nextpnr --report`` JSON, summed up: its
+    delay (logic and routing), logic levels, start and end cells and the cells it runs
+    through (names shortened to the signals they come from, repeats folded)."""
+    out = []
+    for cp in data.get("critical_paths", []):
+        steps = cp.get("path", [])
+        if not steps:
+            continue
+        through: list[str] = []
+        for step in steps:
+            name = _short(str(step.get("to", {}).get("cell", "")))
+            if name and (not through or through[-1] != name):
+                through.append(name)
+        delay = sum(float(st.get("delay", 0.0)) for st in steps)
+        logic = [st for st in steps if st.get("type") in ("logic", "clk-to-q", "setup")]
+        out.append(
+            {
+                "from": str(cp.get("from", "")),
+                "to": str(cp.get("to", "")),
+                "delay_ns": round(delay, 2),
+                "logic_ns": round(sum(float(st.get("delay", 0.0)) for st in logic), 2),
+                "routing_ns": round(
+                    sum(float(st.get("delay", 0.0)) for st in steps if st.get("type") == "routing"),
+                    2,
+                ),
+                "levels": sum(1 for st in steps if st.get("type") == "logic"),
+                "start": _short(str(steps[0].get("from", {}).get("cell", ""))),
+                "end": _short(str(steps[-1].get("to", {}).get("cell", ""))),
+                "through": [
+                    c
+                    for c in through[:-1]
+                    if c != _short(str(steps[0].get("from", {}).get("cell", "")))
+                ],
+            }
+        )
+    return out
+
+
+def subtree_totals(breakdown: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Each module's cells with those of its submodules (names are dotted hierarchy paths)."""
+    totals: dict[str, dict[str, int]] = {}
+    for module in breakdown:
+        acc: dict[str, int] = {}
+        for other, cells in breakdown.items():
+            if other == module or other.startswith(module + "."):
+                for cls, count in cells.items():
+                    acc[cls] = acc.get(cls, 0) + count
+        totals[module] = acc
+    return totals
 
 
 _CELL_CLASSES = (
@@ -436,14 +514,15 @@ def build_bitstream(
     contexts: int = DEFAULT_CONTEXTS,
     baud: int = LINK_DEFAULT_BAUD,
     out_dir: Path | str = "build",
-    breakdown: bool = False,
+    breakdown: bool = True,
     progress: Callable[[str], None] = lambda msg: print(msg, flush=True),
 ) -> BuildReport:
     """Synthesise, place and route the HSM for ``board`` and write the bitstream and report.
 
-    ``breakdown`` also runs Yosys once more with ``-noflatten`` to count the cells of each
-    module (a few more minutes on the iCE40).  Raises :class:`BuildError` when a tool fails;
-    a design that does not fit or misses timing still gets its report (``passed`` is False).
+    ``breakdown`` (the default) also runs Yosys once more with ``-noflatten`` to count the
+    cells of each module (about a minute more on the iCE40).  Raises :class:`BuildError` when
+    a tool fails; a design that does not fit or misses timing still gets its report
+    (``passed`` is False).
     """
     if isinstance(board, str):
         try:
@@ -467,6 +546,8 @@ def build_bitstream(
         name=DESIGN,
         # the report feeds BuildReport; timing is judged here, so a slow design still gets one
         nextpnr_opts=f"--report {report_file} --timing-allow-fail",
+        # block RAM output latches have no initial value (see mchsm.rtl.ram)
+        script_after_read=YOSYS_AFTER_READ,
     )
     plan.extract(out)
     steps["elaborate"] = time.perf_counter() - t0
@@ -499,11 +580,11 @@ def build_bitstream(
     if breakdown:
         synth = "synth_ice40" if board.family == "ice40" else "synth_ecp5"
         script = (
-            f"read_rtlil {DESIGN}.il; {synth} -noflatten -top {DESIGN}; "
+            f"read_rtlil {DESIGN}.il; {YOSYS_AFTER_READ}; {synth} -noflatten -top {DESIGN}; "
             f"tee -q -o breakdown.txt stat"
         )
         steps["breakdown"] = _run_step(
-            [env["YOSYS"], "-q", "-p", script],
+            [env["YOSYS"], "-p", script],
             out,
             out / "breakdown.log",
             "breakdown yosys -noflatten",
@@ -514,7 +595,8 @@ def build_bitstream(
         logs["breakdown"] = shown(out / "breakdown.log")
         cells = parse_yosys_stat((out / "breakdown.txt").read_text())
 
-    util, fmax = parse_nextpnr_report(json.loads((out / report_file).read_text()))
+    pnr = json.loads((out / report_file).read_text())
+    util, fmax = parse_nextpnr_report(pnr)
     logic = util.get(board.logic_resource, (0, 0))
     ram = util.get(board.ram_resource, (0, 0))
     bitstream = out / f"{DESIGN}{board.bitstream_suffix}"
@@ -537,9 +619,47 @@ def build_bitstream(
         total_seconds=round(time.perf_counter() - began, 1),
         flash_hint=board.flash_hint.format(bitstream=shown(bitstream)),
         breakdown=cells,
+        critical_paths=parse_critical_paths(pnr),
         logs=logs,
         shown_bitstream=shown(bitstream) if bitstream.is_file() else None,
     )
     (out / "report.json").write_text(report.to_json())
     (out / "report.md").write_text(report.to_markdown())
     return report
+
+
+def synth_counts(
+    board: Board | str,
+    *,
+    contexts: int = DEFAULT_CONTEXTS,
+    out_dir: Path | str,
+    progress: Callable[[str], None] = lambda msg: print(msg, flush=True),
+) -> dict[str, int]:
+    """Synthesis only (no place and route): the whole design's LUT4s, flip-flops, carry cells
+    and block RAMs as Yosys counts them after ``synth_ice40``/``synth_ecp5``, in about a
+    minute instead of the build's several.  Before packing: nextpnr's logic cells are at least
+    the LUT4 count and at most LUT4s + flip-flops + lone carries."""
+    if isinstance(board, str):
+        board = BOARDS[board]
+    env = toolchain_env(["yosys"])
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    board.platform().prepare(board_top(board, contexts), name=DESIGN).extract(out)
+    synth = "synth_ice40" if board.family == "ice40" else "synth_ecp5"
+    script = (
+        f"read_rtlil {DESIGN}.il; {YOSYS_AFTER_READ}; {synth} -top {DESIGN}; "
+        "tee -q -o stat.txt stat"
+    )
+    _run_step(
+        [env["YOSYS"], "-p", script],
+        out,
+        out / "synth.log",
+        f"synth {board.name} N={contexts}",
+        env,
+        progress,
+        False,
+    )
+    cells = parse_yosys_stat("=== all ===\n" + (out / "stat.txt").read_text())
+    return {
+        cls: sum(c.get(cls, 0) for c in cells.values()) for cls in ("lut", "ff", "carry", "ram")
+    }

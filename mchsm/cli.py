@@ -851,9 +851,10 @@ def _demo_on_board(
     help="Build directory [default: build/BOARD].",
 )
 @click.option(
-    "--breakdown",
-    is_flag=True,
-    help="Also count cells per module (Yosys -noflatten; a few minutes more).",
+    "--breakdown/--no-breakdown",
+    default=True,
+    show_default=True,
+    help="Count cells per module too (one more Yosys run with -noflatten, about a minute).",
 )
 def build(board: str, contexts: int, baud: int, out_dir: Path | None, breakdown: bool) -> None:
     """Bitstream for a board with Yosys and nextpnr from PyPI (YoWASP), plus a report.

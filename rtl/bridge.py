@@ -37,7 +37,7 @@ Why it is built like this:
   included (see ``docs/boards.md``).
 """
 
-from amaranth.hdl import Array, C, Cat, ClockDomain, ClockSignal, Const, Module, Mux, Signal
+from amaranth.hdl import Array, C, Cat, Const, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -53,6 +53,7 @@ from mchsm.constants import (
     LinkStatus,
 )
 from mchsm.rtl import wishbone
+from mchsm.rtl.ram import NO_RW_CHECK, read_port
 
 __all__ = ["Crc16", "UartBridge", "crc_update_matrix"]
 
@@ -161,15 +162,15 @@ class UartBridge(wiring.Component):
         m = Module()
         m.submodules.crc = crc = Crc16()
         # one word per row, written a byte lane at a time from the line or whole from the bus
-        m.submodules.buf = buf = memory.Memory(shape=32, depth=LINK_MAX_BURST, init=[])
-        # The read port samples its address on the falling clock edge.  Its data still arrives
-        # one cycle after the address, but the two ports are now in different clock domains,
-        # so synthesis adds no read-during-write emulation (some 40 flip-flops and 25 LUTs for
-        # a 32-bit RAM whose ports share a clock): the bridge never uses what it reads from a
-        # row in the cycle it writes that row.
-        m.domains.buf_rd = buf_rd = ClockDomain(clk_edge="neg", local=True)
-        m.d.comb += buf_rd.clk.eq(ClockSignal("sync"))
-        rd, wr = buf.read_port(domain="buf_rd"), buf.write_port(granularity=8)
+        m.submodules.buf = buf = memory.Memory(
+            shape=32, depth=LINK_MAX_BURST, init=[], attrs=NO_RW_CHECK
+        )
+        # The bridge never uses what it reads from a row in the cycle after it writes that row
+        # (a read burst writes row ptr and moves on; the reply reads from row 0 again), so the
+        # read port needs no read-during-write logic (rtl/ram.py).  Its data arrives one cycle
+        # after the address: NEXT waits for it before a bus cycle, and a reply byte is sent at
+        # most every ten bit times, long after the row it comes from was addressed.
+        rd, wr = read_port(m, buf, "buf_rd"), buf.write_port(granularity=8)
 
         byte, got = self.rx.payload, self.rx.valid
         ptr = Signal(range(4 * LINK_MAX_BURST))  # byte index: word ptr[2:], lane ptr[:2]

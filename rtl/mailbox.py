@@ -37,6 +37,7 @@ from mchsm.constants import (
 )
 from mchsm.rtl import wishbone
 from mchsm.rtl.observe import MailboxProbes
+from mchsm.rtl.ram import NO_RW_CHECK, read_port
 
 __all__ = ["FIFO_DEPTH", "FLAWS", "CommandSignature", "Mailbox", "ResultSignature"]
 
@@ -158,8 +159,12 @@ class Mailbox(wiring.Component):
         dfifo = fifo.SyncFIFOBuffered(width=32, depth=FIFO_DEPTH)
         fifo_rst = Signal()
         m.submodules.fifo = ResetInserter(fifo_rst)(dfifo)
-        m.submodules.resmem = resmem = memory.Memory(shape=32, depth=RESULT_WORDS, init=[])
-        res_rd, res_wr = resmem.read_port(), resmem.write_port()
+        m.submodules.resmem = resmem = memory.Memory(
+            shape=32, depth=RESULT_WORDS, init=[], attrs=NO_RW_CHECK
+        )
+        # read by the bus only in READY, written by the engine only while it runs (the bus then
+        # reads 0: r_reslen is 0 until the command is done) and by the wipe outside READY
+        res_rd, res_wr = read_port(m, resmem, "res_rd"), resmem.write_port()
 
         # ---- state -----------------------------------------------------------------------
         held = Signal()
@@ -171,7 +176,10 @@ class Mailbox(wiring.Component):
         r_done = Signal()
         r_reslen = Signal(8)
         r_cycles = Signal(32)
-        r_inbytes = Signal(32)  # bytes the holder may still write to DATA
+        # what the holder may still write to DATA: r_inwords whole words and, after them, a
+        # word of r_infrac bytes (the rest of LEN / 4); one decrement, no saturating subtract
+        r_inwords = Signal(30)
+        r_infrac = Signal()
         r_irq_en = Signal()
         wipe = Signal(_RESULT_ADDR_BITS)
         # what a stalled CTRL write does once the window is erased
@@ -184,7 +192,7 @@ class Mailbox(wiring.Component):
                 m.d.sync += late_abort.eq(0)
 
         mine = held & (self.caller == holder)
-        expects = r_inbytes != 0
+        expects = (r_inwords != 0) | r_infrac
         running = cmd.busy & ~expects  # phase *run*: nothing may interrupt it
         m.d.comb += [
             cmd.code.eq(r_code),
@@ -198,17 +206,23 @@ class Mailbox(wiring.Component):
         ]
 
         # ---- the engine's side -------------------------------------------------------------
-        with m.If(cmd.busy):
+        # CYCLES is assigned in one place (a counter with one load, not a multiplexer per
+        # state): 1 when a command is issued, 0 when the mailbox is cleared, else +1 while busy
+        cycles_load, cycles_one = Signal(), Signal()
+        with m.If(cycles_load):
+            m.d.sync += r_cycles.eq(cycles_one)
+        with m.Elif(cmd.busy):
             m.d.sync += r_cycles.eq(r_cycles + 1)
         with m.If(cmd.accept):
-            m.d.sync += r_inbytes.eq(r_len)
+            m.d.sync += [r_inwords.eq(r_len[2:]), r_infrac.eq(r_len[:2] != 0)]
         with m.If(cmd.done):
             m.d.comb += fifo_rst.eq(1)  # words an aborted command left behind
             m.d.sync += [
                 r_status.eq(cmd.status),
                 r_done.eq(1),
                 r_reslen.eq(cmd.reslen),
-                r_inbytes.eq(0),
+                r_inwords.eq(0),
+                r_infrac.eq(0),
             ]
 
         # ---- the result window: the engine writes it, a wipe erases it ---------------------
@@ -264,8 +278,8 @@ class Mailbox(wiring.Component):
                 r_status.eq(Status.OK),
                 r_done.eq(0),
                 r_reslen.eq(0),
-                r_cycles.eq(0),
             ]
+            m.d.comb += cycles_load.eq(1)
 
         with m.FSM(name="mailbox") as fsm:
             with m.State("WIPE"):  # the reset state: the window starts erased too
@@ -314,8 +328,8 @@ class Mailbox(wiring.Component):
                                     r_status.eq(Status.OK),
                                     r_done.eq(0),
                                     r_reslen.eq(0),
-                                    r_cycles.eq(1),
                                 ]
+                                m.d.comb += [cycles_load.eq(1), cycles_one.eq(1)]
                             with m.Else():
                                 m.d.comb += err.eq(1)
                         with m.Case(word[Reg.DATA]):
@@ -326,7 +340,10 @@ class Mailbox(wiring.Component):
                                         dfifo.w_en.eq(1),
                                         dfifo.w_data.eq(bus.dat_w),
                                     ]
-                                    m.d.sync += r_inbytes.eq(Mux(r_inbytes > 4, r_inbytes - 4, 0))
+                                    with m.If(r_inwords != 0):
+                                        m.d.sync += r_inwords.eq(r_inwords - 1)
+                                    with m.Else():
+                                        m.d.sync += r_infrac.eq(0)
                             with m.Else():
                                 m.d.comb += err.eq(1)
                         with m.Case(word[Reg.CTRL]):  # exactly one action, or refused

@@ -415,7 +415,13 @@ class SHA256(wiring.Component):
         with m.Elif(cmd_resume):
             m.d.sync += [busy.eq(1), ldpend.eq(self.shift), count.eq(Mux(take, inc, 0) | 64)]
         with m.Elif(take):
-            m.d.sync += count.eq(count + inc)
+            # count + inc (inc <= 4) with the carry chain off the input's path: the upper 29
+            # bits are count's own, or count's own + 1 (a chain from the register alone),
+            # chosen by the carry out of a 3-bit add.  As one 32-bit add, the chain ran from
+            # `valid`/`last`/`nbytes` (the core's stream) into `count`: the design's critical
+            # path on the iCE40.
+            low = count[:3] + inc
+            m.d.sync += count.eq(Cat(low[:3], Mux(low[3], count[3:] + 1, count[3:])))
 
         # the control registers, for the formal proof of the engine's handshake
         # (mchsm.rtl.sha_contract); naming them adds no logic

@@ -316,7 +316,21 @@ if "--report" in args:
         "utilization": {"ICESTORM_LC": {"used": 100, "available": 5280},
                         "ICESTORM_RAM": {"used": 2, "available": 30}},
         "fmax": {"cd_sync.clk": {"achieved": 30.0, "constraint": 12.0}},
+        "critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+            {"type": "clk-to-q", "delay": 1.0, "from": {"cell": "hsm.core.pc_SB_DFF_Q"},
+             "to": {"cell": "hsm.core.pc_SB_DFF_Q"}},
+            {"type": "routing", "delay": 2.0, "from": {"cell": "hsm.core.pc_SB_DFF_Q"},
+             "to": {"cell": "hsm.core.advance_SB_LUT4_O_LC"}},
+            {"type": "logic", "delay": 1.5, "from": {"cell": "hsm.core.advance_SB_LUT4_O_LC"},
+             "to": {"cell": "hsm.core.advance_SB_LUT4_O_LC"}},
+            {"type": "setup", "delay": 0.5, "from": {"cell": "hsm.core.ucode.0_RAM"},
+             "to": {"cell": "hsm.core.ucode.0_RAM"}}]}],
     }))
+if "-p" in args and "breakdown.txt" in args[args.index("-p") + 1]:
+    Path("breakdown.txt").write_text(
+        "=== mchsm_top.hsm ===\\n  +---Local\\n       29   SB_LUT4\\n        4   SB_DFFSR\\n"
+        "=== mchsm_top.hsm.core ===\\n     1900   SB_LUT4\\n      300   SB_DFFE\\n"
+        "       11   SB_RAM40_4K\\n=== design hierarchy ===\\n     1929   SB_LUT4\\n")
 if name == "icepack":
     Path(args[-1]).write_bytes(b"bitstream")
 """
@@ -356,11 +370,21 @@ def test_build_logs_and_paths_as_the_report_says(
     assert "Program it: `iceprog build/ice/mchsm_top.bin  (or: openFPGALoader" in result.stdout
     report = json.loads((work / "build/ice/report.json").read_text())
     assert report["logs"] == {
-        tool: f"build/ice/{tool}.log" for tool in ("yosys", "nextpnr-ice40", "icepack")
+        tool: f"build/ice/{tool}.log" for tool in ("yosys", "nextpnr-ice40", "icepack", "breakdown")
     }
+    # the per-module table (a module's own cells, then with its submodules) and the
+    # critical path, named by the signals its cells come from
+    md = (work / "build/ice/report.md").read_text()
+    assert "| `mchsm_top.hsm` | 29 | 4 | 0 | 0 | 1929 | 304 | 11 |" in md
+    assert "| `mchsm_top.hsm.core` | 1900 | 300 | 0 | 11 | 1900 | 300 | 11 |" in md
+    assert report["critical_paths"][0]["delay_ns"] == 5.0
+    assert report["critical_paths"][0]["levels"] == 1
+    assert "from `hsm.core.pc` to `hsm.core.ucode.0_RAM`" in md
+    assert "through `hsm.core.advance`" in md
     for tool, log in report["logs"].items():
         text = (work / log).read_text()
-        assert f"{tool}: " in text and "a warning on stderr" in text  # stdout and stderr
+        said = "yosys" if tool == "breakdown" else tool
+        assert f"{said}: " in text and "a warning on stderr" in text  # stdout and stderr
         assert f"`{log}`" in (work / "build/ice/report.md").read_text()
     assert report["shown_bitstream"] == "build/ice/mchsm_top.bin"
     assert str(work) not in result.stdout + result.stderr  # (the tools line names our tools)
