@@ -566,9 +566,8 @@ class Verifier:
         p = found[0]
         detail.update(old=p.old, reference=p.reference.hex(), name=p.name)
         root = self._kek.unwrap(dev_id, row.root_wrapped)
-        expected = protocol.hmac_sha256(
-            protocol.derive_upd_key(root),
-            protocol.ack_message(dev_id, ack.ctx, p.old, ack.new, p.reference),
+        expected = protocol.ack_tag(
+            protocol.derive_upd_key(root), dev_id, ack.ctx, p.old, ack.new, p.reference
         )
         if not protocol.tags_equal(expected, ack.ack):
             raise UpdateError(
