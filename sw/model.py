@@ -138,8 +138,13 @@ class _Running:
     ctx: int
     remaining: int
     buffer: bytearray = field(default_factory=bytearray)
-    stream: object | None = None  #: incremental hash/HMAC for streamed commands
-    key_hash: object | None = None  #: HMAC_KEY: hash of a key longer than a block
+    stream: hashes.Hash | _hmac.HMAC | None = None  #: incremental hash/HMAC of streamed data
+    key_hash: hashes.Hash | None = None  #: HMAC_KEY: hash of a key longer than a block
+
+    def digest(self) -> bytes:
+        """The streamed command's hash or MAC of all its data."""
+        assert self.stream is not None, "only streamed commands have a digest"
+        return self.stream.finalize()
 
 
 class HsmModel:
@@ -257,9 +262,9 @@ class HsmModel:
         data = data[: running.remaining]
         running.remaining -= len(data)
         if running.stream is not None:
-            running.stream.update(data)  # type: ignore[attr-defined]
+            running.stream.update(data)
         elif running.cmd is Cmd.HMAC_KEY and running.key_hash is not None:
-            running.key_hash.update(data)  # type: ignore[attr-defined]
+            running.key_hash.update(data)
         else:
             running.buffer += data
             if running.cmd is Cmd.HMAC_KEY and len(running.buffer) > SHA_BLOCK_SIZE:
@@ -392,7 +397,7 @@ class HsmModel:
         return Response(Status.OK, new)
 
     def _do_measure(self, run: _Running) -> Response:
-        digest = run.stream.finalize()  # type: ignore[attr-defined]
+        digest = run.digest()
         new = sha256(self.context(run.ctx).measurement + digest)
         self._set_context(run.ctx, measurement=new, loaded=True)
         return Response(Status.OK, digest)
@@ -434,17 +439,17 @@ class HsmModel:
         return Response(Status.OK, ack.result())
 
     def _do_task_mac(self, run: _Running) -> Response:
-        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+        return Response(Status.OK, run.digest())
 
     def _do_hash(self, run: _Running) -> Response:
-        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+        return Response(Status.OK, run.digest())
 
     def _do_hmac(self, run: _Running) -> Response:
-        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+        return Response(Status.OK, run.digest())
 
     def _do_hmac_key(self, run: _Running) -> Response:
         hashed = run.key_hash
-        key = hashed.finalize() if hashed is not None else bytes(run.buffer)  # type: ignore[attr-defined]
+        key = hashed.finalize() if hashed is not None else bytes(run.buffer)
         self._hmac_keys[run.caller] = key
         self._state = replace(self._state, hmac_keys=self._state.hmac_keys | {run.caller})
         return Response(Status.OK)
