@@ -116,8 +116,10 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             sel = rng.choice(
                 [rng.randrange(1, 1 << contexts), (1 << contexts) - 1, 0, 1 << contexts]
             )
-            nonce = rng.randbytes(NONCE_SIZE)
-            commands.append(Command(caller(), Cmd.ATTEST, 0, attest_data(sel, nonce)))
+            who = caller()  # before the nonce: the order the seeds' sequences were drawn in
+            commands.append(
+                Command(who, Cmd.ATTEST, 0, attest_data(sel, rng.randbytes(NONCE_SIZE)))
+            )
         elif kind == 4:
             commands.append(
                 Command(
