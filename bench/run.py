@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         merged = json.loads((OUT / "results.json").read_text())
         merged[args.only] = results[args.only]
         merged.setdefault("notes", []).append(
-            f"Section {args.only!r} re-measured alone at {results['commit']} on {results['date']}."
+            f"Section {args.only!r} re-measured alone at {results['commit']} on {results['date']}"
+            f" (load average {results['load_average_start']:.1f} on {os.cpu_count()} cores)."
         )
         results = merged
     _write(results)
