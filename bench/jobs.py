@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mchsm.constants import MANAGER, Cmd, u32
+from mchsm.constants import MANAGER, Cmd
 from mchsm.sim.measure import DEV, ROOT
 from mchsm.sw import protocol
 from mchsm.sw.driver import HsmDriver
@@ -41,10 +41,8 @@ def expected_tag(contexts: int, nonce: bytes, sel: int, ok: int, ctr: int) -> by
     """The tag an honest HSM must return: the host checks every measured ATTEST against it, so a
     cycle count is only reported for a command that computed the right answer."""
     refs = {ctx: protocol.reference(image(ctx)) for ctx in range(1, contexts + 1)}
-    digest = protocol.select_digest(refs, sel)
-    return protocol.hmac_sha256(
-        protocol.derive_att_key(ROOT), protocol.att_message(DEV, nonce, sel, ok, ctr, digest)
-    )
+    k_att = protocol.derive_att_key(ROOT)
+    return protocol.Evidence.issue(k_att, DEV, nonce, sel, ok, ctr, refs).tag
 
 
 async def _install(driver: HsmDriver, contexts: int) -> int:
@@ -85,7 +83,7 @@ async def hsm_cycles_job(
     attests: list[dict[str, Any]] = []
     for r in range(repeats):
         nonce = bytes([r]) + ATTEST_NONCE[1:]
-        reply = await driver.run(MANAGER, Cmd.ATTEST, 0, u32(sel) + nonce)
+        reply = await driver.run(MANAGER, Cmd.ATTEST, 0, protocol.attest_data(sel, nonce))
         evidence = protocol.Evidence.unpack(reply.check())
         attests.append(
             {
@@ -98,7 +96,7 @@ async def hsm_cycles_job(
             }
         )
     out["attest"] = attests
-    reply = await driver.run(MANAGER, Cmd.ATTEST, 0, u32(1) + ATTEST_NONCE)
+    reply = await driver.run(MANAGER, Cmd.ATTEST, 0, protocol.attest_data(1, ATTEST_NONCE))
     reply.check()
     out["attest_sel1"] = reply.cycles
     if full:

@@ -361,8 +361,21 @@ def markdown(r: dict[str, Any]) -> str:
                 row(
                     s,
                     f"{label}: ATTEST(8) workload",
-                    f"{f['cycles_per_s']:,.0f} cycles/s, {f['attest_per_s']:,.1f} attestations/s",
+                    f"{f['cycles_per_s']:,.0f} cycles/s, {f['attest_per_s']:,.1f} attestations/s"
+                    + (
+                        f" ({f['cycles_per_cpu_s']:,.0f} cycles per CPU s)"
+                        if "cycles_per_cpu_s" in f and key == "amaranth"  # Verilator's CPU
+                        # time is its whole process's, start-up included: not per cycle
+                        else ""
+                    ),
                 )
+        if "hash_cli" in sims:
+            h = sims["hash_cli"]
+            row(
+                s,
+                f"`mchsm hash --backend verilator` of {h['bytes'] >> 10} KiB, start-up included",
+                f"{h['wall_seconds']:.1f} s wall, {h['cpu_seconds']:.1f} s CPU",
+            )
         if "same_cycles_on_both_rtl_backends" in sims:
             row(
                 s,

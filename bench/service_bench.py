@@ -42,7 +42,17 @@ GROUPS = (
     ("EAR: claims and ES256 signature", ("service/ear.py", "cryptography")),
     ("service handlers, JSON, metrics", ("service/app.py", "service/api.py", "json", "prometheus")),
     ("group commit (batcher, thread hand-off)", ("service/batch.py", "concurrent", "threading")),
-    ("verifier: checks, MACs", ("verifier/check.py", "verifier/facade.py", "protocol.py", "hmac")),
+    (
+        "verifier: checks, MACs",
+        (
+            "verifier/check.py",
+            "verifier/facade.py",
+            "verifier/core.py",
+            "verifier/audit.py",
+            "protocol.py",
+            "hmac",
+        ),
+    ),
     ("registry: SQL and commit", ("verifier/store.py", "verifier/sqlite.py", "sqlite3")),
 )
 

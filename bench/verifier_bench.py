@@ -76,9 +76,7 @@ def _attempts(
             k_att = keys.get(dev)
             if k_att is None:
                 k_att = keys[dev] = protocol.derive_att_key(fleet.root_key(dev))
-            tag = protocol.hmac_sha256(
-                k_att, protocol.att_message(dev, nonce, SEL, SEL, last[dev], digest)
-            )
+            tag = protocol.attest_tag(k_att, dev, nonce, SEL, SEL, last[dev], digest)
             attempts.append((dev, nonce, Evidence(SEL, SEL, last[dev], tag).pack()))
             rows.append((nonce, dev, SEL, expires, 0))
 

@@ -39,7 +39,6 @@ from mchsm.constants import (
     Ctrl,
     Reg,
     ctx_bit,
-    u32,
 )
 from mchsm.sim.cdriver_build import C_ONLY, CONTEXTS, build_testbench, run_testbench
 from mchsm.sw.command import REFUSED, Outcome, Read, Write
@@ -52,7 +51,7 @@ from mchsm.sw.errors import (
     TransportError,
 )
 from mchsm.sw.interpose import perform
-from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
+from mchsm.sw.protocol import UpdateAuth, attest_data, derive_upd_key, reference
 
 __all__ = ["Inputs", "Preempter", "inputs_text", "make_inputs", "parse_inputs", "scenario_job"]
 
@@ -297,7 +296,7 @@ async def scenario_job(driver: HsmDriver, inputs: str) -> list[str]:
     )
     # the Python driver refuses an empty selection before the bus (ArgumentError); the C driver
     # sends it and the HSM answers ERR_SELECT: the raw command does what the C driver does
-    await run("attest.empty_sel", _checked(mgr.call(Cmd.ATTEST, data=u32(0) + nonce)))
+    await run("attest.empty_sel", _checked(mgr.call(Cmd.ATTEST, data=attest_data(0, nonce))))
     await run("status.manager", mgr.status(), _status_fields)
     await run("status.task1", task[1].status(), _status_fields)
 

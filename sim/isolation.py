@@ -42,7 +42,6 @@ from mchsm.constants import (
     Status,
     StatusReg,
     pack_reg,
-    u32,
     unpack_reg,
 )
 from mchsm.sw.command import Burst, Outcome, Read, Reply, WaitDone, Write, run_command
@@ -51,6 +50,7 @@ from mchsm.sw.errors import MailboxError, TransportError
 from mchsm.sw.interpose import Interposer, perform, shown
 from mchsm.sw.protocol import (
     UpdateAuth,
+    attest_data,
     derive_upd_key,
     hmac_sha256,
     reference,
@@ -246,7 +246,7 @@ def manager_requests(
             out += [Request(Cmd.RESET, ctx, b""), Request(Cmd.MEASURE, ctx, loaded)]
         elif kind == 2:
             sel = rng.randrange(1, 1 << len(HONEST_TASKS + HOSTILE_TASKS))
-            out.append(Request(Cmd.ATTEST, 0, u32(sel) + rng.randbytes(NONCE_SIZE)))
+            out.append(Request(Cmd.ATTEST, 0, attest_data(sel, rng.randbytes(NONCE_SIZE))))
         elif kind == 3:
             out.append(Request(Cmd.HMAC_KEY, 0, rng.randbytes(rng.randrange(1, 80))))
         elif kind == 4:

@@ -7,9 +7,9 @@ the time the host takes to poll for done or read the result.
 
 from __future__ import annotations
 
-from mchsm.constants import MANAGER, Cmd, u32
+from mchsm.constants import MANAGER, Cmd
 from mchsm.sw.driver import HsmDriver
-from mchsm.sw.protocol import UpdateAuth, derive_upd_key, reference
+from mchsm.sw.protocol import UpdateAuth, attest_data, derive_upd_key, provision_data, reference
 
 __all__ = ["DEV", "ROOT", "measure_commands"]
 
@@ -29,7 +29,7 @@ async def measure_commands(
         reply.check()
         return reply.cycles
 
-    out["provision"] = await cycles(Cmd.PROVISION, data=DEV + ROOT)
+    out["provision"] = await cycles(Cmd.PROVISION, data=provision_data(DEV, ROOT))
     one = await cycles(Cmd.HASH, data=bytes(64 - 9))
     many = await cycles(Cmd.HASH, data=bytes(64 * 33 - 9))
     out["hash_1_block"] = one
@@ -50,8 +50,8 @@ async def measure_commands(
         out[f"measure_{size}B"] = await cycles(Cmd.MEASURE, 1, bytes(size))
     out["extend"] = await cycles(Cmd.EXTEND, 1, bytes(32))
     sel = (1 << contexts) - 1
-    out[f"attest_{contexts}"] = await cycles(Cmd.ATTEST, 0, u32(sel) + bytes(32))
-    out["attest_1"] = await cycles(Cmd.ATTEST, 0, u32(1) + bytes(32))
+    out[f"attest_{contexts}"] = await cycles(Cmd.ATTEST, 0, attest_data(sel, bytes(32)))
+    out["attest_1"] = await cycles(Cmd.ATTEST, 0, attest_data(1, bytes(32)))
     out["task_mac_64B"] = await cycles(Cmd.TASK_MAC, 0, bytes(64), caller=2)
     out["status"] = await cycles(Cmd.STATUS)
     out["read_ctx"] = await cycles(Cmd.READ_CTX, 1)

@@ -20,11 +20,17 @@ from mchsm.constants import (
     Cmd,
     Reg,
     command_spec,
-    u32,
 )
 from mchsm.sw.driver import HsmDriver
 from mchsm.sw.errors import BusRefusedError
-from mchsm.sw.protocol import derive_upd_key, reference, update_tag
+from mchsm.sw.protocol import (
+    UpdateAuth,
+    attest_data,
+    derive_upd_key,
+    provision_data,
+    reference,
+    update_tag,
+)
 
 __all__ = ["Command", "random_commands", "run_commands", "scan_bus"]
 
@@ -77,7 +83,7 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
     k_upd = derive_upd_key(root)
     commands: list[Command] = []
     if rng.random() < 0.9:
-        commands.append(Command(MANAGER, Cmd.PROVISION, 0, dev_id + root))
+        commands.append(Command(MANAGER, Cmd.PROVISION, 0, provision_data(dev_id, root)))
 
     def caller() -> int:
         return rng.choice([MANAGER, MANAGER, rng.randrange(1, contexts + 1), contexts + 1])
@@ -97,9 +103,8 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             tag = update_tag(k_upd, dev_id, i, old, max(new, 0), ref)
             if rng.random() < 0.1:
                 tag = bytes(32)
-            commands.append(
-                Command(MANAGER, Cmd.UPDATE, i, u32(old) + u32(max(new, 0)) + ref + tag)
-            )
+            auth = UpdateAuth(i, old, max(new, 0), ref, tag)
+            commands.append(Command(MANAGER, Cmd.UPDATE, i, auth.command_data()))
             if new > old and old == versions[i]:
                 versions[i] = new
         elif kind in (1, 2):  # load a task: RESET then MEASURE its image
@@ -111,7 +116,10 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             sel = rng.choice(
                 [rng.randrange(1, 1 << contexts), (1 << contexts) - 1, 0, 1 << contexts]
             )
-            commands.append(Command(caller(), Cmd.ATTEST, 0, u32(sel) + rng.randbytes(NONCE_SIZE)))
+            who = caller()  # before the nonce: the order the seeds' sequences were drawn in
+            commands.append(
+                Command(who, Cmd.ATTEST, 0, attest_data(sel, rng.randbytes(NONCE_SIZE)))
+            )
         elif kind == 4:
             commands.append(
                 Command(

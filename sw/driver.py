@@ -20,17 +20,13 @@ from mchsm.constants import (
     MAGIC,
     MANAGER,
     MAX_CONTEXTS,
-    MESSAGE_LAYOUTS,
     NONCE_SIZE,
     ROOT_KEY_SIZE,
     Cmd,
-    CtxFlag,
     InfoReg,
     IrqEnReg,
     Reg,
-    StatusInfoWord,
     pack_reg,
-    u32,
     unpack_reg,
 )
 from mchsm.sw.command import REFUSED, Op, Outcome, Read, Reply, WaitDone, Write, run_command
@@ -44,7 +40,15 @@ from mchsm.sw.errors import (
     TransportError,
 )
 from mchsm.sw.mailbox import ModelMailbox
-from mchsm.sw.protocol import Evidence, UpdateAck, UpdateAuth, unpack
+from mchsm.sw.protocol import (
+    CtxInfo,
+    Evidence,
+    StatusInfo,
+    UpdateAck,
+    UpdateAuth,
+    attest_data,
+    provision_data,
+)
 
 __all__ = [
     "CtxInfo",
@@ -111,59 +115,6 @@ class ModelTransport(Transport):
 class DeviceInfo:
     protocol_version: int
     contexts: int
-
-
-@dataclass(frozen=True)
-class StatusInfo:
-    """Parsed STATUS result."""
-
-    provisioned: bool
-    contexts: int
-    protocol_version: int
-    counter: int
-    ok: int
-    loaded: int
-    anomaly: int
-    dev_id: bytes
-
-    @classmethod
-    def parse(cls, data: bytes) -> StatusInfo:
-        fields = unpack(MESSAGE_LAYOUTS["STATUS_RESULT"], data)
-        info = unpack_reg(StatusInfoWord, int(fields["info"]))
-        return cls(
-            provisioned=bool(info.provisioned),
-            contexts=info.contexts,
-            protocol_version=info.version,
-            counter=int(fields["counter"]),
-            ok=int(fields["ok"]),
-            loaded=int(fields["loaded"]),
-            anomaly=int(fields["anomaly"]),
-            dev_id=bytes(fields["dev_id"]),
-        )
-
-
-@dataclass(frozen=True)
-class CtxInfo:
-    """Parsed READ_CTX result."""
-
-    flags: CtxFlag
-    version: int
-    measurement: bytes
-    reference: bytes
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.flags & CtxFlag.OK)
-
-    @classmethod
-    def parse(cls, data: bytes) -> CtxInfo:
-        fields = unpack(MESSAGE_LAYOUTS["READ_CTX_RESULT"], data)
-        return cls(
-            flags=CtxFlag(int(fields["flags"])),
-            version=int(fields["version"]),
-            measurement=bytes(fields["measurement"]),
-            reference=bytes(fields["reference"]),
-        )
 
 
 class HsmDriver:
@@ -449,7 +400,7 @@ class HsmPort:
                 f"PROVISION takes a {DEVICE_ID_SIZE}-byte device id and a {ROOT_KEY_SIZE}-byte "
                 f"root key, not {len(dev_id)} and {len(root_key)} bytes"
             )
-        await self._ok(Cmd.PROVISION, data=dev_id + root_key)
+        await self._ok(Cmd.PROVISION, data=provision_data(dev_id, root_key))
 
     async def status(self) -> StatusInfo:
         return StatusInfo.parse(await self._ok(Cmd.STATUS))
@@ -491,7 +442,7 @@ class HsmPort:
             raise ContextError(
                 f"the selection mask 0x{sel:08x} names contexts beyond this HSM's 1..{n}"
             )
-        return Evidence.unpack(await self._ok(Cmd.ATTEST, data=u32(sel) + nonce))
+        return Evidence.unpack(await self._ok(Cmd.ATTEST, data=attest_data(sel, nonce)))
 
     async def update(self, auth: UpdateAuth) -> UpdateAck:
         if not isinstance(auth, UpdateAuth):
@@ -503,10 +454,7 @@ class HsmPort:
         _check_int("the authorisation's new version", auth.new, 0, (1 << 32) - 1)
         _check_bytes("the authorisation's reference", auth.ref, DIGEST_SIZE)
         _check_bytes("the authorisation's tag", auth.tag, DIGEST_SIZE)
-        fields = unpack(
-            MESSAGE_LAYOUTS["UPDATE_RESULT"], await self._ok(Cmd.UPDATE, ctx, auth.command_data())
-        )
-        return UpdateAck(ctx=ctx, new=int(fields["new"]), ack=bytes(fields["ack"]))
+        return UpdateAck.from_result(ctx, await self._ok(Cmd.UPDATE, ctx, auth.command_data()))
 
     async def task_mac(self, data: bytes | Iterable[bytes], length: int | None = None) -> bytes:
         return await self._ok(Cmd.TASK_MAC, data=data, length=length)

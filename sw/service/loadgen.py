@@ -47,9 +47,7 @@ class LoadDevice:
             digest = self._digests[sel] = protocol.select_digest(self.refs, sel)
         self.ctr += 1
         ok = sel  # every selected task is genuine
-        tag = protocol.hmac_sha256(
-            self.k_att, protocol.att_message(self.dev_id, nonce, sel, ok, self.ctr, digest)
-        )
+        tag = protocol.attest_tag(self.k_att, self.dev_id, nonce, sel, ok, self.ctr, digest)
         return protocol.Evidence(sel, ok, self.ctr, tag).pack()
 
 

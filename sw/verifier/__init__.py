@@ -2,7 +2,11 @@
 
 A subpackage of small modules, each with one job:
 
-- :mod:`.facade`: :class:`Verifier`, the API the demo, the CLI and the bench use;
+- :mod:`.facade`: :class:`Verifier`, the API the demo, the CLI and the bench use: challenges,
+  sessions and batched checks on top of :mod:`.updates` (devices, tasks, updates), on top of
+  :mod:`.core` (the store opened under its KEK, the caches);
+- :mod:`.opening`: the store for a location, its schema created, migrated or checked;
+- :mod:`.audit`: the audit rows and the sessions' stored results;
 - :mod:`.args`: the checks of every argument of that API, before any work;
 - :mod:`.check`: the check of one attestation, a function that returns its result;
 - :mod:`.store`, :mod:`.sqlite`, :mod:`.postgres`: every SQL statement, over a SQLite file or a

@@ -227,9 +227,7 @@ def _check(
         )
     tasks = device.tasks
     k_att = device.k_att
-    expected = protocol.hmac_sha256(
-        k_att, protocol.att_message(dev_id, nonce, sel, ok, ctr, tasks.digest(sel))
-    )
+    expected = protocol.attest_tag(k_att, dev_id, nonce, sel, ok, ctr, tasks.digest(sel))
     recovered: tuple[PendingUpdate, ...] = ()
     if not protocol.tags_equal(expected, tag):
         recovered = _recover(tasks, sel, pending(), dev_id, nonce, ok, ctr, tag, k_att)
@@ -310,9 +308,7 @@ def _recover(
     for combo in itertools.islice(combos, RECOVERY_LIMIT):
         refs: Mapping[int, bytes] = _Refs(tasks.refs) | {u.ctx: u.reference for u in combo}
         digest = protocol.select_digest(_Refs(refs), sel)
-        expected = protocol.hmac_sha256(
-            k_att, protocol.att_message(dev_id, nonce, sel, ok, ctr, digest)
-        )
+        expected = protocol.attest_tag(k_att, dev_id, nonce, sel, ok, ctr, digest)
         if protocol.tags_equal(expected, tag):
             return tuple(combo)
     return ()

@@ -1,5 +1,9 @@
 """The verifier: device registry, update authority and attestation checks over one store.
 
+This module is the attestation layer (challenges, sessions, the batched checks, the audit log's
+reader) on top of :class:`.updates.UpdateAuthority` (devices, tasks, updates, task keys), which
+stands on :class:`.core.RegistryCore` (the store opened under its KEK, the caches).
+
 This is the verifier of ``docs/protocol.md`` sections 2, 5 and 6 and ``docs/verifier.md``.  It
 provisions devices (makes their root keys), authorises and confirms code updates, issues
 single-use nonces and turns the 44-byte evidence of an ``ATTEST`` into a per-task verdict.  Every
@@ -12,65 +16,48 @@ raises a :class:`~mchsm.sw.errors.VerifierError` (never a ``TypeError``): an
 :class:`~mchsm.sw.errors.AttestationError` or :class:`~mchsm.sw.errors.UpdateError` for what the
 network sent, a :class:`~mchsm.sw.errors.StoreError` or :class:`~mchsm.sw.errors.KekError` for
 the registry.
-
-Caches hold pure functions of registry values only (K_att by device and wrapped key, decoded
-task sets by their content hash), which can be missed but never be stale, so any number of
-verifiers may share one store.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import secrets
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Iterable
 from typing import Any, cast
 
-from mchsm.constants import (
-    DEFAULT_CONTEXTS,
-    DEVICE_ID_SIZE,
-    MAX_CONTEXTS,
-    NONCE_SIZE,
-    ROOT_KEY_SIZE,
-)
-from mchsm.sw import protocol
+from mchsm.constants import DEVICE_ID_SIZE, NONCE_SIZE
 from mchsm.sw.errors import (
     EvidenceError,
     InvalidArgumentError,
-    KekError,
     SessionError,
     StoreError,
     UnknownDeviceError,
-    UpdateError,
     VerifierError,
 )
-from mchsm.sw.protocol import UpdateAck, UpdateAuth
 
 from . import args
-from . import keys as keymod
 from .args import MAX_NAME
-from .check import EMPTY, Checked, DeviceState, TaskSet, check_evidence, contexts_of
-from .postgres import PostgresStore, is_url
-from .records import (
-    AttestationReport,
-    AuditEntry,
-    Challenge,
-    DeviceRecord,
-    PendingUpdate,
-    SessionState,
-    TaskRecord,
-    TaskVerdict,
-    UpdatePackage,
-    Verdict,
+from .audit import (
+    ACCEPTED_DETAIL,
+    KIND_ATTEST,
+    KIND_UPDATE_CONFIRM,
+    MAX_AUDIT_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_RECOVERED,
+    OUTCOME_REJECTED,
+    OUTCOME_TRUSTED,
+    audit_entry,
+    decode_result,
+    result_body,
+    to_json,
 )
-from .schema import SCHEMA_VERSION
-from .sqlite import SqliteStore
-from .store import Conflict, DeviceRow, Store
+from .check import Checked, DeviceState, TaskSet, check_evidence, contexts_of
+from .core import ATT_KEY_CACHE
+from .opening import open_store
+from .records import AttestationReport, AuditEntry, Challenge, SessionState
+from .store import Conflict, Store
+from .updates import MAX_IMAGE, MAX_TASK_DATA, UpdateAuthority
 
 __all__ = [
     "ATT_KEY_CACHE",
@@ -88,39 +75,11 @@ __all__ = [
 PURGE_EVERY = 1024
 #: at most this many expired nonces are deleted by one opportunistic purge (bounds its latency)
 PURGE_BATCH = 16 * PURGE_EVERY
-#: K_att kept per verifier, by device: a hit saves unwrapping the root key and deriving K_att
-ATT_KEY_CACHE = 1 << 16
-#: decoded task sets kept, by content hash (a fleet runs few distinct firmware sets)
-TASK_SET_CACHE = 4096
 #: attempts in one verify_many call: its transaction holds the write lock (SQLite) or the rows'
 #: locks (PostgreSQL) until it commits
 MAX_BATCH = 4096
-#: bytes of an image to authorise (hashed in full before anything is written)
-MAX_IMAGE = 256 << 20
-#: bytes a task may have MAC'd for check_task_mac
-MAX_TASK_DATA = 16 << 20
-#: characters of an error message kept in an audit row
-MAX_AUDIT_ERROR = 240
 #: seconds a session's result is kept at least (past its nonce's expiry if that is sooner)
 RESULT_TTL = 300.0
-_U32_MAX = 0xFFFF_FFFF
-
-# Audit kinds and outcomes: plain strings so a person can query the log with sqlite3 or psql.
-KIND_REGISTER = "register"
-KIND_UPDATE_PREPARE = "update.prepare"
-KIND_UPDATE_CONFIRM = "update.confirm"
-KIND_UPDATE_CANCEL = "update.cancel"
-KIND_ATTEST = "attest"
-KIND_KEK_ROTATE = "kek.rotate"
-OUTCOME_OK = "ok"  #: registration, update prepared or confirmed, KEK rotated
-OUTCOME_REISSUED = "reissued"  #: the outstanding authorisation handed out again
-OUTCOME_TRUSTED = "trusted"  #: evidence verified, every selected task trusted
-OUTCOME_FAILED = "failed"  #: evidence verified, at least one selected task failed
-OUTCOME_REJECTED = "rejected"  #: the request or the evidence was refused (error raised)
-OUTCOME_RECOVERED = "recovered"  #: an update confirmed by evidence instead of its lost ack
-
-_json = json.JSONEncoder(separators=(",", ":")).encode
-_ACCEPTED = '{"sel":%d,"ok":%d,"ctr":%d,"failed":[%s],"nonce":"%s"}'
 
 
 def new_nonce(now: float) -> bytes:
@@ -135,18 +94,7 @@ def new_nonce(now: float) -> bytes:
     return stamp.to_bytes(8, "big") + secrets.token_bytes(NONCE_SIZE - 8)
 
 
-def open_store(db: str | os.PathLike[str]) -> Store:
-    """The store for ``db``: a ``postgresql://`` URL, or the path of a SQLite file."""
-    if is_url(db):
-        return PostgresStore(str(db))
-    if isinstance(db, str | os.PathLike) and os.fspath(db):
-        return SqliteStore(Path(db))
-    raise InvalidArgumentError(
-        f"db must be a file path or a postgresql:// URL, not {type(db).__name__} {db!r:.40}"
-    )
-
-
-class Verifier:
+class Verifier(UpdateAuthority):
     """Device registry, update authority and attestation verifier over one store.
 
     Parameters
@@ -165,428 +113,6 @@ class Verifier:
     One instance is one connection: use it from one thread.  Any number of processes may use
     the same store at once; a nonce is consumed and a counter advanced by exactly one of them.
     """
-
-    def __init__(
-        self,
-        db: str | os.PathLike[str],
-        *,
-        nonce_ttl: float = 300.0,
-        clock: Callable[[], float] = time.time,
-        kek: bytes | str | os.PathLike[str] | None = None,
-    ) -> None:
-        if type(nonce_ttl) not in (int, float) or not math.isfinite(nonce_ttl) or not nonce_ttl > 0:
-            raise InvalidArgumentError(f"nonce_ttl must be a positive number, not {nonce_ttl!r}")
-        if not callable(clock):
-            raise InvalidArgumentError("clock must be a function returning seconds")
-        self.nonce_ttl = float(nonce_ttl)
-        self._clock = clock
-        self._challenges = 0
-        self.store = open_store(db)
-        self.location = self.store.location
-        try:
-            self._kek = self.store.write(lambda s: self._open(s, kek))
-        except BaseException:
-            self.store.close()
-            raise
-        # dev_id + wrapped root key -> K_att: bytes to bytes, so the garbage collector never
-        # walks it (an lru_cache's linked entries made every full collection walk the cache)
-        self._att_keys: dict[bytes, bytes] = {}
-        self._sets: dict[bytes, TaskSet] = {}
-
-    # -- lifetime -----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the store; everything committed is in it."""
-        self.store.close()
-        self._att_keys.clear()  # derived keys do not outlive the verifier
-        self._sets.clear()
-
-    def __enter__(self) -> Verifier:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- opening: schema, migrations, KEK -----------------------------------------------------
-
-    def _open(self, s: Store, explicit: Any) -> keymod.Kek:
-        """Create, migrate or check the registry, and find the KEK it is wrapped under."""
-        from .migrations import migrate
-
-        if isinstance(s, PostgresStore):
-            s.lock_schema()
-        version = s.schema_version()
-        if version is None:
-            kek = self._find_kek(explicit, create=True)
-            s.create_schema()
-            s.set_meta("kek_check", kek.check_value())
-            return kek
-        if version < SCHEMA_VERSION:
-            kek = self._find_kek(explicit, create=version == 1)
-            migrate(s, version, kek)
-            return kek
-        check = s.get_meta("kek_check")
-        if check is None:
-            raise StoreError(f"the registry {s.location} is damaged: it has no KEK check value")
-        kek = self._find_kek(explicit, create=False)
-        if kek.matches(check):
-            return kek
-        if kek.path is not None:  # a rotation that committed but did not rename its new file
-            staged = Path(f"{kek.path}.new")
-            if staged.exists():
-                new = keymod.read_kek_file(staged)
-                if new.matches(check):
-                    os.replace(staged, kek.path)
-                    return keymod.Kek(new.key, kek.source, kek.path)
-        raise KekError(
-            f"the registry {s.location} was wrapped under another key-encryption key than "
-            f"{kek.source}: give the right one (kek argument, ${keymod.ENV_KEK} or "
-            f"${keymod.ENV_KEK_FILE})"
-        )
-
-    def _find_kek(self, explicit: Any, *, create: bool) -> keymod.Kek:
-        kek = keymod.find_kek(explicit)
-        if kek is not None:
-            return kek
-        if not isinstance(self.store, SqliteStore):
-            raise KekError(
-                f"a PostgreSQL registry needs a key-encryption key: set ${keymod.ENV_KEK_FILE} to "
-                f"an owner-only file of 64 hex digits (`mchsm verifier new-kek FILE` makes one) "
-                f"or ${keymod.ENV_KEK} to the digits themselves"
-            )
-        path = keymod.default_kek_path(self.store.path)
-        if os.path.lexists(path) or not create:
-            if not os.path.lexists(path):
-                raise KekError(
-                    f"the registry {self.store.path} is wrapped under a key-encryption key, but "
-                    f"no KEK was given and its default file {path} does not exist: give the KEK "
-                    f"(${keymod.ENV_KEK_FILE}, ${keymod.ENV_KEK} or the kek argument)"
-                )
-            return keymod.read_kek_file(path)
-        return keymod.write_kek_file(path)
-
-    @property
-    def kek_source(self) -> str:
-        """Where this verifier's KEK came from (never the KEK itself)."""
-        return self._kek.source
-
-    def rotate_kek(self, new: bytes | str | os.PathLike[str] | None = None) -> int:
-        """Re-wrap every root key under a new KEK in one transaction; returns how many.
-
-        ``new`` is the new KEK or its file.  Without it, the KEK file in use is replaced by a
-        new random one: written beside it as ``<file>.new`` first, then renamed over it once
-        the transaction has committed (opening the registry finishes a rename that a crash
-        interrupted).  A KEK from the environment has no file to replace: pass ``new``.
-        """
-        staged: Path | None = None
-        if new is None:
-            if self._kek.path is None:
-                raise KekError(
-                    f"the KEK comes from {self._kek.source}, not a file: give the new KEK"
-                )
-            staged = Path(f"{self._kek.path}.new")
-            if os.path.lexists(staged):
-                os.unlink(staged)  # left by a rotation that did not commit
-            new_kek = keymod.write_kek_file(staged)
-        else:
-            found = keymod.find_kek(new)
-            assert found is not None
-            new_kek = found
-        old = self._kek
-        now = self._clock()
-
-        def rewrap(s: Store) -> int:
-            pairs = []
-            for row in s.devices(lock=True):
-                root = old.unwrap(row.dev_id, row.root_wrapped)
-                pairs.append((new_kek.wrap(row.dev_id, root), row.dev_id))
-            s.rewrap(pairs)
-            s.set_meta("kek_check", new_kek.check_value())
-            self._log(s, None, KIND_KEK_ROTATE, None, OUTCOME_OK, {"devices": len(pairs)}, now)
-            return len(pairs)
-
-        count = self.store.write(rewrap)
-        if staged is not None and old.path is not None:
-            os.replace(staged, old.path)
-            keymod._sync_dir(old.path.parent)
-            new_kek = keymod.Kek(new_kek.key, old.source, old.path)
-        self._kek = new_kek
-        self._att_keys.clear()
-        return count
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _att_key(self, dev_id: bytes, wrapped: bytes) -> bytes:
-        """K_att of a device, remembered by id and wrapped key (a pure function of them)."""
-        if type(wrapped) is not bytes:
-            raise StoreError(f"the wrapped root key of device {dev_id.hex()} is damaged")
-        key = dev_id + wrapped
-        k_att = self._att_keys.get(key)
-        if k_att is None:
-            k_att = protocol.derive_att_key(self._kek.unwrap(dev_id, wrapped))
-            if len(self._att_keys) >= ATT_KEY_CACHE:
-                del self._att_keys[next(iter(self._att_keys))]  # the oldest
-            self._att_keys[key] = k_att
-        return k_att
-
-    def _task_set(self, s: Store, set_id: bytes | None) -> TaskSet:
-        if set_id is None:
-            return EMPTY
-        found = self._sets.get(set_id)
-        if found is None:
-            if not isinstance(set_id, bytes):
-                raise StoreError(f"the registry {s.location} is damaged: a task set id")
-            body = s.task_set(set_id)
-            if body is None:
-                raise StoreError(
-                    f"the registry {s.location} is damaged: a device's task set is missing"
-                )
-            found = TaskSet.decode(set_id, body)
-            if len(self._sets) >= TASK_SET_CACHE:
-                self._sets.clear()
-            self._sets[set_id] = found
-        return found
-
-    def _put_task_set(self, s: Store, tasks: TaskSet) -> None:
-        if tasks.id is not None:
-            s.put_task_set(tasks.id, tasks.body)
-            self._sets[tasks.id] = tasks
-
-    def _log(
-        self,
-        s: Store,
-        dev_id: bytes | None,
-        kind: str,
-        ctx: int | None,
-        outcome: str,
-        detail: dict[str, Any],
-        now: float,
-    ) -> None:
-        """Append an audit row inside the caller's transaction, so the log and the change it
-        records commit together."""
-        s.append_audit([(now, dev_id, kind, ctx, outcome, _json(detail))])
-
-    def _row(self, s: Store, dev_id: bytes, *, lock: bool = False) -> DeviceRow:
-        row = s.device(dev_id, lock=lock)
-        if row is None:
-            raise UnknownDeviceError(f"device {dev_id.hex()} is not registered")
-        return row
-
-    # -- devices ------------------------------------------------------------------------------
-
-    def register_device(
-        self, contexts: int = DEFAULT_CONTEXTS, dev_id: bytes | None = None, name: str = ""
-    ) -> DeviceRecord:
-        """Add a device and make its root key; the caller hands both to ``PROVISION`` once."""
-        contexts = args.integer(contexts, "contexts", 1, MAX_CONTEXTS)
-        dev_id = secrets.token_bytes(DEVICE_ID_SIZE) if dev_id is None else args.dev_id(dev_id)
-        name = args.name(name, "the device name")
-        root = secrets.token_bytes(ROOT_KEY_SIZE)
-        row = DeviceRow(dev_id, self._kek.wrap(dev_id, root), contexts, name, 0, None)
-        now = self._clock()
-
-        def insert(s: Store) -> None:
-            if not s.insert_device(row, now):
-                raise VerifierError(f"device {dev_id.hex()} is already registered")
-            detail = {"contexts": contexts, "name": name}
-            self._log(s, dev_id, KIND_REGISTER, None, OUTCOME_OK, detail, now)
-
-        self.store.write(insert)
-        return DeviceRecord(dev_id, root, contexts, name)
-
-    def device(self, dev_id: bytes) -> DeviceRecord:
-        """The registered device ``dev_id``; :class:`UnknownDeviceError` if there is none."""
-        dev_id = args.dev_id(dev_id)
-        row = self.store.read(lambda s: self._row(s, dev_id))
-        return DeviceRecord(
-            row.dev_id, self._kek.unwrap(row.dev_id, row.root_wrapped), row.contexts, row.name
-        )
-
-    def devices(self) -> list[DeviceRecord]:
-        """Every registered device, ordered by id."""
-        rows = self.store.read(lambda s: s.devices())
-        return [
-            DeviceRecord(r.dev_id, self._kek.unwrap(r.dev_id, r.root_wrapped), r.contexts, r.name)
-            for r in rows
-        ]
-
-    def tasks(self, dev_id: bytes) -> list[TaskRecord]:
-        """The installed tasks of a device, by context.  Pending updates are not tasks yet."""
-        dev_id = args.dev_id(dev_id)
-        return self.store.read(
-            lambda s: list(self._task_set(s, self._row(s, dev_id).task_set).tasks)
-        )
-
-    def pending_updates(self, dev_id: bytes) -> list[PendingUpdate]:
-        """The authorised, unconfirmed updates of a device, by context (at most one each)."""
-        dev_id = args.dev_id(dev_id)
-
-        def read(s: Store) -> list[PendingUpdate]:
-            self._row(s, dev_id)
-            return s.pending(dev_id)
-
-        return self.store.read(read)
-
-    # -- updates ------------------------------------------------------------------------------
-
-    def register_task(self, dev_id: bytes, ctx: int, name: str, image: bytes) -> UpdatePackage:
-        """Install a task: the protocol has no separate "set reference", only an update from
-        version 0, so this is :meth:`prepare_update` with a name."""
-        return self.prepare_update(dev_id, ctx, image, name=args.name(name, "the task name"))
-
-    def prepare_update(
-        self, dev_id: bytes, ctx: int, image: bytes, *, name: str | None = None
-    ) -> UpdatePackage:
-        """Authorise moving context ``ctx`` to ``image`` and remember the update as pending.
-
-        The old version is the confirmed one and the new one the next.  **At most one
-        authorisation per context is outstanding**: while one is, asking again for the same
-        image (and name) hands out the same authorisation again (a lost message can be
-        resent), and asking for anything else is refused with :class:`UpdateError` - confirm
-        the outstanding one, or :meth:`cancel_update` it if it never reached the device.  Two
-        live authorisations would let the network choose which one lands, and the HSM cannot
-        be told that one was revoked.  ``name`` defaults to the task's current name.
-        """
-        dev_id = args.dev_id(dev_id)
-        ctx = args.integer(ctx, "the context", -(1 << 63), 1 << 63)
-        image = args.byte_string(image, "the image", limit=MAX_IMAGE)
-        if name is not None:
-            name = args.name(name, "the task name")
-        ref = protocol.reference(image)
-        now = self._clock()
-
-        def prepare(s: Store) -> tuple[PendingUpdate, bytes]:
-            row = self._row(s, dev_id, lock=True)
-            if not 1 <= ctx <= row.contexts:
-                raise UpdateError(
-                    f"context {ctx} does not exist on device {dev_id.hex()} "
-                    f"(it has contexts 1..{row.contexts})"
-                )
-            root = self._kek.unwrap(dev_id, row.root_wrapped)
-            k_upd = protocol.derive_upd_key(root)
-            outstanding = [p for p in s.pending(dev_id) if p.ctx == ctx]
-            if outstanding:
-                p = outstanding[0]
-                if p.reference != ref or (name is not None and name != p.name):
-                    raise UpdateError(
-                        f"context {ctx} of device {dev_id.hex()} already has an outstanding "
-                        f"update to version {p.new} (reference {p.reference.hex()[:16]}...): "
-                        f"confirm it, or cancel_update() it if it never reached the device"
-                    )
-                outcome = OUTCOME_REISSUED
-            else:
-                tasks = self._task_set(s, row.task_set)
-                old = tasks.versions.get(ctx, 0)
-                if old >= _U32_MAX:
-                    raise UpdateError(f"context {ctx} has run out of versions")
-                current = tasks.names.get(ctx, f"task{ctx}")
-                p = PendingUpdate(ctx, old, old + 1, ref, current if name is None else name)
-                s.insert_pending(dev_id, p, now)
-                outcome = OUTCOME_OK
-            detail = {"old": p.old, "new": p.new, "reference": ref.hex(), "name": p.name}
-            self._log(s, dev_id, KIND_UPDATE_PREPARE, ctx, outcome, detail, now)
-            tag = protocol.update_tag(k_upd, dev_id, ctx, p.old, p.new, ref)
-            return p, tag
-
-        p, tag = self.store.write(prepare)
-        auth = UpdateAuth(ctx=ctx, old=p.old, new=p.new, ref=ref, tag=tag)
-        return UpdatePackage(dev_id=dev_id, name=p.name, auth=auth, image=image)
-
-    def cancel_update(self, dev_id: bytes, ctx: int) -> PendingUpdate:
-        """Withdraw the outstanding authorisation of ``ctx`` so another can be prepared.
-
-        Only for one that never reached the device: the HSM would still accept it (it cannot be
-        told), and if it does, its ack is refused and the context attests as failed.
-        """
-        dev_id = args.dev_id(dev_id)
-        ctx = args.integer(ctx, "the context", 1, MAX_CONTEXTS)
-        now = self._clock()
-
-        def cancel(s: Store) -> PendingUpdate:
-            self._row(s, dev_id, lock=True)
-            found = [p for p in s.pending(dev_id) if p.ctx == ctx]
-            if not found:
-                raise UpdateError(f"context {ctx} of device {dev_id.hex()} has no pending update")
-            s.delete_pending(dev_id, ctx)
-            p = found[0]
-            detail = {"old": p.old, "new": p.new, "reference": p.reference.hex()}
-            self._log(s, dev_id, KIND_UPDATE_CANCEL, ctx, OUTCOME_OK, detail, now)
-            return p
-
-        return self.store.write(cancel)
-
-    def confirm(self, dev_id: bytes, ack: UpdateAck | bytes) -> TaskRecord:
-        """Record a pending update as installed once the device's ack proves it.
-
-        A failed ack leaves the pending update alone: a forgery from the network must not be
-        able to cancel a genuine update.  Either way the attempt is audit-logged.
-        """
-        dev_id = args.dev_id(dev_id)
-        if type(ack) is not UpdateAck and isinstance(ack, bytearray | memoryview):
-            ack = bytes(ack)
-        now = self._clock()
-
-        def confirm(s: Store) -> TaskRecord | VerifierError:
-            detail: dict[str, Any] = {}
-            ctx: int | None = None
-            try:
-                parsed = args.ack(ack)
-                ctx = parsed.ctx
-                detail["new"] = parsed.new
-                record = self._confirm(s, dev_id, parsed, detail, now)
-            except VerifierError as exc:
-                detail["error"] = str(exc)[:MAX_AUDIT_ERROR]
-                self._log(s, dev_id, KIND_UPDATE_CONFIRM, ctx, OUTCOME_REJECTED, detail, now)
-                return exc
-            self._log(s, dev_id, KIND_UPDATE_CONFIRM, ctx, OUTCOME_OK, detail, now)
-            return record
-
-        result = self.store.write(confirm)
-        if isinstance(result, VerifierError):
-            raise result
-        return result
-
-    def _confirm(
-        self, s: Store, dev_id: bytes, ack: UpdateAck, detail: dict[str, Any], now: float
-    ) -> TaskRecord:
-        row = self._row(s, dev_id, lock=True)
-        tasks = self._task_set(s, row.task_set)
-        found = [p for p in s.pending(dev_id) if p.ctx == ack.ctx and p.new == ack.new]
-        if not found:
-            hint = " (it is already confirmed)" if tasks.versions.get(ack.ctx) == ack.new else ""
-            raise UpdateError(
-                f"no pending update of context {ack.ctx} to version {ack.new} for device "
-                f"{dev_id.hex()}{hint}"
-            )
-        p = found[0]
-        detail.update(old=p.old, reference=p.reference.hex(), name=p.name)
-        root = self._kek.unwrap(dev_id, row.root_wrapped)
-        expected = protocol.hmac_sha256(
-            protocol.derive_upd_key(root),
-            protocol.ack_message(dev_id, ack.ctx, p.old, ack.new, p.reference),
-        )
-        if not protocol.tags_equal(expected, ack.ack):
-            raise UpdateError(
-                f"acknowledgement of context {ack.ctx} version {ack.new} does not verify: "
-                "forged, or from another device"
-            )
-        self._install(s, dev_id, tasks, (p,))
-        return TaskRecord(ack.ctx, p.name, ack.new, p.reference)
-
-    def _install(
-        self, s: Store, dev_id: bytes, tasks: TaskSet, updates: tuple[PendingUpdate, ...]
-    ) -> TaskSet:
-        new = tasks.updated(updates)
-        self._put_task_set(s, new)
-        s.set_task_set(dev_id, new.id)
-        for u in updates:
-            s.delete_pending(dev_id, u.ctx)
-        return new
 
     # -- attestation --------------------------------------------------------------------------
 
@@ -873,7 +399,7 @@ class Verifier:
                         KIND_ATTEST,
                         None,
                         OUTCOME_FAILED if failed else OUTCOME_TRUSTED,
-                        _ACCEPTED % (report.sel, report.ok, report.ctr, failed, nonce_hex),
+                        ACCEPTED_DETAIL % (report.sel, report.ok, report.ctr, failed, nonce_hex),
                     )
                 )
             else:
@@ -895,7 +421,7 @@ class Verifier:
                         KIND_ATTEST,
                         None,
                         OUTCOME_REJECTED,
-                        _json(detail),
+                        to_json(detail),
                     )
                 )
         s.set_counters([(c, d, rows[d][1]) for d, c in counters.items()])
@@ -954,39 +480,12 @@ class Verifier:
                 "by": "attestation",
             }
             audit.append(
-                (now, dev_id, KIND_UPDATE_CONFIRM, u.ctx, OUTCOME_RECOVERED, _json(detail))
+                (now, dev_id, KIND_UPDATE_CONFIRM, u.ctx, OUTCOME_RECOVERED, to_json(detail))
             )
         row = s.device(dev_id, lock=True)  # another process may have installed meanwhile
         if row is None or row.task_set != tasks.id:
             raise Conflict("the device's tasks changed since this batch read them")
         return self._install(s, dev_id, tasks, checked.recovered)
-
-    # -- task keys ----------------------------------------------------------------------------
-
-    def task_key(self, dev_id: bytes, ctx: int) -> bytes:
-        """K_task of the installed task of ``ctx``: what the device's ``TASK_MAC`` uses while the
-        task is in its reference state, so a relying party can check what the task sends."""
-        dev_id = args.dev_id(dev_id)
-        ctx = args.integer(ctx, "the context", -(1 << 63), 1 << 63)
-
-        def read(s: Store) -> tuple[DeviceRow, TaskSet]:
-            row = self._row(s, dev_id)
-            return row, self._task_set(s, row.task_set)
-
-        row, tasks = self.store.read(read)
-        if ctx not in tasks.refs:
-            raise VerifierError(
-                f"context {ctx} of device {dev_id.hex()} has no installed task, so no task key"
-            )
-        root = self._kek.unwrap(dev_id, row.root_wrapped)
-        return protocol.derive_task_key(root, ctx, tasks.refs[ctx])
-
-    def check_task_mac(self, dev_id: bytes, ctx: int, data: bytes, mac: bytes) -> bool:
-        """Whether ``mac`` is the installed task's ``TASK_MAC`` of ``data`` (constant time)."""
-        data = args.byte_string(data, "the data", limit=MAX_TASK_DATA)
-        mac = args.byte_string(mac, "the MAC", limit=1024)
-        expected = protocol.hmac_sha256(self.task_key(dev_id, ctx), data)
-        return len(mac) == len(expected) and protocol.tags_equal(expected, mac)
 
     # -- audit --------------------------------------------------------------------------------
 
@@ -997,72 +496,4 @@ class Verifier:
         if limit is not None:
             limit = args.integer(limit, "limit", 0, 1 << 62)
         rows = self.store.read(lambda s: s.audit(dev_id, limit))
-        return [_entry(r) for r in reversed(rows)]
-
-
-def _entry(r: tuple[Any, ...]) -> AuditEntry:
-    try:
-        detail = json.loads(r[6])
-        if not isinstance(detail, dict):
-            raise StoreError("the registry is damaged: an audit row's detail is not an object")
-        return AuditEntry(
-            id=int(r[0]),
-            time=float(r[1]),
-            dev_id=bytes(r[2]) if r[2] is not None else None,
-            kind=str(r[3]),
-            ctx=int(r[4]) if r[4] is not None else None,
-            outcome=str(r[5]),
-            detail=detail,
-        )
-    except (TypeError, ValueError):
-        raise StoreError("the registry is damaged: an audit row does not decode") from None
-
-
-def result_body(result: AttestationReport | VerifierError) -> str:
-    """The stored outcome of a session's attempt: JSON of bounded values."""
-    if isinstance(result, AttestationReport):
-        return _json(
-            {
-                "ctr": result.ctr,
-                "sel": result.sel,
-                "ok": result.ok,
-                "tasks": [[v.ctx, v.name, v.verdict.value] for v in result.verdicts.values()],
-                "recovered": list(result.recovered),
-                "pending": list(result.pending),
-            }
-        )
-    reason = getattr(result, "reason", "rejected")
-    tasks = getattr(result, "tasks", {})
-    return _json(
-        {
-            "error": str(result)[:MAX_AUDIT_ERROR],
-            "reason": reason,
-            "names": [[c, n] for c, n in sorted(tasks.items())],
-        }
-    )
-
-
-def decode_result(body: str, dev_id: bytes) -> AttestationReport | EvidenceError:
-    """What :func:`result_body` stored, back as the report or the error."""
-    try:
-        d = json.loads(body)
-        if "error" in d:
-            error = EvidenceError(str(d["error"]), str(d["reason"]))
-            error.tasks = {int(c): str(n) for c, n in d.get("names", [])}
-            return error
-        verdicts = {
-            int(ctx): TaskVerdict(int(ctx), str(name), Verdict(verdict))
-            for ctx, name, verdict in d["tasks"]
-        }
-        report = AttestationReport.make(
-            dev_id,
-            int(d["ctr"]),
-            int(d["sel"]),
-            int(d["ok"]),
-            verdicts,
-            tuple(int(c) for c in d["recovered"]),
-        )
-        report.__dict__["pending"] = tuple(int(c) for c in d["pending"])
-        return report
-    except (TypeError, ValueError, KeyError):
-        raise StoreError("the registry is damaged: a session result does not decode") from None
+        return [audit_entry(r) for r in reversed(rows)]
