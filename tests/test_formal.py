@@ -19,6 +19,8 @@ from mchsm.cli import main
 from mchsm.rtl import formal
 from mchsm.rtl.core import CORE_FLAWS, MchsmCore
 from mchsm.rtl.mailbox import FLAWS
+from mchsm.rtl.sha256 import SHA256
+from mchsm.rtl.sha_contract import AbstractSHA256
 from mchsm.rtl.symbiyosys import Outcome, run_jobs, table
 
 
@@ -96,6 +98,16 @@ def test_flaws_are_off_by_default_and_change_the_design() -> None:
         assert rtlil.convert(MchsmCore(2, flaws=frozenset({flaw}))) != default, flaw
     with pytest.raises(ValueError, match="flaws must be among"):
         MchsmCore(2, flaws=frozenset({"nosuch"}))
+
+
+def test_the_abstract_engine_has_every_port_of_the_real_one() -> None:
+    """The proofs put AbstractSHA256 where the core's SHA256 goes: the same port list is written
+    in both classes, so a port added to the engine and not to its stand-in must fail here."""
+    real = SHA256().signature.members
+    stand_in = AbstractSHA256().signature.members
+    assert {name: (m.flow, m.shape) for name, m in real.items()} == {
+        name: (stand_in[name].flow, stand_in[name].shape) for name in real if name in stand_in
+    }
 
 
 def test_mac_words_follow_the_result_layouts() -> None:
