@@ -103,8 +103,10 @@ def test_flaws_are_off_by_default_and_change_the_design() -> None:
 def test_the_abstract_engine_has_every_port_of_the_real_one() -> None:
     """The proofs put AbstractSHA256 where the core's SHA256 goes: the same port list is written
     in both classes, so a port added to the engine and not to its stand-in must fail here."""
-    real = SHA256().signature.members
-    stand_in = AbstractSHA256().signature.members
+    engines = SHA256(), AbstractSHA256()
+    for engine in engines:
+        engine._MustUse__silence = True  # only their signatures are looked at
+    real, stand_in = (engine.signature.members for engine in engines)
     assert {name: (m.flow, m.shape) for name, m in real.items()} == {
         name: (stand_in[name].flow, stand_in[name].shape) for name in real if name in stand_in
     }
