@@ -26,11 +26,13 @@ own.  So the design puts its logic *in front of* registers and avoids logic betw
 * **Midstate load is a round of zeros.**  While idle the working registers and ``W`` are held
   at zero (cleared when the final block is done).  Loading ``a..h := H`` is then the same gated
   add with ``K = 0`` (entry 64 of the constant ROM) and ``W = 0``: no 256-bit load multiplexer.
-* **Transposed message schedule.**  Instead of a 16-word window summed by three adders,
-  register ``acc[k]`` holds the partial sum of ``W[t+k]`` and each new word is added into the
-  partial sums it contributes to (``W[j] = W[j-16] + s0(W[j-15]) + W[j-7] + s1(W[j-2])``).
-  The three adders then feed flip-flops and cost no LCs of their own, and ``W[t]`` of the
-  running round is a register (``acc[0]``), which also keeps it off the critical path.
+* **Message schedule in block RAM.**  The 16-word window of earlier schedule words is written
+  into two 16 x 32 block RAMs (2 EBRs each on iCE40), whose read ports give ``W[t-5]`` and
+  ``W[t-13]`` of round ``t``; ``W[t-14]`` is the second port's word of the round before.  So
+  round ``t`` computes ``W[t+2]`` into the register ``acc[1]`` one round ahead, its last adder
+  in front of that flip-flop, and ``W[t]`` of the running round is a register (``acc[0]``),
+  which keeps the schedule off the critical path.  The earlier transposed form (16 partial
+  sums in flip-flops, every adder in front of one) cost about 350 logic cells more.
 * **No input buffer.**  A message word goes straight into ``acc[0]`` while the previous round
   runs (one word of look-ahead, nothing more); ``ready`` is "``acc[0]`` is free for word 0..15
   of a block that still takes message words".
@@ -46,8 +48,9 @@ own.  So the design puts its logic *in front of* registers and avoids logic betw
 
 Cost (yosys 0.70 ``synth_ice40`` + nextpnr 0.11 packing, iCE40UP5K)
 ------------------------------------------------------------------
-1626 LCs with the iCE40 carry-cell gates (1874 with generic logic), 2 EBRs for the constants,
-1069 flip-flops; about 26 MHz in a registered-I/O wrapper (the round path ``h -> T1 -> a``).
+About 1,300 LUT4s and 654 flip-flops with the iCE40 carry-cell gates, 6 EBRs (2 for the
+constants, 4 for the message schedule); before packing, in the HSM (``mchsm build``'s per-module
+table).  The round path ``h -> T1 -> a`` is the engine's longest.
 
 Timing contract (clock cycles; a pulse is "at ``t``" when it is high in cycle ``t``)
 ----------------------------------------------------------------------------------
@@ -83,6 +86,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.vendor import LatticeICE40Platform
 
 from mchsm.rtl.observe import ShaProbes
+from mchsm.rtl.ram import NO_RW_CHECK, read_port
 
 __all__ = ["IV", "SHA256", "K"]
 
@@ -266,12 +270,12 @@ class SHA256(wiring.Component):
         # flip-flops' synchronous set/reset inputs away from the uses below.
         st = [Signal(32, name=f"st_{n}") for n in "abcdefgh"]  # zero while idle
         hv = [Signal(32, name=f"h{i}", reset_less=True) for i in range(8)]
-        # Message schedule in transposed form: acc[0] is W[t] of the round being executed (a
-        # register, zero while idle), acc[k] (k >= 1) the partial sum of W[t+k].  Each new word
-        # is added into the partial sums it contributes to (W[t+16] = W[t] + s0(W[t+1]) +
-        # W[t+9] + s1(W[t+14])), so the three schedule adders sit in front of flip-flops and
-        # share their logic cells, unlike the textbook sum over a sliding window.
-        acc = [Signal(32, name=f"acc{i}", reset_less=i > 0) for i in range(16)]
+        # Message schedule: acc[0] is W[t] of the round being executed (a register, zero while
+        # idle), acc[1] the next schedule word W[t+1] (t >= 15), computed one round ahead so
+        # that the three schedule adders are off the round's path.  The window of earlier words
+        # is in block RAM (see the "schedule" section below); only W[t-14] is a register.
+        acc = [Signal(32, name=f"acc{i}", reset_less=i > 0) for i in range(2)]
+        w14 = Signal(32, reset_less=True)  # W[rnd-14] while round rnd executes (rnd >= 14)
         count = Signal(32, reset_less=True)  # message bytes so far
 
         busy = Signal()
@@ -342,17 +346,35 @@ class SHA256(wiring.Component):
         w_in = Cat(*bits)
 
         # ---- message schedule ----------------------------------------------------------------
+        # W[j] = s1(W[j-2]) + W[j-7] + s0(W[j-15]) + W[j-16].  Round s (14 <= s <= 61) computes
+        # W[s+2] into acc[1] from W[s] (acc[0]), W[s-5] and W[s-13] (two block RAM copies of
+        # the 16-word window, read a cycle ahead) and W[s-14] (w14: W[s-13] of round s-1).
+        # Every executed round writes its W[s] into slot s mod 16.  A read port is addressed
+        # with `q` (the next round), so its data in a cycle is that of `rnd`, stalled or not;
+        # the slots read, (q - 5) and (q - 13) mod 16, are never the slot written in the same
+        # cycle (rnd = q - 1), so the ports need no read-during-write logic (mchsm.rtl.ram).
+        # Only schedule words are ever read: rounds 0..15 take message words, and each of
+        # W[s-5], W[s-13], W[s-14] for s >= 14 was written by this block's rounds.
         w_r = acc[0]
+        wmem_attrs = {**NO_RW_CHECK, "ram_style": "block"}
+        m.submodules.wmem_a = wmem_a = memory.Memory(shape=32, depth=16, init=[], attrs=wmem_attrs)
+        m.submodules.wmem_b = wmem_b = memory.Memory(shape=32, depth=16, init=[], attrs=wmem_attrs)
+        w5 = read_port(m, wmem_a, "w5")  # W[rnd-5]
+        w13 = read_port(m, wmem_b, "w13")  # W[rnd-13]
+        m.d.comb += [w5.addr.eq((q - 5)[:4]), w13.addr.eq((q - 13)[:4])]
+        for mem in (wmem_a, wmem_b):
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(rnd[:4]), wp.data.eq(w_r), wp.en.eq(exe)]
         with m.If(exe | take | gen):
             m.d.sync += [acc[0].eq(Mux(q_in, w_in, acc[1])), wv.eq(~q_in | take | gen)]
         with m.If(exe):
-            m.d.sync += [acc[i].eq(acc[i + 1]) for i in (2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13)]
             m.d.sync += [
-                acc[1].eq(_add(m, "acc1_d", acc[2], _small_sigma1(w_r), net=False)),
-                acc[6].eq(_add(m, "acc6_d", acc[7], w_r, net=False)),
-                acc[14].eq(_add(m, "acc14_d", acc[15], _small_sigma0(w_r), net=False)),
-                acc[15].eq(w_r),
-            ]
+                w14.eq(w13.data),
+                acc[1].eq(
+                    _add(m, "w_next", _small_sigma1(w_r), w5.data, _small_sigma0(w13.data), w14,
+                         net=False)
+                ),
+            ]  # fmt: skip
 
         # ---- one round, with H folded in -----------------------------------------------------
         # H enters the adders on the last round and in the load cycle (a kept net, see `_net`).
