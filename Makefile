@@ -59,6 +59,14 @@ bitstreams: install
 	$(BIN)/mchsm build --board icebreaker --out build/icebreaker
 	$(BIN)/mchsm build --board ulx3s --out build/ulx3s
 
+# the iCE40 build's post-synthesis netlist (synth_ice40, Yosys' cell models) runs the scenario
+# suite in Verilator over its UART, each answer compared with the model's and the RTL's, and a
+# netlist with one LUT bit flipped in the SHA engine must fail (tests/test_netlist.py).  About
+# 15 min on 2 cores cold (synthesis and two Verilator builds, cached by design hash after that)
+.PHONY: netlist
+netlist: install
+	MCHSM_NETLIST=1 $(BIN)/pytest -n $(JOBS) -q tests/test_netlist.py
+
 # the long isolation run: 2,000 interleavings of the manager, honest and hostile tasks on the
 # model, each compared access for access on Amaranth's simulator and Verilator (about 20 min)
 FUZZ_ARGS ?= --batches 20 --batch 100 --backends amaranth,verilator

@@ -401,18 +401,21 @@ class MchsmCore(wiring.Component):
 
         with m.Switch(dsrc):
             with m.Case(src_fifo):
-                m.d.comb += [sha.data.eq(data_in.payload), sha.valid.eq(data_in.valid)]
+                m.d.comb += [
+                    sha.msg.payload.data.eq(data_in.payload),
+                    sha.msg.valid.eq(data_in.valid),
+                ]
             with m.Case(src_ctx):
-                m.d.comb += [sha.data.eq(ctx_rd.data), sha.valid.eq(primed)]
+                m.d.comb += [sha.msg.payload.data.eq(ctx_rd.data), sha.msg.valid.eq(primed)]
             with m.Case(src_scr):
-                m.d.comb += [sha.data.eq(scr_rd.data), sha.valid.eq(primed)]
+                m.d.comb += [sha.msg.payload.data.eq(scr_rd.data), sha.msg.valid.eq(primed)]
             with m.Case(src_key):
-                m.d.comb += [sha.data.eq(key_word), sha.valid.eq(primed)]
+                m.d.comb += [sha.msg.payload.data.eq(key_word), sha.msg.valid.eq(primed)]
             with m.Case(src_word):
-                m.d.comb += [sha.data.eq(word), sha.valid.eq(1)]
+                m.d.comb += [sha.msg.payload.data.eq(word), sha.msg.valid.eq(1)]
         fire = Signal()  # a word moves into the engine this cycle
         m.d.comb += [
-            fire.eq(sha.valid & sha.ready),
+            fire.eq(sha.msg.valid & sha.msg.ready),
             data_in.ready.eq(((dsrc == src_fifo) & fire) | pop),
             res_wr.data.eq(Array([sha.digest, word, ctx_rd.data, dev_word])[rsrc]),
             ctx_wr.data.eq(Array([Const(0, 32), sha.digest, scr_rd.data, word])[cwsrc]),
@@ -529,7 +532,10 @@ class MchsmCore(wiring.Component):
             return Mux(load == uc.Load.HMAC, own_hmac, fixed)
 
         def feed(src: uc.Feed) -> None:
-            m.d.comb += [sha.nbytes.eq(4), sha.last.eq(f["last"] & (k == u_cnt))]
+            m.d.comb += [
+                sha.msg.payload.nbytes.eq(4),
+                sha.msg.payload.last.eq(f["last"] & (k == u_cnt)),
+            ]
             if src in (uc.Feed.FIFO, uc.Feed.FIFO_CAPTURE):
                 m.d.comb += dsrc.eq(src_fifo)
                 with m.If(fire):
@@ -561,7 +567,7 @@ class MchsmCore(wiring.Component):
                     ctx_rd.addr.eq(
                         Mux(fire & wrap, active_r(next_ci, Const(0, 3)), active_r(r_ci, kk))
                     ),
-                    sha.last.eq(wrap & ~more),
+                    sha.msg.payload.last.eq(wrap & ~more),
                 ]
                 with m.If(~primed):
                     m.d.sync += primed.eq(1)
@@ -599,8 +605,8 @@ class MchsmCore(wiring.Component):
                 m.d.comb += [
                     dsrc.eq(src_word),
                     widx.eq(uc.WORD_NAMES.index("zero")),
-                    sha.last.eq(1),
-                    sha.nbytes.eq(0),
+                    sha.msg.payload.last.eq(1),
+                    sha.msg.payload.nbytes.eq(0),
                 ]
                 with m.If(fire):
                     m.d.comb += advance.eq(1)
@@ -610,8 +616,8 @@ class MchsmCore(wiring.Component):
                 tail = (r_left[3:] == 0) & ~(r_left[2] & (r_left[:2] != 0))
                 m.d.comb += [
                     dsrc.eq(src_fifo),
-                    sha.last.eq(tail),
-                    sha.nbytes.eq(Mux(tail, r_left[:3], 4)),
+                    sha.msg.payload.last.eq(tail),
+                    sha.msg.payload.nbytes.eq(Mux(tail, r_left[:3], 4)),
                 ]
                 with m.If(fire):
                     m.d.sync += r_left.eq(Mux(tail, 0, Cat(r_left[:2], r_left[2:] - 1)))

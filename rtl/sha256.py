@@ -80,15 +80,21 @@ Timing contract (clock cycles; a pulse is "at ``t``" when it is high in cycle ``
   a 64-byte message (n = 2).
 """
 
-from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal
-from amaranth.lib import memory, wiring
+from typing import cast
+
+from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal, Value
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.vendor import LatticeICE40Platform
 
 from mchsm.rtl.observe import ShaProbes
 from mchsm.rtl.ram import NO_RW_CHECK, read_port
 
-__all__ = ["IV", "SHA256", "K"]
+__all__ = ["IV", "MESSAGE_WORD", "SHA256", "K", "MessageStreamNames"]
+
+#: one word of the engine's message stream (``SHA256.msg``): a big-endian 32-bit word, ``last``
+#: on the final word of a message, and ``nbytes`` (0..4), the valid bytes of that final word
+MESSAGE_WORD = data.StructLayout({"data": 32, "last": 1, "nbytes": 3})
 
 
 #: SHA-256 initial hash value (FIPS 180-4, 5.3.3).
@@ -110,7 +116,7 @@ K = (
 )  # fmt: skip
 
 
-def _add(m, name, *terms, net=True):
+def _add(m: Module, name: str, *terms: Value, net: bool = True) -> Value:
     """32-bit modular sum as a chain of two-input adders, one kept net per partial sum.
 
     Without the ``keep`` yosys' ``alumacc`` merges a multi-operand sum into one ``$macc`` and
@@ -122,7 +128,7 @@ def _add(m, name, *terms, net=True):
     acc = terms[0]
     for i, t in enumerate(terms[1:]):
         if i == len(terms) - 2 and not net:
-            return (acc + t)[:32]
+            return Value.cast((acc + t)[:32])
         s = Signal(32, name=f"{name}_{i}" if len(terms) > 2 else name, attrs={"keep": 1})
         m.d.comb += s.eq(acc + t)
         acc = s
@@ -136,7 +142,7 @@ _ADD_IF_INIT = sum(
 )
 
 
-def _add_if(m, name, g, x, y, ice40):
+def _add_if(m: Module, name: str, g: Value, x: Value, y: Value, ice40: bool) -> Value:
     """``x + y`` if ``g`` else ``x`` (32 bits), as one logic cell per bit on iCE40.
 
     Generic logic needs a gating LUT per bit in front of the adder (``x + (g ? y : 0)``).  An
@@ -144,9 +150,9 @@ def _add_if(m, name, g, x, y, ice40):
     folds the gate into the adder, which saves 32 logic cells per use.
     """
     if not ice40:
-        return (x + Mux(g, y, 0))[:32]
+        return Value.cast((x + Mux(g, y, 0))[:32])
     o = Signal(32, name=name)
-    ci = Const(0)
+    ci: Value = Const(0)
     for i in range(32):
         m.submodules[f"{name}_lut{i}"] = Instance(
             "SB_LUT4", p_LUT_INIT=Const(_ADD_IF_INIT, 16),
@@ -161,7 +167,7 @@ def _add_if(m, name, g, x, y, ice40):
     return o
 
 
-def _net(m, name, value):
+def _net(m: Module, name: str, value: Value) -> Signal:
     """A kept 1-bit control net.
 
     ABC (delay-driven) otherwise re-derives a select from its inputs inside every bit's LUT of
@@ -172,32 +178,65 @@ def _net(m, name, value):
     return s
 
 
-def _big_sigma0(x):
-    return x.rotate_right(2) ^ x.rotate_right(13) ^ x.rotate_right(22)
+def _big_sigma0(x: Value) -> Value:
+    return Value.cast(x.rotate_right(2) ^ x.rotate_right(13) ^ x.rotate_right(22))
 
 
-def _big_sigma1(x):
-    return x.rotate_right(6) ^ x.rotate_right(11) ^ x.rotate_right(25)
+def _big_sigma1(x: Value) -> Value:
+    return Value.cast(x.rotate_right(6) ^ x.rotate_right(11) ^ x.rotate_right(25))
 
 
-def _small_sigma0(x):
-    return x.rotate_right(7) ^ x.rotate_right(18) ^ (x >> 3)
+def _small_sigma0(x: Value) -> Value:
+    return Value.cast(x.rotate_right(7) ^ x.rotate_right(18) ^ (x >> 3))
 
 
-def _small_sigma1(x):
-    return x.rotate_right(17) ^ x.rotate_right(19) ^ (x >> 10)
+def _small_sigma1(x: Value) -> Value:
+    return Value.cast(x.rotate_right(17) ^ x.rotate_right(19) ^ (x >> 10))
 
 
-class SHA256(wiring.Component):
+class MessageStreamNames:
+    """The fields of ``msg`` under the names the engine's loose ports had (``data``, ``valid``,
+    ``last``, ``nbytes``, ``ready``), read and driven by the formal harnesses in
+    :mod:`mchsm.rtl.formal` (edited on another branch).  Not ports: the port is ``msg``."""
+
+    msg: stream.Interface
+
+    @property
+    def _word(self) -> data.View:
+        return cast(data.View, self.msg.payload)
+
+    @property
+    def data(self) -> Value:
+        return cast(Value, self._word.data)
+
+    @property
+    def last(self) -> Value:
+        return cast(Value, self._word.last)
+
+    @property
+    def nbytes(self) -> Value:
+        return cast(Value, self._word.nbytes)
+
+    @property
+    def valid(self) -> Value:
+        return self.msg.valid
+
+    @property
+    def ready(self) -> Value:
+        return self.msg.ready
+
+
+class SHA256(MessageStreamNames, wiring.Component):
     """SHA-256 engine: message stream in, chaining value ``H`` out through a word ring.
 
     Ports
     -----
-    data, valid, last, nbytes, ready
-        Message stream of big-endian 32-bit words; a word moves in a cycle where
-        ``valid & ready``.  ``last`` marks the final word, which carries ``nbytes`` (0..4) valid
-        bytes in its most significant bytes; ``nbytes`` = 0 only terminates a message whose
-        length is a multiple of 4 (including the empty message).  The engine appends ``0x80``,
+    msg : In(stream.Signature(MESSAGE_WORD))
+        Message stream of big-endian 32-bit words (``payload.data``); a word moves in a cycle
+        where ``valid & ready``.  ``payload.last`` marks the final word, which carries
+        ``payload.nbytes`` (0..4) valid bytes in its most significant bytes; ``nbytes`` = 0
+        only terminates a message whose length is a multiple of 4 (including the empty
+        message).  The engine appends ``0x80``,
         zeros and the 64-bit bit length itself, with an extra block when needed.
     start, resume
         Sampled only while idle.  ``start`` begins a message from the IV (byte count 0);
@@ -228,11 +267,7 @@ class SHA256(wiring.Component):
         from ``rtlil.convert`` without a platform.
     """
 
-    data: In(32)
-    valid: In(1)
-    last: In(1)
-    nbytes: In(3)
-    ready: Out(1)
+    msg: In(stream.Signature(MESSAGE_WORD))
 
     start: In(1)
     resume: In(1)
@@ -244,17 +279,18 @@ class SHA256(wiring.Component):
     busy: Out(1)
     done: Out(1)
 
-    def __init__(self, *, ice40=None):
+    def __init__(self, *, ice40: bool | None = None) -> None:
         self.ice40 = ice40
         super().__init__()
 
-    def _ice40(self, platform):
+    def _ice40(self, platform: object) -> bool:
         if self.ice40 is None:
             return isinstance(platform, LatticeICE40Platform)
         return self.ice40
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
         m = Module()
+        word = self._word  # the message stream's payload
 
         # Round constants, plus a zero at index 64 that is addressed whenever the next cycle
         # is not a round: the midstate-load cycle then computes T1 = K + W = 0 for free.
@@ -311,13 +347,13 @@ class SHA256(wiring.Component):
         cut_ok = self.cut & run & ~pad
         cut_blk = cut_ok & wv & ((rnd[4:] != 0) | (rnd[:4] == 15))
         cut_gap = cut_ok & ~wv & (rnd == 0)
-        take = slot & ~pad & ~cut_ok & self.valid
+        take = slot & ~pad & ~cut_ok & self.msg.valid
         gen = slot & pad
         chain = exe & (rnd == 63)
         finish = chain & (lenblk | cut_blk)
 
         m.d.comb += [
-            self.ready.eq(slot & ~pad & ~cut_ok),
+            self.msg.ready.eq(slot & ~pad & ~cut_ok),
             self.busy.eq(busy),
             self.done.eq(done),
             self.digest.eq(hv[0]),
@@ -325,10 +361,10 @@ class SHA256(wiring.Component):
 
         # ---- next message word: stream data, 0x80 marker, zeros, length ----------------------
         # Every select is zero outside its case, so the word is a plain OR of gated terms.
-        nb = self.nbytes
-        tlast = take & self.last
+        nb = word.nbytes
+        tlast = take & word.last
         # byte j is bits 31-8j..24-8j of the big-endian word
-        keep = [_net(m, f"keep{j}", take & (~self.last | (nb > j))) for j in range(4)]
+        keep = [_net(m, f"keep{j}", take & (~word.last | (nb > j))) for j in range(4)]
         mark = [
             _net(m, f"mark{j}", (tlast & (nb == j)) | (gen & need80 if j == 0 else 0))
             for j in range(4)
@@ -336,12 +372,12 @@ class SHA256(wiring.Component):
         sel_hi = _net(m, "sel_hi", gen & lenblk & (q[:4] == 14))
         sel_lo = _net(m, "sel_lo", gen & lenblk & (q[:4] == 15))
         bits = []
-        for b in range(32):
-            j = 3 - b // 8
-            v = self.data[b] & keep[j]
-            if b % 8 == 7:
+        for bit in range(32):
+            j = 3 - bit // 8
+            v = word.data[bit] & keep[j]
+            if bit % 8 == 7:
                 v = v | mark[j]
-            length = sel_hi & count[29 + b] if b < 3 else sel_lo & count[b - 3]
+            length = sel_hi & count[29 + bit] if bit < 3 else sel_lo & count[bit - 3]
             bits.append(v | length)
         w_in = Cat(*bits)
 
@@ -431,7 +467,7 @@ class SHA256(wiring.Component):
 
         # `pad`, `need80` and `lenblk` are already clear while idle; word 0 may be taken in
         # the `resume` cycle itself, and its bytes count on top of the 64 of the midstate.
-        inc = Mux(self.last, nb, 4)
+        inc = Mux(word.last, nb, 4)
         with m.If(cmd_start):
             m.d.sync += [busy.eq(1), ldpend.eq(1), count.eq(0)]
         with m.Elif(cmd_resume):

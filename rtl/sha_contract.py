@@ -23,8 +23,10 @@ value, which includes the right one).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, Value
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from mchsm.rtl.sha256 import MESSAGE_WORD, MessageStreamNames
 
 __all__ = ["AbstractSHA256", "ShaProtocol", "protocol_rules"]
 
@@ -107,7 +109,7 @@ def protocol_rules(p: ShaProtocol, ready: Value, busy: Value, done: Value) -> li
     ]
 
 
-class AbstractSHA256(wiring.Component):
+class AbstractSHA256(MessageStreamNames, wiring.Component):
     """The engine reduced to its handshake, with free timing and an oracle for digests.
 
     Same ports as :class:`~mchsm.rtl.sha256.SHA256`, plus the choices a proof makes for it.
@@ -129,11 +131,7 @@ class AbstractSHA256(wiring.Component):
         The handshake state (``ended``: the message's last word was taken).
     """
 
-    data: In(32)
-    valid: In(1)
-    last: In(1)
-    nbytes: In(3)
-    ready: Out(1)
+    msg: In(stream.Signature(MESSAGE_WORD))
 
     start: In(1)
     resume: In(1)
@@ -159,15 +157,17 @@ class AbstractSHA256(wiring.Component):
         m.submodules.protocol = p = self.protocol
         busy = Signal()
         done = Signal()
-        for name in ("start", "resume", "shift", "cut", "valid", "last"):
+        for name in ("start", "resume", "shift", "cut"):
             m.d.comb += getattr(p, name).eq(getattr(self, name))
         m.d.comb += [
-            p.ready.eq(self.ready),
+            p.valid.eq(self.msg.valid),
+            p.last.eq(self.msg.payload.last),
+            p.ready.eq(self.msg.ready),
             p.busy.eq(busy),
             p.done.eq(done),
             self.busy.eq(busy),
             self.done.eq(done),
-            self.ready.eq(self.choose_ready & p.ready_ok),
+            self.msg.ready.eq(self.choose_ready & p.ready_ok),
         ]
         idle = ~busy
         finish = self.choose_finish & busy & (p.ended | p.cutseen)

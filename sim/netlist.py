@@ -103,6 +103,17 @@ def ice40_netlist(
     netlist = entry / "netlist.v"
     if netlist.is_file():
         return netlist.read_text()
+    from mchsm.sim.verilator_build import flock
+
+    with flock(_cache_dir() / f"{key[:32]}.lock", f"the netlist ({key[:12]})"):
+        if not netlist.is_file():  # else another process synthesised it while we waited
+            _synthesise(entry, text, script, contexts, progress)
+    return netlist.read_text()
+
+
+def _synthesise(
+    entry: Path, text: str, script: str, contexts: int, progress: Callable[[str], None]
+) -> None:
     entry.mkdir(parents=True, exist_ok=True)
     (entry / "design.il").write_text(text)
     progress(f"synth_ice40 of the board design ({contexts} contexts) ...")
@@ -116,9 +127,8 @@ def ice40_netlist(
     )
     if done.returncode != 0:
         raise NetlistError(f"yosys failed (exit {done.returncode}); log: {entry / 'yosys.log'}")
-    (entry / "netlist.tmp.v").replace(netlist)  # whole or absent, for a concurrent reader
+    (entry / "netlist.tmp.v").replace(entry / "netlist.v")  # whole or absent for a reader
     progress(f"synthesised in {time.perf_counter() - t0:.0f} s")
-    return netlist.read_text()
 
 
 def cell_models(netlist: str) -> str:

@@ -83,20 +83,18 @@ class Driver:
         ctx, dut = self.ctx, self.dut
         for i, (word, last, nb) in enumerate(beats):
             while self.stall and self.rng is not None and self.rng.random() < self.stall:
-                ctx.set(dut.valid, 0)
-                ctx.set(dut.data, self.rng.getrandbits(32))  # junk must be ignored
-                ctx.set(dut.last, self.rng.getrandbits(1))
+                ctx.set(dut.msg.valid, 0)
+                junk = {"data": self.rng.getrandbits(32), "last": self.rng.getrandbits(1)}
+                ctx.set(dut.msg.payload, {**junk, "nbytes": 4})  # junk must be ignored
                 await self.tick()
                 if with_pulse is not None:
                     ctx.set(with_pulse, 0)
                     with_pulse = None
-            ctx.set(dut.data, word)
-            ctx.set(dut.last, last)
-            ctx.set(dut.nbytes, nb)
-            ctx.set(dut.valid, 1)
+            ctx.set(dut.msg.payload, {"data": word, "last": last, "nbytes": nb})
+            ctx.set(dut.msg.valid, 1)
             if i == 0 and with_pulse is not None:
                 ctx.set(with_pulse, 1)
-            while not ctx.get(dut.ready):
+            while not ctx.get(dut.msg.ready):
                 await self.tick()
                 if with_pulse is not None:
                     ctx.set(with_pulse, 0)
@@ -106,8 +104,8 @@ class Driver:
             if with_pulse is not None:
                 ctx.set(with_pulse, 0)
                 with_pulse = None
-        ctx.set(dut.valid, 0)
-        ctx.set(dut.last, 0)
+        ctx.set(dut.msg.valid, 0)
+        ctx.set(dut.msg.payload, {"data": 0, "last": 0, "nbytes": 0})
 
     async def wait_done(self, limit: int = 200) -> None:
         for _ in range(limit):
@@ -133,7 +131,7 @@ class Driver:
                 ctx.set(dut.shift_in, load_words[i])
             if i == 7 and resume_with_last:
                 ctx.set(dut.resume, 1)
-                assert not ctx.get(dut.ready)  # the load is deferred by one cycle
+                assert not ctx.get(dut.msg.ready)  # the load is deferred by one cycle
             await self.tick()
         for s in (dut.shift, dut.load, dut.resume):
             ctx.set(s, 0)
@@ -350,7 +348,7 @@ def test_timing_contract() -> None:
             t = drv.cycle
             drv.taken.clear()
             await drv.pulse(dut.start)
-            assert ctx.get(dut.busy) and ctx.get(dut.ready)
+            assert ctx.get(dut.busy) and ctx.get(dut.msg.ready)
             await drv.stream(words_of(msg))
             assert drv.taken == list(range(t + 1, t + 2 + r))
             await drv.wait_done()
@@ -375,11 +373,11 @@ def test_timing_contract() -> None:
         expect = hashlib.sha256(first + b"abc").digest()
         assert struct.pack(">8I", *await drv.rotate()) == expect
         # junk on the stream while idle is ignored, and ready stays low
-        ctx.set(dut.valid, 1)
+        ctx.set(dut.msg.valid, 1)
         for _ in range(5):
-            assert not ctx.get(dut.ready)
+            assert not ctx.get(dut.msg.ready)
             await drv.tick()
-        ctx.set(dut.valid, 0)
+        ctx.set(dut.msg.valid, 0)
         assert struct.pack(">8I", *await drv.rotate()) == expect
 
     run(tb)
