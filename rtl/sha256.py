@@ -128,7 +128,7 @@ def _add(m: Module, name: str, *terms: Value, net: bool = True) -> Value:
     acc = terms[0]
     for i, t in enumerate(terms[1:]):
         if i == len(terms) - 2 and not net:
-            return Value.cast((acc + t)[:32])
+            return cast(Value, (acc + t)[:32])
         s = Signal(32, name=f"{name}_{i}" if len(terms) > 2 else name, attrs={"keep": 1})
         m.d.comb += s.eq(acc + t)
         acc = s
@@ -150,7 +150,7 @@ def _add_if(m: Module, name: str, g: Value, x: Value, y: Value, ice40: bool) -> 
     folds the gate into the adder, which saves 32 logic cells per use.
     """
     if not ice40:
-        return Value.cast((x + Mux(g, y, 0))[:32])
+        return cast(Value, (x + Mux(g, y, 0))[:32])
     o = Signal(32, name=name)
     ci: Value = Const(0)
     for i in range(32):
@@ -179,19 +179,19 @@ def _net(m: Module, name: str, value: Value) -> Signal:
 
 
 def _big_sigma0(x: Value) -> Value:
-    return Value.cast(x.rotate_right(2) ^ x.rotate_right(13) ^ x.rotate_right(22))
+    return cast(Value, x.rotate_right(2) ^ x.rotate_right(13) ^ x.rotate_right(22))
 
 
 def _big_sigma1(x: Value) -> Value:
-    return Value.cast(x.rotate_right(6) ^ x.rotate_right(11) ^ x.rotate_right(25))
+    return cast(Value, x.rotate_right(6) ^ x.rotate_right(11) ^ x.rotate_right(25))
 
 
 def _small_sigma0(x: Value) -> Value:
-    return Value.cast(x.rotate_right(7) ^ x.rotate_right(18) ^ (x >> 3))
+    return cast(Value, x.rotate_right(7) ^ x.rotate_right(18) ^ (x >> 3))
 
 
 def _small_sigma1(x: Value) -> Value:
-    return Value.cast(x.rotate_right(17) ^ x.rotate_right(19) ^ (x >> 10))
+    return cast(Value, x.rotate_right(17) ^ x.rotate_right(19) ^ (x >> 10))
 
 
 class MessageStreamNames:
