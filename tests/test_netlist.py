@@ -15,6 +15,7 @@ which runs only the helpers' checks below and skips the rest with that reason.  
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,8 @@ def _check(commands: list[Command]) -> None:
 @full
 def test_netlist_uses_only_modelled_cells_and_keeps_the_sha_cells() -> None:
     netlist = ice40_netlist(CONTEXTS, progress=print)
-    assert len(lut_names(netlist, "core.sha.n")) == 8 * 32  # the carry-cell gates survive
+    gates = [n for n in lut_names(netlist, "core.sha.") if re.search(r"sha\.n[a-h]_lut\d+$", n)]
+    assert len(gates) == 8 * 32  # the carry-cell gates of mchsm.rtl.sha256._add_if survive
     cell_models(netlist)  # raises for a cell without a model
 
 
