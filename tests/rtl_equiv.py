@@ -88,6 +88,13 @@ def reference_package(commit: str) -> Path:
     return pkg.parent
 
 
+def workdir() -> Path:
+    """Where the RTLIL, the Yosys scripts and their logs go (``build/equiv``)."""
+    path = ROOT / "build" / "equiv"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def rtlil_of(
     package_root: Path | None, config: tuple[int, int, int], name: str, flaws: tuple[str, ...] = ()
 ) -> str:
@@ -97,14 +104,16 @@ def rtlil_of(
     if package_root is not None:
         env["PYTHONPATH"] = str(package_root)
     args = [str(v) for v in config]
-    return subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-c", _CONVERT, *args, name, *flaws],
-        check=True,
         capture_output=True,
         text=True,
         env=env,
         cwd=tempfile.gettempdir(),  # not ROOT: its mchsm/ would shadow the reference
-    ).stdout
+    )
+    if run.returncode:
+        raise SystemExit(f"converting the core ({name}) failed:\n{run.stderr}")
+    return run.stdout
 
 
 YOSYS_SCRIPT = """
@@ -173,11 +182,10 @@ def main(argv: list[str]) -> int:
             n, budget, fails = (int(v) for v in text.split(","))
             configs.append((n, budget, fails))
     ref_root = reference_package(args.ref)
-    workdir = ROOT / "build" / "equiv"
     ok = True
     for config in configs:
         start = time.monotonic()
-        same, summary = check(config, ref_root, workdir, tuple(args.flaw))
+        same, summary = check(config, ref_root, workdir(), tuple(args.flaw))
         verdict = "EQUIVALENT" if same else "NOT PROVEN EQUIVALENT"
         print(
             f"contexts={config[0]} budget={config[1]} fail_limit={config[2]}: {verdict} "
