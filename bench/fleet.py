@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mchsm.sw import protocol
 from mchsm.sw.verifier import SCHEMA_VERSION, TaskRecord, Verifier
@@ -111,12 +112,12 @@ def _sqlite_fleet(cache: Path, devices: int, progress: Progress) -> tuple[str, b
     return str(path), False, time.perf_counter() - began
 
 
-def _pg_fleet(pg: object, devices: int, progress: Progress) -> tuple[str, bool, float]:
+def _pg_fleet(pg: Any, devices: int, progress: Progress) -> tuple[str, bool, float]:
     import psycopg
 
     name = f"fleet_{devices}"
-    admin = pg.url()  # type: ignore[attr-defined]
-    url = pg.url(name)  # type: ignore[attr-defined]
+    admin = pg.url()  # pg: a pgserver PostgresServer (pgserver has no type hints)
+    url = pg.url(name)
     recipe = json.dumps(_meta(devices))
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -128,9 +129,9 @@ def _pg_fleet(pg: object, devices: int, progress: Progress) -> tuple[str, bool, 
             ).fetchone()
         if row and row[0] == recipe:
             return url, True, 0.0
-        pg.drop_database(name)  # type: ignore[attr-defined]
+        pg.drop_database(name)
     began = time.perf_counter()
-    pg.create_database(name)  # type: ignore[attr-defined]
+    pg.create_database(name)
     Verifier(url, kek=KEK).close()
     with psycopg.connect(url) as conn:
         conn.execute("SET search_path TO mchsm")

@@ -90,6 +90,7 @@ def _profile(prefix: str) -> dict[str, float]:
     if stats is None:
         return {}
     groups: dict[str, float] = {}
+    # typeshed does not declare Stats.stats, the table pstats itself prints from
     for (filename, _, name), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = f"{filename}:{name}"
         label = next((g for g, keys in GROUPS if any(k in where for k in keys)), "other")

@@ -14,6 +14,7 @@ board and wrong anywhere else: see ``docs/boards.md``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import data, io, wiring
@@ -190,17 +191,18 @@ class BoardTop(Elaboratable):
                 "BoardTop needs an amaranth-boards platform with a default clock; "
                 "simulate UartHsm instead"
             )
+        board: Any = platform  # an amaranth-boards platform (checked above; typed object here)
         m = Module()
-        divisor, timeout_log2, blink_log2 = self.timing(platform.default_clk_frequency, self.baud)  # type: ignore[attr-defined]
+        divisor, timeout_log2, blink_log2 = self.timing(board.default_clk_frequency, self.baud)
         m.submodules.hsm = hsm = UartHsm(
             self.contexts, divisor=divisor, timeout_log2=timeout_log2, blink_log2=blink_log2
         )
-        uart = platform.request("uart", 0, dir="-")  # type: ignore[attr-defined]
+        uart = board.request("uart", 0, dir="-")
         m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_buf = tx = io.Buffer("o", uart.tx)
         m.d.comb += [hsm.rx.eq(rx.i), tx.o.eq(hsm.tx)]
         for role, (name, number) in self.leds.items():
-            pin = platform.request(name, number, dir="-")  # type: ignore[attr-defined]
+            pin = board.request(name, number, dir="-")
             m.submodules[f"led_{role}"] = led = io.Buffer("o", pin)
             m.d.comb += led.o.eq(getattr(hsm.leds, role))
         return m

@@ -6,9 +6,9 @@ import errno
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -24,6 +24,9 @@ from mchsm.sim.backends import (
     waves_target,
 )
 
+#: a click command function, as its option decorators take and return it
+Command = TypeVar("Command", bound=Callable[..., Any])
+
 #: the demo runs on the RTL by default: Amaranth's simulator needs no build, so on a cold
 #: machine it finishes first (Verilator pays a one-off build of a minute or more)
 DEMO_BACKEND = "amaranth"
@@ -31,7 +34,7 @@ DEMO_BACKEND = "amaranth"
 DIGEST_BACKEND = "model"
 
 
-def backend_option(default: str):  # type: ignore[no-untyped-def]
+def backend_option(default: str) -> Callable[[Command], Command]:
     return click.option(
         "--backend",
         type=click.Choice(list(BACKENDS)),
@@ -163,7 +166,7 @@ class _Failure(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         # click declares exit_code per class (a ClassVar); ours is per failure
-        self.exit_code = exit_code  # type: ignore[misc]
+        self.exit_code = exit_code  # type: ignore[misc]  # assigning click's ClassVar
 
 
 def _debugging(ctx: click.Context) -> bool:
@@ -893,13 +896,13 @@ def verifier() -> None:
     """Look after the verifier's registry and the key that wraps its root keys."""
 
 
-def _verifier_db_option(fn):  # type: ignore[no-untyped-def]
+def _verifier_db_option(fn: Command) -> Command:
     return click.option(
         "--db", required=True, help="The registry: a SQLite file or a postgresql:// URL."
     )(fn)
 
 
-def _kek_option(fn):  # type: ignore[no-untyped-def]
+def _kek_option(fn: Command) -> Command:
     return click.option(
         "--kek-file",
         type=click.Path(dir_okay=False, path_type=Path),
@@ -965,7 +968,7 @@ def verifier_info(db: str, kek_file: Path | None) -> None:
     from mchsm.sw.errors import MchsmError
     from mchsm.sw.verifier import SCHEMA_VERSION, Verifier
 
-    def count(s, table: str) -> int:  # type: ignore[no-untyped-def]
+    def count(s: Any, table: str) -> int:  # s: a sqlite3 or psycopg connection
         return int(s.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     try:

@@ -12,12 +12,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mchsm.failures import first_line
 from mchsm.inputs import writable_dir, writable_file
 from mchsm.sw.errors import MchsmError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without them
+    from mchsm.sw.profile import Profile, RecordedTrace
 
 #: where the ROC picture goes unless --roc says otherwise
 DEFAULT_ROC = Path("build/anomaly_roc.png")
@@ -192,7 +196,7 @@ def trace_cmd(
     click.echo(f"{len(trace.periods)} periods of {', '.join(trace.names.values())} -> {out}")
 
 
-def _read_trace(path: Path):  # type: ignore[no-untyped-def]
+def _read_trace(path: Path) -> RecordedTrace:
     from mchsm.sw.profile import RecordedTrace
 
     try:
@@ -228,7 +232,7 @@ def profile_cmd(trace: Path, tasks: tuple[str, ...], out: Path) -> None:
         raise _fail(exc) from None
 
 
-def _load_profile(path: Path):  # type: ignore[no-untyped-def]
+def _load_profile(path: Path) -> Profile:
     """A profile from a JSON file, or from an image that carries one."""
     from mchsm.sw.profile import Profile, ProfileError, split_image
 

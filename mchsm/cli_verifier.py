@@ -22,8 +22,11 @@ T = TypeVar("T")
 
 __all__ = ["add_commands"]
 
+#: a click command function, as its option decorators take and return it
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
-def _url_option(fn):  # type: ignore[no-untyped-def]
+
+def _url_option(fn: _Command) -> _Command:
     return click.option(
         "--url",
         envvar="MCHSM_VERIFIER_URL",
@@ -32,7 +35,7 @@ def _url_option(fn):  # type: ignore[no-untyped-def]
     )(fn)
 
 
-def _token_option(fn):  # type: ignore[no-untyped-def]
+def _token_option(fn: _Command) -> _Command:
     return click.option(
         "--token-file",
         envvar="MCHSM_VERIFIER_TOKEN_FILE",

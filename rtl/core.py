@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value
-from amaranth.lib import memory, wiring
+from amaranth.lib import data, enum, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from mchsm.constants import (
@@ -59,14 +59,17 @@ from mchsm.constants import (
     Cmd,
     CtxFlag,
     Status,
+    StatusInfoWord,
     check_build,
     command_spec,
 )
 from mchsm.rtl import microcode as uc
 from mchsm.rtl import wishbone
 from mchsm.rtl.mailbox import FLAWS, Mailbox
+from mchsm.rtl.monitor import Monitor
 from mchsm.rtl.observe import CoreProbes
 from mchsm.rtl.ram import NO_RW_CHECK, read_port
+from mchsm.rtl.sequencer import Sequencer
 from mchsm.rtl.sha256 import SHA256
 
 __all__ = ["CORE_FLAWS", "MchsmCore"]
@@ -110,6 +113,42 @@ HMAC_SLOT0 = 4  # slot index of the manager's HMAC key; caller c has HMAC_SLOT0 
 def key_depth(contexts: int) -> int:
     """Words of the key store for ``contexts`` task contexts."""
     return KEY_SLOT_WORDS * (HMAC_SLOT0 + contexts + 1)
+
+
+class DataSrc(enum.Enum, shape=3):
+    """What the SHA engine takes this cycle (``dsrc``)."""
+
+    NONE = 0  #: nothing (no word is valid)
+    FIFO = 1  #: the command data
+    CTX = 2  #: the context store's read port
+    SCR = 3  #: the scratch memory's read port
+    KEY = 4  #: the key block XOR ipad/opad
+    WORD = 5  #: the word table
+
+
+class ResultSrc(enum.Enum, shape=2):
+    """What the result window's write port writes (``rsrc``)."""
+
+    DIGEST = 0
+    WORD = 1  #: the word table
+    CTX = 2  #: the context store's read port
+    DEV = 3  #: a device id word (zero until provisioned)
+
+
+class CtxSrc(enum.Enum, shape=2):
+    """What the context store's write port writes (``cwsrc``)."""
+
+    ZERO = 0
+    DIGEST = 1
+    SCR = 2  #: the scratch memory's read port
+    WORD = 3  #: the word table
+
+
+class ScratchSrc(enum.Enum, shape=1):
+    """What the scratch memory's write port writes (``swsrc``)."""
+
+    DATA = 0  #: the command data
+    DIGEST = 1
 
 
 IPAD = 0x36363636
@@ -233,7 +272,7 @@ class MchsmCore(wiring.Component):
         r_reslen = Signal(8)  # result length the command ends with
 
         # ---- engine registers ----------------------------------------------------------------
-        r_fin = Signal(8)  # status the command ends with
+        r_fin = Signal(Status)  # status the command ends with
         r_left = Signal(32)  # bytes of a data stream not yet fed to the engine
         r_long = Signal()  # LEN > 64: a key longer than a block (JUMP_IF_LONG)
         r_len_words = Signal(5)  # ceil(LEN / 4) for POP KEY_BY_LEN (LEN <= 64 then)
@@ -292,26 +331,17 @@ class MchsmCore(wiring.Component):
         m.d.comb += link.busy.eq(busy)
 
         # ---- the monitor: per task, commands this period and failures since RESET -----------
-        commands = Array(
-            [Signal(range(self.budget + 2), name=f"commands{i + 1}") for i in range(n)]
+        m.submodules.monitor = monitor = Monitor(
+            n, self.budget, self.fail_limit, wraps=flaw["counter_wraps"]
         )
-        # no failure counters without a limit: a zero-width one exports as a `wire [-1:0]`
-        failures = Array(
-            [Signal(range(self.fail_limit + 1), name=f"failures{i + 1}") for i in range(n)]
-            if self.fail_limit
-            else []
-        )
-        caller_task = (r_owner >= 1) & (r_owner <= n)
-        with m.If(start_cmd & caller_task):
-            count = commands[(r_owner - 1)[:iw]]
-            if self.budget:  # this command takes the count above the budget: flagged
-                with m.If(count >= self.budget):
-                    m.d.sync += anomaly.bit_select((r_owner - 1)[:iw], 1).eq(1)
-                if flaw["counter_wraps"]:
-                    m.d.sync += count.eq(count + 1)
-                else:
-                    with m.If(count <= self.budget):  # saturates at budget + 1
-                        m.d.sync += count.eq(count + 1)
+        m.d.comb += [
+            monitor.caller.eq(r_owner),
+            monitor.start.eq(start_cmd),
+            monitor.status.eq(r_fin),
+            monitor.index.eq(idx),
+        ]
+        with m.If(monitor.over_budget):  # flagged as the command starts (the engine is idle)
+            m.d.sync += anomaly.bit_select((r_owner - 1)[:iw], 1).eq(1)
 
         # ---- engine --------------------------------------------------------------------------
         m.d.comb += sha_rst.eq(start_cmd)
@@ -330,22 +360,24 @@ class MchsmCore(wiring.Component):
         # ---- datapath ------------------------------------------------------------------------
         # Every wide value (the engine's input word, a result word, memory write data) is chosen
         # once, here, by a narrow code that the running microinstruction sets.
-        _none, src_fifo, src_ctx, src_scr, src_key, src_word = range(6)
-        dsrc = Signal(3)  # what the SHA engine takes
-        widx = Signal(5)  # which entry of the word table
-        rsrc = Signal(2)  # result window data: digest, word, context store, scratch
-        cwsrc = Signal(2)  # context store data: zero, digest, scratch, word
-        swsrc = Signal()  # scratch data: command data (0) or digest (1)
+        dsrc = Signal(DataSrc)  # what the SHA engine takes
+        widx = Signal(5)  # which entry of the word table (a uc.Word)
+        rsrc = Signal(ResultSrc)  # result window data
+        cwsrc = Signal(CtxSrc)  # context store data
+        swsrc = Signal(ScratchSrc)  # scratch data
         opad = Signal()  # the key block is XORed with opad, else ipad
         pop = Signal()  # take a word of command data without hashing it
         neq = Signal()  # sticky "some compared words differed"
-        rsrc_digest, rsrc_word, rsrc_ctx, rsrc_scr = range(4)
-        cw_zero, cw_digest, cw_scr, cw_word = range(4)
 
         counter_next = Signal(32)
         m.d.comb += counter_next.eq(counter + 1)
         visible = Mux(r_owner == MANAGER, Const((1 << n) - 1, n), (Const(1, n) << cidx)[:n])
-        info = Cat(provisioned, Const(0, 7), Const(n, 8), Const(PROTOCOL_VERSION, 8))
+        info = data.View(StatusInfoWord, Signal(32, name="info"))  # STATUS's first result word
+        m.d.comb += [
+            info.provisioned.eq(provisioned),
+            info.contexts.eq(n),
+            info.version.eq(PROTOCOL_VERSION),
+        ]
         flag_bits = {
             CtxFlag.LOADED: loaded,
             CtxFlag.ANOMALY: anomaly,
@@ -371,7 +403,7 @@ class MchsmCore(wiring.Component):
             "vold": r_vold,
             "vnew": r_vnew,
             "owner": r_owner,
-            "info": info,
+            "info": info.as_value(),
             "ctr": counter,
             "okv": okmask & visible,
             "loadedv": loaded & visible,
@@ -400,31 +432,43 @@ class MchsmCore(wiring.Component):
         )
 
         with m.Switch(dsrc):
-            with m.Case(src_fifo):
+            with m.Case(DataSrc.FIFO):
                 m.d.comb += [
                     sha.msg.payload.data.eq(data_in.payload),
                     sha.msg.valid.eq(data_in.valid),
                 ]
-            with m.Case(src_ctx):
+            with m.Case(DataSrc.CTX):
                 m.d.comb += [sha.msg.payload.data.eq(ctx_rd.data), sha.msg.valid.eq(primed)]
-            with m.Case(src_scr):
+            with m.Case(DataSrc.SCR):
                 m.d.comb += [sha.msg.payload.data.eq(scr_rd.data), sha.msg.valid.eq(primed)]
-            with m.Case(src_key):
+            with m.Case(DataSrc.KEY):
                 m.d.comb += [sha.msg.payload.data.eq(key_word), sha.msg.valid.eq(primed)]
-            with m.Case(src_word):
+            with m.Case(DataSrc.WORD):
                 m.d.comb += [sha.msg.payload.data.eq(word), sha.msg.valid.eq(1)]
+        result_data = {
+            ResultSrc.DIGEST: sha.digest,
+            ResultSrc.WORD: word,
+            ResultSrc.CTX: ctx_rd.data,
+            ResultSrc.DEV: dev_word,
+        }
+        ctx_data = {
+            CtxSrc.ZERO: Const(0, 32),
+            CtxSrc.DIGEST: sha.digest,
+            CtxSrc.SCR: scr_rd.data,
+            CtxSrc.WORD: word,
+        }
         fire = Signal()  # a word moves into the engine this cycle
         m.d.comb += [
             fire.eq(sha.msg.valid & sha.msg.ready),
-            data_in.ready.eq(((dsrc == src_fifo) & fire) | pop),
-            res_wr.data.eq(Array([sha.digest, word, ctx_rd.data, dev_word])[rsrc]),
-            ctx_wr.data.eq(Array([Const(0, 32), sha.digest, scr_rd.data, word])[cwsrc]),
-            scr_wr.data.eq(Mux(swsrc, sha.digest, data_in.payload)),
+            data_in.ready.eq(((dsrc == DataSrc.FIFO) & fire) | pop),
+            res_wr.data.eq(Array([result_data[s] for s in ResultSrc])[Value.cast(rsrc)]),
+            ctx_wr.data.eq(Array([ctx_data[s] for s in CtxSrc])[Value.cast(cwsrc)]),
+            scr_wr.data.eq(Mux(swsrc == ScratchSrc.DIGEST, sha.digest, data_in.payload)),
             key_wr.data.eq(sha.digest),
         ]
 
         # ---- prechecks (checks 1-6 of the spec, all before any data) -------------------------
-        pre = Signal(8)
+        pre = Signal(Status)
         caller_bad = r_owner > n
         ctx_in_range = (r_ctx >= 1) & (r_ctx <= n)
         # The command table decoded once into a few rule bits, then every check computed once
@@ -483,24 +527,10 @@ class MchsmCore(wiring.Component):
 
         # ---- the microcoded engine -----------------------------------------------------------
         program = uc.assemble()
-        m.submodules.ucode = ucode = memory.Memory(
-            shape=uc.WORD_WIDTH, depth=len(program.code), init=program.words()
-        )
-        u_rd = ucode.read_port()
-        f: dict[str, Value] = {}
-        shift = 0
-        for fname, width in uc.FIELDS:
-            f[fname] = u_rd.data[shift : shift + width]
-            shift += width
-        u_op, u_cnt, u_src, u_target = f["op"], f["cnt"], f["src"], f["target"]
-
-        pc = Signal(8)
-        pc_next = Signal(8)
-        ret0 = Signal(8)
-        ret1 = Signal(8)
+        m.submodules.sequencer = seq = Sequencer(program)
+        u = seq.word  # the running microinstruction, a uc.MicroWord
         advance = Signal()  # the running microinstruction is complete
-        m.d.comb += [pc_next.eq(Mux(advance, pc + 1, pc)), u_rd.addr.eq(pc_next)]
-        m.d.sync += pc.eq(pc_next)
+        m.d.comb += seq.advance.eq(advance)
         kk = Mux(fire, k + 1, k)  # the word after this cycle (memories answer a cycle late)
 
         def finish(status: Status | Value) -> None:
@@ -521,11 +551,12 @@ class MchsmCore(wiring.Component):
             with m.If(~primed):
                 m.d.sync += primed.eq(1)
             with m.Elif(go):
-                step(u_cnt)
+                step(u.cnt)
 
         def slot_address(load: Value) -> Value:
             """Key store address of a slot: fixed ones from the table, HMAC the caller's own."""
-            fixed = Array([Const(uc.SLOT_ADDRESS.get(code, 0), kw) for code in uc.Load])[load]
+            slots = Array([Const(uc.SLOT_ADDRESS.get(code, 0), kw) for code in uc.Load])
+            fixed = slots[load]
             own_hmac = Cat(Const(0, 4), HMAC_SLOT0 + r_owner)  # (HMAC_SLOT0 + caller) * 16
             if flaw["shared_hmac_slot"]:
                 own_hmac = Const(HMAC_SLOT0 * KEY_SLOT_WORDS, kw)
@@ -534,10 +565,10 @@ class MchsmCore(wiring.Component):
         def feed(src: uc.Feed) -> None:
             m.d.comb += [
                 sha.msg.payload.nbytes.eq(4),
-                sha.msg.payload.last.eq(f["last"] & (k == u_cnt)),
+                sha.msg.payload.last.eq(u.last & (k == u.cnt)),
             ]
             if src in (uc.Feed.FIFO, uc.Feed.FIFO_CAPTURE):
-                m.d.comb += dsrc.eq(src_fifo)
+                m.d.comb += dsrc.eq(DataSrc.FIFO)
                 with m.If(fire):
                     if src is uc.Feed.FIFO_CAPTURE:  # UPDATE: v, v', then R' kept for later
                         with m.If(k == 0):
@@ -546,24 +577,24 @@ class MchsmCore(wiring.Component):
                             m.d.sync += r_vnew.eq(data_in.payload)
                         with m.Else():
                             m.d.comb += [scr_wr.addr.eq(at(S_U, k - 2, 3)), scr_wr.en.eq(1)]
-                    step(u_cnt)
+                    step(u.cnt)
             elif src is uc.Feed.WORD:
-                m.d.comb += [dsrc.eq(src_word), widx.eq(f["wbase"] + k)]
-                with m.If(f["tee"]):
+                m.d.comb += [dsrc.eq(DataSrc.WORD), widx.eq(u.wbase + k)]
+                with m.If(u.tee):
                     m.d.comb += [
-                        rsrc.eq(rsrc_word),
-                        res_wr.addr.eq(f["rbase"] + k),
+                        rsrc.eq(ResultSrc.WORD),
+                        res_wr.addr.eq(u.rbase + k),
                         res_wr.en.eq(fire),
                     ]
                 with m.If(fire):
-                    step(u_cnt)
+                    step(u.cnt)
             elif src is uc.Feed.REFS:  # R of every selected context, in ascending order
                 higher = Cat(*[r_sel[i] & (r_ci < i) for i in range(n)])
                 next_ci = _lowest_set(higher, n)
                 wrap = k == 7
                 more = higher != 0
                 m.d.comb += [
-                    dsrc.eq(src_ctx),
+                    dsrc.eq(DataSrc.CTX),
                     ctx_rd.addr.eq(
                         Mux(fire & wrap, active_r(next_ci, Const(0, 3)), active_r(r_ci, kk))
                     ),
@@ -581,18 +612,18 @@ class MchsmCore(wiring.Component):
                         m.d.sync += k.eq(k + 1)
             else:
                 if src is uc.Feed.CTX_M:
-                    m.d.comb += [dsrc.eq(src_ctx), ctx_rd.addr.eq(m_at(idx, kk))]
+                    m.d.comb += [dsrc.eq(DataSrc.CTX), ctx_rd.addr.eq(m_at(idx, kk))]
                 elif src is uc.Feed.CTX_R_CALLER:
-                    m.d.comb += [dsrc.eq(src_ctx), ctx_rd.addr.eq(active_r(cidx, kk))]
+                    m.d.comb += [dsrc.eq(DataSrc.CTX), ctx_rd.addr.eq(active_r(cidx, kk))]
                 elif src is uc.Feed.SCR_T:
-                    m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_T, kk, 3))]
+                    m.d.comb += [dsrc.eq(DataSrc.SCR), scr_rd.addr.eq(at(S_T, kk, 3))]
                 elif src is uc.Feed.SCR_DEV:
-                    m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_DEV, kk, 2))]
+                    m.d.comb += [dsrc.eq(DataSrc.SCR), scr_rd.addr.eq(at(S_DEV, kk, 2))]
                 elif src is uc.Feed.SCR_U:
-                    m.d.comb += [dsrc.eq(src_scr), scr_rd.addr.eq(at(S_U, kk, 3))]
+                    m.d.comb += [dsrc.eq(DataSrc.SCR), scr_rd.addr.eq(at(S_U, kk, 3))]
                 else:  # the key block XOR ipad or opad
                     m.d.comb += [
-                        dsrc.eq(src_key),
+                        dsrc.eq(DataSrc.KEY),
                         opad.eq(src is uc.Feed.KEY_OPAD),
                         scr_rd.addr.eq(at(S_K, kk, 4)),
                     ]
@@ -603,8 +634,8 @@ class MchsmCore(wiring.Component):
             empty = Const(0) if flaw["empty_stream_hangs"] else r_left == 0
             with m.If(empty):  # empty message: one empty last word
                 m.d.comb += [
-                    dsrc.eq(src_word),
-                    widx.eq(uc.WORD_NAMES.index("zero")),
+                    dsrc.eq(DataSrc.WORD),
+                    widx.eq(uc.Word.zero),
                     sha.msg.payload.last.eq(1),
                     sha.msg.payload.nbytes.eq(0),
                 ]
@@ -615,7 +646,7 @@ class MchsmCore(wiring.Component):
                 # `last` and byte count, the design's critical path (rtl docs, "Timing")
                 tail = (r_left[3:] == 0) & ~(r_left[2] & (r_left[:2] != 0))
                 m.d.comb += [
-                    dsrc.eq(src_fifo),
+                    dsrc.eq(DataSrc.FIFO),
                     sha.msg.payload.last.eq(tail),
                     sha.msg.payload.nbytes.eq(Mux(tail, r_left[:3], 4)),
                 ]
@@ -627,7 +658,7 @@ class MchsmCore(wiring.Component):
             """Eight shifts of H: digest out to the ``dst`` memories, a midstate in from the key
             store (``load``), ``resume`` with the last shift; they start once the engine is
             idle, so a RING after the last word of a message needs no WAIT."""
-            load = f["load"]
+            load = u.load
             loading = load != uc.Load.NONE
             slot = Mux(load == uc.Load.SLOT_OPAD, r_slot | 8, slot_address(load))
             # the first key word is addressed while the engine still finishes a message, and
@@ -641,28 +672,23 @@ class MchsmCore(wiring.Component):
             m.d.comb += key_rd.addr.eq(Cat(Mux(active, k + 1, k)[:3], slot[3:]))
             with m.If(loading & ~primed):
                 m.d.sync += primed.eq(1)
-            dst = f["dst"]
+            dst = u.dst
             m.d.comb += [
                 sha.shift.eq(active),
                 sha.load.eq(loading),
                 sha.shift_in.eq(key_rd.data),
-                sha.resume.eq(f["resume"] & active & (k == 7)),
-                rsrc.eq(rsrc_digest),
-                res_wr.addr.eq(f["rbase"] + k),
-                res_wr.en.eq(active & dst[uc.Dst.RES.bit_length() - 1]),
-                cwsrc.eq(cw_digest),
+                sha.resume.eq(u.resume & active & (k == 7)),
+                rsrc.eq(ResultSrc.DIGEST),
+                res_wr.addr.eq(u.rbase + k),
+                res_wr.en.eq(active & dst.res),
+                cwsrc.eq(CtxSrc.DIGEST),
                 ctx_wr.addr.eq(m_at(idx, k)),
-                ctx_wr.en.eq(active & dst[uc.Dst.CTX_M.bit_length() - 1]),
-                swsrc.eq(1),
-                scr_wr.addr.eq(
-                    Mux(dst[uc.Dst.SCR_K.bit_length() - 1], at(S_K, k, 3), at(S_T, k, 3))
-                ),
-                scr_wr.en.eq(
-                    active
-                    & (dst[uc.Dst.SCR_T.bit_length() - 1] | dst[uc.Dst.SCR_K.bit_length() - 1])
-                ),
-                key_wr.addr.eq(Cat(k[:3], u_src[0], r_slot[4:])),
-                key_wr.en.eq(active & dst[uc.Dst.KEY.bit_length() - 1]),
+                ctx_wr.en.eq(active & dst.ctx_m),
+                swsrc.eq(ScratchSrc.DIGEST),
+                scr_wr.addr.eq(Mux(dst.scr_k, at(S_K, k, 3), at(S_T, k, 3))),
+                scr_wr.en.eq(active & (dst.scr_t | dst.scr_k)),
+                key_wr.addr.eq(Cat(k[:3], u.src.opad, r_slot[4:])),
+                key_wr.en.eq(active & dst.key),
             ]
             with m.If(active):
                 step(7)
@@ -674,12 +700,12 @@ class MchsmCore(wiring.Component):
 
         def copy() -> None:
             """``cnt + 1`` words into the result window (memories answer a cycle late)."""
-            with m.If(u_src == uc.Copy.CTX_READ):
-                m.d.comb += [ctx_rd.addr.eq(read_ctx_addr(k)), rsrc.eq(rsrc_ctx)]
+            with m.If(u.src.copy == uc.Copy.CTX_READ):
+                m.d.comb += [ctx_rd.addr.eq(read_ctx_addr(k)), rsrc.eq(ResultSrc.CTX)]
             with m.Else():
-                m.d.comb += [scr_rd.addr.eq(at(S_DEV, k, 2)), rsrc.eq(rsrc_scr)]
-            m.d.comb += [res_wr.addr.eq(f["rbase"] + k - 1), res_wr.en.eq(k != 0)]
-            with m.If(k == u_cnt + 1):
+                m.d.comb += [scr_rd.addr.eq(at(S_DEV, k, 2)), rsrc.eq(ResultSrc.DEV)]
+            m.d.comb += [res_wr.addr.eq(u.rbase + k - 1), res_wr.en.eq(k != 0)]
+            with m.If(k == u.cnt + 1):
                 m.d.sync += k.eq(0)
                 m.d.comb += advance.eq(1)
             with m.Else():
@@ -687,13 +713,13 @@ class MchsmCore(wiring.Component):
 
         def pop_words() -> None:
             """Command data into scratch, as it arrives."""
-            by_len = u_src == uc.Pop.KEY_BY_LEN
-            words = Mux(by_len, r_len_words, u_cnt + 1)
+            by_len = u.src.pop == uc.Pop.KEY_BY_LEN
+            words = Mux(by_len, r_len_words, u.cnt + 1)
             m.d.comb += [
                 pop.eq(1),
-                swsrc.eq(0),
+                swsrc.eq(ScratchSrc.DATA),
                 scr_wr.en.eq(data_in.valid),
-                scr_wr.addr.eq(Mux(u_src == uc.Pop.DEV, at(S_DEV, k, 4), at(S_K, k, 4))),
+                scr_wr.addr.eq(Mux(u.src.pop == uc.Pop.DEV, at(S_DEV, k, 4), at(S_K, k, 4))),
             ]
             with m.If(by_len):
                 m.d.sync += r_klen.eq(r_len[:7])
@@ -704,7 +730,7 @@ class MchsmCore(wiring.Component):
 
         def specials() -> None:
             sp = uc.Special
-            with m.Switch(u_target):
+            with m.Switch(u.target.special):
                 with m.Case(sp.MATCH):  # port 1 reads M[k], port 2 R[k] (k < 8), then v
                     m.d.comb += [
                         ctx_rd.addr.eq(m_at(idx, k)),
@@ -723,20 +749,23 @@ class MchsmCore(wiring.Component):
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
                 with m.Case(sp.ZERO_M):
-                    m.d.comb += [ctx_wr.addr.eq(m_at(idx, k)), cwsrc.eq(cw_zero), ctx_wr.en.eq(1)]
+                    m.d.comb += [
+                        ctx_wr.addr.eq(m_at(idx, k)),
+                        cwsrc.eq(CtxSrc.ZERO),
+                        ctx_wr.en.eq(1),
+                    ]
                     with m.If(k == 7):
                         m.d.sync += [
                             loaded.bit_select(idx, 1).eq(0),
                             anomaly.bit_select(idx, 1).eq(0),
-                            failures[idx].eq(0),
                         ]
+                        m.d.comb += monitor.forgive.eq(1)
                     step(7)
                 with m.Case(sp.SET_ANOMALY):
                     m.d.sync += anomaly.bit_select(idx, 1).eq(1)
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.NEW_PERIOD):
-                    m.d.sync += [count.eq(0) for count in commands]
-                    m.d.comb += advance.eq(1)
+                    m.d.comb += [monitor.new_period.eq(1), advance.eq(1)]
                 with m.Case(sp.PROVISIONED):
                     m.d.sync += provisioned.eq(1)
                     m.d.comb += advance.eq(1)
@@ -793,7 +822,7 @@ class MchsmCore(wiring.Component):
                         scr_rd.addr.eq(at(S_U, k, 3)),
                         ctx_rd.addr.eq(m_at(idx, k)),
                         ctx_wr.addr.eq(r_at(idx, k - 1, ~bank_i)),
-                        cwsrc.eq(cw_scr),
+                        cwsrc.eq(CtxSrc.SCR),
                         ctx_wr.en.eq((k != 0) & (k <= 8)),
                     ]
                     with m.If(k == 0):
@@ -808,8 +837,8 @@ class MchsmCore(wiring.Component):
                 with m.Case(sp.UPD_WRITE_V):
                     m.d.comb += [
                         ctx_wr.addr.eq(v_at(idx, ~bank_i)),
-                        cwsrc.eq(cw_word),
-                        widx.eq(uc.WORD_NAMES.index("vnew")),
+                        cwsrc.eq(CtxSrc.WORD),
+                        widx.eq(uc.Word.vnew),
                         ctx_wr.en.eq(1),
                         advance.eq(1),
                     ]
@@ -845,31 +874,29 @@ class MchsmCore(wiring.Component):
                     with m.Switch(r_cmd):
                         for cmd, address in entry.items():
                             with m.Case(cmd):
-                                m.d.comb += pc_next.eq(address)
+                                m.d.comb += [seq.goto.eq(1), seq.target.eq(address)]
                     m.next = "RUN"
 
             with m.State("RUN"):
                 op = uc.Op
-                with m.Switch(u_op):
+                with m.Switch(u.op):
                     with m.Case(op.NEXT):
                         m.d.comb += advance.eq(1)
                     with m.Case(op.JUMP):
-                        m.d.comb += pc_next.eq(u_target)
+                        m.d.comb += [seq.goto.eq(1), seq.target.eq(u.target.addr)]
                     with m.Case(op.JUMP_IF_LONG):
                         with m.If(r_long):
-                            m.d.comb += pc_next.eq(u_target)
+                            m.d.comb += [seq.goto.eq(1), seq.target.eq(u.target.addr)]
                         with m.Else():
                             m.d.comb += advance.eq(1)
                     with m.Case(op.CALL):
-                        m.d.comb += pc_next.eq(u_target)
-                        m.d.sync += [ret0.eq(pc + 1), ret1.eq(ret0)]
-                        with m.If(f["load"] != uc.Load.NONE):
-                            m.d.sync += r_slot.eq(slot_address(f["load"]))
+                        m.d.comb += seq.call.eq(1)
+                        with m.If(u.load != uc.Load.NONE):
+                            m.d.sync += r_slot.eq(slot_address(u.load))
                     with m.Case(op.RET):
-                        m.d.comb += pc_next.eq(ret0)
-                        m.d.sync += ret0.eq(ret1)
+                        m.d.comb += seq.ret.eq(1)
                     with m.Case(op.FEED):
-                        with m.Switch(u_src):
+                        with m.Switch(u.src.feed):
                             for src in uc.Feed:
                                 with m.Case(src):
                                     feed(src)
@@ -887,18 +914,18 @@ class MchsmCore(wiring.Component):
                         copy()
                     with m.Case(op.WRES):
                         m.d.comb += [
-                            widx.eq(f["wbase"] + k),
-                            rsrc.eq(rsrc_word),
-                            res_wr.addr.eq(f["rbase"] + k),
+                            widx.eq(u.wbase + k),
+                            rsrc.eq(ResultSrc.WORD),
+                            res_wr.addr.eq(u.rbase + k),
                             res_wr.en.eq(1),
                         ]
-                        step(u_cnt)
+                        step(u.cnt)
                     with m.Case(op.POP):
                         pop_words()
                     with m.Case(op.SPECIAL):
                         specials()
                     with m.Case(op.DONE):
-                        m.d.sync += r_reslen.eq(u_target)
+                        m.d.sync += r_reslen.eq(u.target.reslen)
                         finish(Status.OK)
                 with m.If(link.abort):
                     finish(Status.ERR_ABORTED)
@@ -918,16 +945,9 @@ class MchsmCore(wiring.Component):
                     link.reslen.eq(Mux(r_fin == Status.OK, r_reslen, 0)),
                 ]
                 m.d.sync += [k.eq(0), primed.eq(0)]
-                owner_task = (r_owner >= 1) & (r_owner <= n)
-                if self.fail_limit:
-                    # an aborted command proves nothing, and preemption must not flag a task
-                    counted = (r_fin != Status.OK) & (r_fin != Status.ERR_ABORTED)
-                    with m.If(counted & owner_task):
-                        fails = failures[cidx]
-                        with m.If(fails >= self.fail_limit - 1):
-                            m.d.sync += anomaly.bit_select(cidx, 1).eq(1)
-                        with m.If(fails != self.fail_limit):
-                            m.d.sync += fails.eq(fails + 1)
+                m.d.comb += monitor.finish.eq(1)
+                with m.If(monitor.over_limit):
+                    m.d.sync += anomaly.bit_select(cidx, 1).eq(1)
                 m.next = "IDLE"
 
         self.probes = CoreProbes(
@@ -947,15 +967,15 @@ class MchsmCore(wiring.Component):
             hk_valid=hk_valid,
             loaded=loaded,
             anomaly=anomaly,
-            commands=tuple(commands),
-            failures=tuple(failures),
+            commands=monitor.commands,
+            failures=monitor.failures,
             verdict=fsm.ongoing("RUN")
-            & (u_op == uc.Op.SPECIAL)
-            & (u_target == uc.Special.UPD_CHECK),
+            & (u.op == uc.Op.SPECIAL)
+            & (u.target.special == uc.Special.UPD_CHECK),
             tag_ok=~neq,
             running=fsm.ongoing("RUN"),
-            pc=pc,
-            ret=(ret0, ret1),
+            pc=seq.pc,
+            ret=(seq.ret0, seq.ret1),
             slot=r_slot,
         )
         return m

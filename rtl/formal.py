@@ -320,7 +320,7 @@ def paired_engines(m: Module, a: CoreProbes, b: CoreProbes, *, eager: bool = Fal
         sb.choose_finish.eq(Mux(lock, finish_a, AnySeq(1))),
     ]
 
-    def taken(sha: AbstractSHA256) -> Value:
+    def taken(sha: Any) -> Value:  # an AbstractSHA256, which CoreProbes.sha types as a Component
         """The word taken this cycle, its bytes beyond ``nbytes`` of a last word zeroed."""
         keep = Cat(
             *(

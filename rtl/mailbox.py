@@ -16,7 +16,7 @@ exactly as on the golden model (``sw/mailbox.py``), which has no time.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Shape, Signal, Value, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,7 +27,7 @@ from mchsm.constants import (
     MANAGER,
     PROTOCOL_VERSION,
     RESULT_WORDS,
-    STATUS_SHAPE,
+    CmdReg,
     Ctrl,
     InfoReg,
     OwnerReg,
@@ -94,16 +94,18 @@ class CommandSignature(wiring.Signature):
         super().__init__(
             {
                 "start": Out(1),
+                # any byte, not a Cmd: unknown codes reach the engine, which refuses them
+                # (check 1), and a Cmd-shaped register would need a reset value among its codes
                 "code": Out(8),
                 "ctx": Out(8),
                 "length": Out(32),
                 "caller": Out(CALLER_BITS),
-                "data": Out(stream.Signature(32)),
+                "data": Out(stream.Signature(unsigned(32))),
                 "abort": Out(1),
                 "accept": In(1),
                 "busy": In(1),
                 "done": In(1),
-                "status": In(STATUS_SHAPE),
+                "status": In(Status),
                 "reslen": In(8),
                 "result": In(ResultSignature()),
             }
@@ -170,9 +172,9 @@ class Mailbox(wiring.Component):
         held = Signal()
         holder = Signal(CALLER_BITS)
         r_len = Signal(32)
-        r_code = Signal(8)
+        r_code = Signal(8)  # any byte (see CommandSignature)
         r_ctx = Signal(8)
-        r_status = Signal(STATUS_SHAPE)
+        r_status = Signal(Status)
         r_done = Signal()
         r_reslen = Signal(8)
         r_cycles = Signal(32)
@@ -257,6 +259,7 @@ class Mailbox(wiring.Component):
             status_view.expects.eq(mine & expects),
             status_view.reslen.eq(Mux(mine, r_reslen, 0)),
         ]
+        cmd_write = data.View(CmdReg, bus.dat_w)  # a write of CMD
         owner_view = data.View(OwnerReg, Signal(32))
         info_view = data.View(InfoReg, Signal(32))
         m.d.comb += [
@@ -265,10 +268,11 @@ class Mailbox(wiring.Component):
             info_view.version.eq(PROTOCOL_VERSION),
             info_view.contexts.eq(self.contexts),
         ]
-        action = bus.dat_w[: Ctrl.as_shape().width]
-        one_action = bus.dat_w[Ctrl.as_shape().width :] == 0
+        ctrl_width = Shape.cast(Ctrl).width
+        action = bus.dat_w[:ctrl_width]
+        one_action = bus.dat_w[ctrl_width:] == 0
 
-        def answer(allowed: object) -> None:
+        def answer(allowed: Value) -> None:
             m.d.comb += [ack.eq(allowed), err.eq(~allowed)]
 
         def clear() -> None:
@@ -323,8 +327,8 @@ class Mailbox(wiring.Component):
                                 m.next = "ISSUE"
                                 m.d.comb += [cmd.start.eq(1), fifo_rst.eq(1)]
                                 m.d.sync += [
-                                    r_code.eq(bus.dat_w[:8]),
-                                    r_ctx.eq(bus.dat_w[8:16]),
+                                    r_code.eq(cmd_write.code),
+                                    r_ctx.eq(cmd_write.ctx),
                                     r_status.eq(Status.OK),
                                     r_done.eq(0),
                                     r_reslen.eq(0),

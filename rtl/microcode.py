@@ -6,37 +6,45 @@ wait for the engine.  Writing them as a program in block RAM rather than as ~110
 state machine is what keeps the core small: a state costs logic (decoding, next-state terms,
 a share of every control signal); a microinstruction costs 48 bits of a block RAM that the
 design has to spare.  :class:`Assembler` turns the programs below into ROM words; the core
-(``rtl/core.py``) decodes the fields and runs them.
+(``rtl/core.py``) reads them as :class:`MicroWord` views and runs them.
 
-Field layout of a microinstruction (LSB first): see :data:`FIELDS`.
+The layout of a microinstruction (LSB first) is :class:`MicroWord`: Amaranth's ``lib.data``
+struct, so the assembler packs it with ``Layout.const`` and the core reads named, enum-shaped
+fields (``u.op``, ``u.src.feed``, ``u.dst.res``); no bit offset is written by hand.
 """
 
-from __future__ import annotations
-
-import enum
+# no `from __future__ import annotations`: data.Struct reads its field annotations as shapes
+import enum as py_enum
 from dataclasses import dataclass, field
+
+from amaranth.hdl import Const
+from amaranth.lib import data, enum
 
 from mchsm.constants import RESULT_SIZE, Cmd
 
 __all__ = [
     "ENTRY",
-    "FIELDS",
     "WORD_NAMES",
     "WORD_WIDTH",
     "Assembler",
     "Copy",
+    "Dests",
     "Dst",
     "Feed",
     "Load",
+    "MicroWord",
     "Op",
     "Pop",
+    "Source",
     "Special",
+    "Target",
     "U",
+    "Word",
     "assemble",
 ]
 
 
-class Op(enum.IntEnum):
+class Op(enum.IntEnum, shape=4):
     """What a microinstruction does (it ends after ``cnt + 1`` words, or when its event comes)."""
 
     NEXT = 0  #: nothing: go on
@@ -57,7 +65,7 @@ class Op(enum.IntEnum):
     JUMP_IF_LONG = 15  #: go to ``target`` if the command's data is longer than a key block
 
 
-class Feed(enum.IntEnum):
+class Feed(enum.IntEnum, shape=4):
     """Sources of a FEED."""
 
     FIFO = 0  #: command data
@@ -73,8 +81,9 @@ class Feed(enum.IntEnum):
     REFS = 10  #: the current references of every context selected by ATTEST
 
 
-class Dst(enum.IntFlag):
-    """Where RING puts the digest words."""
+class Dst(py_enum.IntFlag):
+    """Where RING puts the digest words (the assembler's spelling; the ROM word holds them as
+    the named bits of :class:`Dests`)."""
 
     RES = 1  #: result window from ``rbase``
     CTX_M = 2  #: M of the command's context
@@ -83,7 +92,7 @@ class Dst(enum.IntFlag):
     KEY = 16  #: the key store slot ``r_slot`` (``opad`` flag: its second half)
 
 
-class Load(enum.IntEnum):
+class Load(enum.IntEnum, shape=3):
     """Key store slots (ipad midstate; opad follows) RING loads, or CALL sets ``r_slot`` to."""
 
     NONE = 0
@@ -100,18 +109,19 @@ class Load(enum.IntEnum):
 SLOT_ADDRESS = {Load.ROOT: 0, Load.ATT: 16, Load.UPD: 32, Load.TASK: 48}
 
 
-class Copy(enum.IntEnum):
+# Copy and Pop are as wide as Feed: ``src`` is compared whole, whichever of them it holds
+class Copy(enum.IntEnum, shape=4):
     CTX_READ = 0  #: v, M, R of the command's context (READ_CTX)
     SCR_DEV = 1  #: the device id, zero until provisioned
 
 
-class Pop(enum.IntEnum):
+class Pop(enum.IntEnum, shape=4):
     DEV = 0  #: ``cnt + 1`` words to the device id
     KEY = 1  #: ``cnt + 1`` words to the key block
     KEY_BY_LEN = 2  #: ``ceil(LEN / 4)`` words to the key block, whose length becomes ``LEN``
 
 
-class Special(enum.IntEnum):
+class Special(enum.IntEnum, shape=8):
     MATCH = 0  #: MATCH[i] := v > 0 && M == R
     ZERO_M = 1  #: M[i] := 0, LOADED = ANOMALY = 0, failures = 0
     SET_ANOMALY = 2
@@ -130,24 +140,95 @@ class Special(enum.IntEnum):
     UPD_FLIP = 15  #: the one clock edge at which the update takes effect
 
 
-#: entries of the word table (the core builds the values); runs streamed together are adjacent
-WORD_NAMES = (
-    "zero", "att", "upd", "ack",
-    "kdf_att0", "kdf_att1", "kdf_att2", "kdf_upd0", "kdf_upd1", "kdf_upd2",
-    "kdf_tsk0", "kdf_tsk1", "kdf_tsk2",
-    "sel", "ok", "ctr1",
-    "ctx", "vold", "vnew",
-    "owner",
-    "info", "ctr", "okv", "loadedv", "anomalyv",
-    "flags",
-)  # fmt: skip
+class Word(py_enum.IntEnum):
+    """Entries of the word table (the core builds the values), as ``wbase`` and the core's word
+    select number them; runs streamed together are adjacent."""
 
-#: (name, width) of every field, least significant first
-FIELDS = (
-    ("op", 4), ("cnt", 5), ("src", 4), ("wbase", 5), ("rbase", 5), ("dst", 5),
-    ("last", 1), ("resume", 1), ("tee", 1), ("load", 3), ("target", 8),
-)  # fmt: skip
-WORD_WIDTH = sum(width for _, width in FIELDS)
+    zero = 0
+    att = 1
+    upd = 2
+    ack = 3
+    kdf_att0 = 4
+    kdf_att1 = 5
+    kdf_att2 = 6
+    kdf_upd0 = 7
+    kdf_upd1 = 8
+    kdf_upd2 = 9
+    kdf_tsk0 = 10
+    kdf_tsk1 = 11
+    kdf_tsk2 = 12
+    sel = 13
+    ok = 14
+    ctr1 = 15
+    ctx = 16
+    vold = 17
+    vnew = 18
+    owner = 19
+    info = 20
+    ctr = 21
+    okv = 22
+    loadedv = 23
+    anomalyv = 24
+    flags = 25
+
+
+#: the word table's entries in order
+WORD_NAMES = tuple(w.name for w in Word)
+
+
+# The ROM word.  Field annotations are Amaranth shapes, not Python types (mypy: valid-type,
+# switched off for mchsm.rtl in pyproject.toml).
+class Dests(data.Struct):
+    """The memories a RING writes the digest words to, one bit each (:class:`Dst`'s order)."""
+
+    res: 1  #: the result window from ``rbase``
+    ctx_m: 1  #: M of the command's context
+    scr_t: 1  #: the digest buffer
+    scr_k: 1  #: the key block (first 8 words)
+    key: 1  #: the key store slot ``r_slot`` (``src.opad``: its second half)
+
+
+assert [name.upper() for name, _ in Dests.as_shape()] == [d.name for d in Dst], "as Dst"
+
+
+class Source(data.Union):
+    """``src``: what the operation reads, as its operation names it."""
+
+    feed: Feed  #: FEED
+    copy: Copy  #: COPY
+    pop: Pop  #: POP
+    opad: 1  #: RING into the key store: the opad half of the slot
+
+
+class Target(data.Union):
+    """``target``: an address (JUMP, CALL, JUMP_IF_LONG), a :class:`Special` or a result length
+    in bytes (DONE)."""
+
+    addr: 8
+    special: Special
+    reslen: 8
+
+
+class MicroWord(data.Struct):
+    """One microinstruction as the ROM holds it, least significant field first.  What each
+    field means for each operation: :class:`Op`."""
+
+    op: Op
+    cnt: 5  #: words - 1
+    src: Source
+    wbase: 5  #: first entry of the word table (a :class:`Word`)
+    rbase: 5  #: first word of the result window
+    dst: Dests
+    last: 1  #: the FEED's last word ends the message
+    resume: 1  #: RING: the engine goes on from the loaded midstate
+    tee: 1  #: FEED of words: also to the result window
+    load: Load
+    target: Target
+
+
+WORD_WIDTH = MicroWord.as_shape().size
+#: which member of :class:`Source` each operation that reads ``src`` names
+_SOURCE_OF = {Op.FEED: "feed", Op.COPY: "copy", Op.POP: "pop", Op.RING: "opad"}
 
 
 @dataclass(frozen=True)
@@ -186,27 +267,53 @@ class Assembler:
             else:
                 self.code.append(item)
 
-    def words(self) -> list[int]:
+    def consts(self) -> list[data.Const]:
+        """The program as ROM words: one :class:`MicroWord` constant per instruction."""
+        layout = MicroWord.as_shape()
         out = []
         for i, u in enumerate(self.code):
-            values = dict(u.__dict__)
-            if isinstance(values["target"], str):
-                if values["target"] not in self.labels:
-                    raise ValueError(f"instruction {i}: no label {values['target']!r}")
-                values["target"] = self.labels[values["target"]]
-            word, shift = 0, 0
-            for name, width in FIELDS:
-                value = int(values[name])
-                if not 0 <= value < (1 << width):
+            target = u.target
+            if isinstance(target, str):
+                if target not in self.labels:
+                    raise ValueError(f"instruction {i}: no label {target!r}")
+                target = self.labels[target]
+            raw = {
+                "op": u.op,
+                "cnt": u.cnt,
+                "src": u.src,
+                "wbase": u.wbase,
+                "rbase": u.rbase,
+                "dst": u.dst,
+                "last": u.last,
+                "resume": u.resume,
+                "tee": u.tee,
+                "load": u.load,
+                "target": target,
+            }
+            # Layout.const would truncate what does not fit: refused here instead
+            for name, value in raw.items():
+                if not 0 <= int(value) < 1 << layout[name].width:
                     raise ValueError(f"instruction {i} ({u}): {name}={value} does not fit")
-                word |= value << shift
-                shift += width
-            out.append(word)
+            src = {_SOURCE_OF[u.op]: u.src} if u.op in _SOURCE_OF else {}
+            if u.src and not src:
+                raise ValueError(f"instruction {i} ({u}): {u.op.name} reads no src")
+            target_of = {Op.SPECIAL: "special", Op.DONE: "reslen"}.get(u.op, "addr")
+            fields = {
+                **raw,
+                "src": src,
+                "dst": {name.lower(): bool(u.dst & d) for name, d in Dst.__members__.items()},
+                "target": {target_of: target},
+            }
+            out.append(layout.const(fields))
         return out
+
+    def words(self) -> list[int]:
+        """The ROM words as integers (the bits of :meth:`consts`)."""
+        return [Const.cast(c).value for c in self.consts()]
 
 
 def _w(name: str) -> int:
-    return WORD_NAMES.index(name)
+    return Word[name].value
 
 
 def feed(
@@ -227,8 +334,8 @@ def ring(
     return U(Op.RING, load=load, dst=dst, rbase=rbase, resume=resume, src=int(opad))
 
 
-def special(what: Special, **kw: object) -> U:
-    return U(Op.SPECIAL, target=int(what), **kw)  # type: ignore[arg-type]
+def special(what: Special) -> U:
+    return U(Op.SPECIAL, target=int(what))
 
 
 def call(target: str, slot: Load = Load.NONE) -> U:

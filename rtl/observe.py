@@ -163,5 +163,5 @@ class CoreProbes:
 
     @property
     def mailbox(self) -> MailboxProbes:
-        probes: MailboxProbes = self.mailbox_component.probes  # type: ignore[attr-defined]
+        probes: MailboxProbes = self.mailbox_component.probes  # a port-less attribute: Any
         return probes

@@ -53,12 +53,15 @@ class AmaranthTransport(Transport):
         base: int = 0,
         irq: Any = None,
     ) -> None:
-        if core is None and (bus is None or caller is None):
-            raise ArgumentTypeError("AmaranthTransport needs the core, or both bus and caller")
+        if bus is None or caller is None:
+            if core is None:
+                raise ArgumentTypeError("AmaranthTransport needs the core, or both bus and caller")
+            bus = core.bus if bus is None else bus
+            caller = core.caller if caller is None else caller
         self.ctx = ctx
         self.core = core
-        self.bus = bus if bus is not None else core.bus  # type: ignore[union-attr]
-        self.caller = caller if caller is not None else core.caller  # type: ignore[union-attr]
+        self.bus = bus
+        self.caller = caller
         self.base = base
         self.irq = irq if irq is not None else (core.irq if core is not None else None)
         self.sees_irq = self.irq is not None

@@ -248,7 +248,7 @@ async def scenario_job(driver: HsmDriver, inputs: str) -> list[str]:
 
     async def raw_read(label: str, offset: int, caller: int) -> None:
         got = await perform(pre, caller, Read(offset))
-        word = 0 if got is REFUSED else int(got)  # type: ignore[arg-type]
+        word = 0 if got is REFUSED else int(got)  # type: ignore[arg-type]  # `is REFUSED` does not narrow
         out.append(f"raw {label} {_outcome(got)} {word:08x}")
 
     async def raw_write(label: str, offset: int, value: int, caller: int) -> Outcome:

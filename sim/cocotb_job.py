@@ -106,7 +106,7 @@ def load_job(spec: str, *, _main: bool = False) -> Callable[..., Awaitable[Any]]
         obj = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
-    return obj  # type: ignore[no-any-return]
+    return obj  # type: ignore[no-any-return]  # whatever the module holds under that name
 
 
 def _write(path: str, outcome: dict[str, Any]) -> None:
@@ -119,8 +119,10 @@ def _write(path: str, outcome: dict[str, Any]) -> None:
 def _job_args() -> dict[str, Any]:
     if os.environ.get("MCHSM_JOB_ARGS_PICKLE"):
         with open(os.environ["MCHSM_JOB_ARGS_PICKLE"], "rb") as f:
-            return pickle.load(f)  # type: ignore[no-any-return]
-    return json.loads(os.environ.get("MCHSM_JOB_ARGS") or "{}")  # type: ignore[no-any-return]
+            args: dict[str, Any] = pickle.load(f)  # the runner pickled a dict
+            return args
+    args = json.loads(os.environ.get("MCHSM_JOB_ARGS") or "{}")  # the runner wrote an object
+    return dict(args)
 
 
 #: brings the DUT up for the clock period given and returns the transport to drive it with, and

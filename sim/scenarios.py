@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mchsm.constants import (
     DEVICE_ID_SIZE,
     MANAGER,
+    MAX_CONTEXTS,
     NONCE_SIZE,
     RESULT_WORDS,
     ROOT_KEY_SIZE,
@@ -113,9 +114,10 @@ def random_commands(seed: int, contexts: int, count: int) -> list[Command]:
             image = images[i] if rng.random() < 0.8 else rng.randbytes(rng.randrange(0, 100))
             commands.append(Command(MANAGER, Cmd.MEASURE, i, image))
         elif kind == 3:
-            sel = rng.choice(
-                [rng.randrange(1, 1 << contexts), (1 << contexts) - 1, 0, 1 << contexts]
-            )
+            # the last: a context the device does not have (with MAX_CONTEXTS, no such bit
+            # fits the u32 mask: the empty one instead, refused as well)
+            beyond = 1 << contexts if contexts < MAX_CONTEXTS else 0
+            sel = rng.choice([rng.randrange(1, 1 << contexts), (1 << contexts) - 1, 0, beyond])
             who = caller()  # before the nonce: the order the seeds' sequences were drawn in
             commands.append(
                 Command(who, Cmd.ATTEST, 0, attest_data(sel, rng.randbytes(NONCE_SIZE)))

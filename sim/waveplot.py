@@ -275,7 +275,7 @@ class CommandSpan:
 
 def _name(enum: type[Cmd] | type[Status], value: Value) -> str:
     try:
-        return enum(value).name  # type: ignore[arg-type]
+        return enum(value).name  # type: ignore[arg-type]  # an int-valued Value, as the enum takes it
     except ValueError:
         return f"0x{value:02x}" if isinstance(value, int) else "?"
 
@@ -305,6 +305,7 @@ _CODES: dict[str, type[Cmd] | type[Status]] = {"cmd": Cmd, "status": Status}
 #: signals whose values are codes of the constants module, by leaf name: drawn as names
 _DECODERS = {
     **{
+        # the default binds each leaf's codes; mypy cannot type a lambda's default argument
         leaf: (lambda v, codes=_CODES[kind]: _name(codes, v))  # type: ignore[misc]
         for leaf, kind in _CODE_KIND.items()
     },

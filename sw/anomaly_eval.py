@@ -443,7 +443,7 @@ def _plan(run: _Run) -> int:
 
     if cls == "channel":
         channel_attack(rng.randint(10, 60), float(param))
-        return out.start + HORIZON  # type: ignore[operator]
+        return out.start + HORIZON  # type: ignore[operator]  # channel_attack set start
     if cls == "syscall":
         name = rng.choice(TASKS)
         sys = profiles[name].features

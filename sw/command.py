@@ -261,9 +261,10 @@ def _command(
         word = yield Read(Reg.RESULT + 4 * i)
         if word is REFUSED:
             raise MailboxLostError(cmd, ran=True)
-        result += word.to_bytes(4, "big")  # type: ignore[union-attr]
+        result += word.to_bytes(4, "big")  # type: ignore[union-attr]  # not REFUSED: an int
     cycles = yield Read(Reg.CYCLES)
     if cycles is REFUSED:
         raise MailboxLostError(cmd, ran=True)
     del result[status.reslen :]
+    # `is REFUSED` does not narrow the outcome: cycles is an int here
     return Reply(cmd=cmd, status=code, result=bytes(result), cycles=int(cycles))  # type: ignore[arg-type]

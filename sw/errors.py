@@ -7,6 +7,8 @@ The HSM itself never raises: it answers with a status.  The host turns a failing
 
 from __future__ import annotations
 
+from typing import Self
+
 from mchsm._errors import ArgumentError, ArgumentTypeError, MchsmError
 from mchsm.constants import STATUS_TEXT, Cmd, Status
 
@@ -150,7 +152,7 @@ class SessionError(AttestationError):
         super().__init__(message)
         self.reason = reason
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str | int]]:
         return (type(self), (str(self), self.reason))
 
 
@@ -166,7 +168,7 @@ class EvidenceError(AttestationError):
         super().__init__(message)
         self.reason = reason
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str | int]]:
         return (type(self), (str(self), self.reason))
 
 
@@ -178,7 +180,7 @@ class ServiceError(VerifierError):
         super().__init__(message)
         self.status = status
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str | int]]:
         return (type(self), (str(self), self.status))
 
 

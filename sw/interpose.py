@@ -37,7 +37,7 @@ def shown(op: Read | Write, outcome: Outcome) -> int | str | None:
         return "refused"
     if op.addr == Reg.CYCLES and isinstance(op, Read):
         return "read"
-    return outcome  # type: ignore[return-value]
+    return outcome  # type: ignore[return-value]  # not REFUSED (returned above): int or None
 
 
 #: what the hostile caller does at one point: a coroutine function of the interposer

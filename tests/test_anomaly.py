@@ -414,7 +414,7 @@ def test_hijacked_task_on_the_golden_model_gets_anomaly_set(tmp_path: Path, imag
         )
         with verifier:
             await manager.watch(AnomalyDetector())
-            assert all(manager.detector.state(t).bound for t in range(1, 6))  # type: ignore[union-attr]
+            assert all(manager.detector.state(t).bound for t in range(1, 6))  # type: ignore[union-attr]  # watch() set it
             for _ in range(20):
                 system.deliver()
                 assert await manager.run_period() == []

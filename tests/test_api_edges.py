@@ -259,9 +259,9 @@ def test_a_port_cannot_be_rebound() -> None:
         with pytest.raises(AttributeError):
             delattr(port, name)
     with pytest.raises(AttributeError, match="bound to its caller once"):
-        port.__init__(driver, 0)  # type: ignore[misc]
+        port.__init__(driver, 0)  # type: ignore[misc]  # calling __init__ again on purpose
     with pytest.raises(ArgumentTypeError):
-        HsmPort(object(), 1)  # type: ignore[arg-type]
+        HsmPort(object(), 1)  # type: ignore[arg-type]  # not a driver, on purpose
     with pytest.raises(ArgumentError):
         driver.port(64)
     assert port.caller == 3

@@ -226,7 +226,7 @@ def bad(id: str, *argv: str, code: int, says: str | tuple[str, ...], **kw: objec
     needs = tuple(
         name for a in argv for name in ("unreadable", "read_only", "proc") if f"{{{name}}}" in a
     )
-    return Bad(id, argv, code, words, needs=needs, **kw)  # type: ignore[arg-type]
+    return Bad(id, argv, code, words, needs=needs, **kw)  # type: ignore[arg-type]  # kw: the optional fields
 
 
 USAGE, FAILED = 2, 1
@@ -901,7 +901,7 @@ def test_bad_input_gets_one_line(
         from mchsm.sw.driver import HsmPort
 
         async def failing(*args: object, **kwargs: object) -> bytes:
-            raise case.inject  # type: ignore[misc]
+            raise case.inject  # type: ignore[misc]  # set where this runs
 
         monkeypatch.setattr(HsmPort, "hash", failing)
     argv = [a.format(**place.paths) for a in case.argv]

@@ -146,7 +146,7 @@ def test_demo_port_runs_over_pyserial(pty_board: PtyBoard, registry_path: Path) 
     assert result.exit_code == 0, result.output
     assert "every step went as the protocol says" in result.output
     assert f"board ({pty_board.path})" in result.output
-    frames = int(re.search(r"(\d+) frames", result.output).group(1))  # type: ignore[union-attr]
+    frames = int(re.search(r"(\d+) frames", result.output).group(1))  # type: ignore[union-attr]  # a failed match fails the test too
     # DATA and results go in bursts (only the race step sends an image word by word, with a
     # task's four frames after each: some 2,500 frames of the ~3,000)
     assert frames == pty_board.frames and frames < 3600 and pty_board.bursts > 50

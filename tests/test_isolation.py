@@ -191,7 +191,7 @@ def test_interleavings_catch_a_flawed_mailbox(flaw: str) -> None:
     model = run_on_backend("model", interleave_job, CONTEXTS, job_args=job_args).value
 
     async def job(driver: Any) -> list[Interleaving]:
-        return await interleave_job(driver, **job_args)  # type: ignore[arg-type]
+        return await interleave_job(driver, **job_args)  # type: ignore[arg-type]  # the values are of the right types
 
     rtl = run_on_amaranth(job, CONTEXTS, flaws=frozenset({flaw})).result
     assert any(m.accesses != r.accesses for m, r in zip(model, rtl, strict=True))

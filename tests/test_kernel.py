@@ -46,7 +46,7 @@ def test_address_spaces_are_separate() -> None:
     features = asyncio.run(kernel.run_period())
     assert seen and "outside" in seen[0]
     assert features[2].faults == 2
-    assert kernel.task("victim").space.code == b"secret code"  # type: ignore[union-attr]
+    assert kernel.task("victim").space.code == b"secret code"  # type: ignore[union-attr]  # the task has a space
 
 
 def test_ipc_only_through_capabilities() -> None:
@@ -195,11 +195,12 @@ def test_refused_commands_never_reach_the_hsm() -> None:
     sent: list[int] = []
     original = kernel.driver.run
 
+    # a spy with the driver's signature
     async def counting(caller, cmd, ctx=0, data=b"", length=None):  # type: ignore[no-untyped-def]
         sent.append(int(cmd))
         return await original(caller, cmd, ctx, data, length)
 
-    kernel.driver.run = counting  # type: ignore[method-assign]
+    kernel.driver.run = counting  # type: ignore[method-assign]  # a spy on the driver's one entry
 
     async def prober(api: TaskApi) -> None:
         await api.hsm.call(Cmd.READ_CTX, 2)

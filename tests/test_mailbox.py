@@ -20,6 +20,7 @@ from mchsm.constants import (
     Ctrl,
     OwnerReg,
     Reg,
+    RegFields,
     Status,
     StatusReg,
     pack_reg,
@@ -51,7 +52,7 @@ def cmd(code: int, ctx: int = 0) -> int:
     return pack_reg(CmdReg, code=code, ctx=ctx)
 
 
-def status(box: ModelMailbox, caller: int):  # type: ignore[no-untyped-def]
+def status(box: ModelMailbox, caller: int) -> RegFields:
     return unpack_reg(StatusReg, box.read(Reg.STATUS, caller))
 
 
@@ -217,7 +218,7 @@ def test_port_caller_is_fixed() -> None:
     _, driver = make()
     port = driver.port(3)
     with pytest.raises(AttributeError):
-        port.caller = 0  # type: ignore[misc]
+        port.caller = 0  # type: ignore[misc]  # assigning a read-only property on purpose
     assert port.caller == 3
 
 
@@ -284,7 +285,7 @@ def test_driver_is_not_reentrant() -> None:
             await asyncio.sleep(0)
             await super().write(addr, value, caller)
 
-    driver.transport = Yielding(driver.transport.mailbox)  # type: ignore[attr-defined]
+    driver.transport = Yielding(driver.transport.mailbox)  # type: ignore[attr-defined]  # a ModelTransport here
     with pytest.raises(RuntimeError, match="not re-entrant"):
         asyncio.run(both())
 

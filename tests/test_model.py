@@ -454,4 +454,4 @@ def test_monitor_failure_limit_flags_brute_force_and_reset_clears_it() -> None:
 @pytest.mark.parametrize(("budget", "fail_limit"), [(-1, 0), (0, 256), ("8", 0)])
 def test_monitor_parameters_are_checked(budget: object, fail_limit: object) -> None:
     with pytest.raises(ValueError, match=r"must be an integer in 0\.\.255"):
-        HsmModel(8, budget=budget, fail_limit=fail_limit)  # type: ignore[arg-type]
+        HsmModel(8, budget=budget, fail_limit=fail_limit)  # type: ignore[arg-type]  # wrong on purpose

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -102,10 +104,10 @@ def test_the_format_is_canonical_and_round_trips(profile: Profile) -> None:
     ],
 )
 def test_malformed_profiles_are_refused_with_a_reason(
-    profile: Profile, change: object, message: str
+    profile: Profile, change: Callable[[dict[str, Any]], object], message: str
 ) -> None:
     doc = json.loads(profile.to_json())
-    change(doc)  # type: ignore[operator]
+    change(doc)
     with pytest.raises(ProfileError, match=message):
         Profile.from_json(json.dumps(doc))
     with pytest.raises(ProfileError, match="JSON"):

@@ -57,7 +57,7 @@ def test_reads_like_a_synchronous_port(helper: bool) -> None:
     dut = _Ram(helper)
     seen: list[int] = []
 
-    async def bench(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def bench(ctx) -> None:  # type: ignore[no-untyped-def]  # ctx: SimulatorContext, whose typed tick() wants a domain
         ctx.set(dut.waddr, 3)
         ctx.set(dut.wdata, 0x1111)
         ctx.set(dut.we, 1)

@@ -186,7 +186,7 @@ def test_warm_reset_mid_update_leaves_old_or_new_state() -> None:
     sim.add_clock(CLOCK_PERIOD)
     seen: list[tuple[int, bool]] = []
 
-    async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]  # ctx: SimulatorContext, whose typed tick() wants a domain
         driver = HsmDriver(AmaranthTransport(ctx, core))
         port = driver.port(MANAGER)
         await port.provision(DEV, ROOT_KEY)
@@ -245,7 +245,7 @@ def test_monitor_matches_model_with_small_limits() -> None:
     sim.add_clock(CLOCK_PERIOD)
     got: list[tuple[int, bytes]] = []
 
-    async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def testbench(ctx) -> None:  # type: ignore[no-untyped-def]  # ctx: SimulatorContext, whose typed tick() wants a domain
         got.extend(await run_commands(HsmDriver(AmaranthTransport(ctx, core)), commands))
 
     sim.add_testbench(testbench)

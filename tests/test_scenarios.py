@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import DEV, ROOT_KEY
 
-from mchsm.constants import MANAGER, Cmd, Status, u32
+from mchsm.constants import MANAGER, MAX_CONTEXTS, Cmd, Status, u32
 from mchsm.sim.backends import run_on_backend
 from mchsm.sim.scenarios import Command, random_commands, run_commands
 from mchsm.sw.demo import DemoReport, run_story
@@ -124,3 +124,16 @@ def test_hardware_monitor_same_as_model(backend: str) -> None:
     flags = [int.from_bytes(model[i][1][:4], "big") for i in (66, -2, -1)]
     assert [bool(f & 2) for f in flags] == [True, True, False]  # ANOMALY where expected
     assert on(backend, MONITOR) == model
+
+
+def test_random_selections_fit_the_mask_with_every_context() -> None:
+    """With MAX_CONTEXTS contexts the "context the device lacks" selection has no bit in the
+    u32 mask: the generator must not draw 1 << 32 (seed 0 did, and failed to pack it)."""
+    refused = 0
+    for seed in range(40):
+        for command in random_commands(seed, MAX_CONTEXTS, 40):
+            if command.cmd == Cmd.ATTEST:
+                sel = int.from_bytes(command.data[:4], "big")
+                assert 0 <= sel < 1 << MAX_CONTEXTS
+                refused += sel == 0
+    assert refused  # the out-of-range draw is still there, as a selection that is refused

@@ -86,7 +86,7 @@ def _problem(
 
 def _session(svc: Service, admin: ServiceClient) -> tuple[Device, dict, bytes]:
     """A device with the test images installed, a fresh session and its valid evidence."""
-    dev = provisioned(admin)  # type: ignore[arg-type]  # the client has the Verifier's calls
+    dev = provisioned(admin)  # type: ignore[arg-type]  # a client has the Verifier's calls
     challenge = admin.challenge(dev.record.dev_id)
     session = api.encode_session(dev.record.dev_id, challenge.nonce)
     return dev, {"session": session, "challenge": challenge}, dev.attest(challenge).pack()
@@ -287,7 +287,7 @@ def test_hostile_requests_are_refused_and_change_nothing(
 def test_admin_calls_need_the_token_and_change_nothing_without_it(
     svc: Service, admin: ServiceClient
 ) -> None:
-    dev = provisioned(admin)  # type: ignore[arg-type]
+    dev = provisioned(admin)  # type: ignore[arg-type]  # a client has the Verifier's calls
     dev_hex = dev.record.dev_id.hex()
     before = [e.id for e in admin.audit(limit=10_000)]
     tasks_before = admin.tasks(dev.record.dev_id)
@@ -326,7 +326,7 @@ def test_admin_calls_need_the_token_and_change_nothing_without_it(
 
 
 def test_admin_update_flow_and_refusals(svc: Service, admin: ServiceClient) -> None:
-    dev = provisioned(admin)  # type: ignore[arg-type]
+    dev = provisioned(admin)  # type: ignore[arg-type]  # a client has the Verifier's calls
     dev_id = dev.record.dev_id
     package = admin.prepare_update(dev_id, 2, b"control v2 image")
     with pytest.raises(UpdateError):  # one outstanding authorisation per context
@@ -345,7 +345,7 @@ def test_admin_update_flow_and_refusals(svc: Service, admin: ServiceClient) -> N
 def test_concurrent_posts_to_one_session_exactly_one_accepted(
     svc: Service, admin: ServiceClient
 ) -> None:
-    dev = provisioned(admin)  # type: ignore[arg-type]
+    dev = provisioned(admin)  # type: ignore[arg-type]  # a client has the Verifier's calls
     for _ in range(5):
         challenge = admin.challenge(dev.record.dev_id)
         evidence = dev.attest(challenge).pack()
@@ -499,7 +499,7 @@ def test_client_survives_the_server_closing_an_idle_connection(
 ) -> None:
     """A demo on the RTL simulates for longer than the keep-alive timeout between two calls;
     the POST after the pause must go out on a new connection, not fail with a broken pipe."""
-    dev = provisioned(admin)  # type: ignore[arg-type]  # the client has the Verifier's calls
+    dev = provisioned(admin)  # type: ignore[arg-type]  # a client has the Verifier's calls
     time.sleep(KEEP_ALIVE_SECONDS + 1)
     challenge = admin.challenge(dev.record.dev_id)  # a POST: it is never sent twice
     assert len(challenge.nonce) == NONCE_SIZE

@@ -28,7 +28,7 @@ def _fleet(service: Service, count: int) -> list[LoadDevice]:
     out = []
     with service.client() as c:
         for _ in range(count):
-            dev = provisioned(c)  # type: ignore[arg-type]
+            dev = provisioned(c)  # type: ignore[arg-type]  # a client has the Verifier's calls
             k_att = protocol.derive_att_key(dev.record.root_key)
             out.append(LoadDevice(dev.record.dev_id, k_att, refs))
     return out

@@ -494,7 +494,7 @@ def test_job_must_be_module_level_async() -> None:
 
     for job in (closure, lambda driver: None, not_async_job):
         with pytest.raises(TypeError, match="job must be"):
-            vl.run_job_on_verilator(job, verilog="unused", toplevel=TOP)  # type: ignore[arg-type]
+            vl.run_job_on_verilator(job, verilog="unused", toplevel=TOP)  # type: ignore[arg-type]  # bad jobs on purpose
 
 
 def test_build_lock_serialises(tmp_path: Path) -> None:

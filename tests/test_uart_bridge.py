@@ -581,7 +581,7 @@ class BridgeModelPort:
     """A serial port with the bridge and the golden model behind it (pyserial's interface),
     which corrupts chosen request frames on their way in."""
 
-    def __init__(self, corrupt: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(self, corrupt: set[int] = frozenset()) -> None:  # type: ignore[assignment]  # never mutated
         self.mailbox = ModelMailbox(HsmModel(4))
         self.corrupt = set(corrupt)
         self.frames = 0

@@ -244,7 +244,7 @@ def test_a_counter_another_verifier_moved_reruns_the_batch(registry: Registry) -
                 raced.append(a.verify(d, second.nonce, late).ctr)
             real(rows)
 
-        b.store.set_counters = racing  # type: ignore[method-assign]
+        b.store.set_counters = racing  # type: ignore[method-assign]  # the race, planted
         with pytest.raises(AttestationError, match="counter 1 is not above the last accepted 2"):
             b.verify(d, first.nonce, early)
         assert raced == [2]

@@ -465,25 +465,25 @@ def test_every_public_call_checks_its_arguments(v: Verifier) -> None:
     dev = provisioned(v)
     d = dev.record.dev_id
     calls = {
-        "register_device(name=None)": lambda: v.register_device(name=None),  # type: ignore[arg-type]
+        "register_device(name=None)": lambda: v.register_device(name=None),  # type: ignore[arg-type]  # on purpose
         "register_device(contexts=True)": lambda: v.register_device(True),
-        "register_device(contexts='8')": lambda: v.register_device("8"),  # type: ignore[arg-type]
+        "register_device(contexts='8')": lambda: v.register_device("8"),  # type: ignore[arg-type]  # on purpose
         "register_device(name=long)": lambda: v.register_device(name="n" * 1000),
-        "prepare_update(ctx='1')": lambda: v.prepare_update(d, "1", b"x"),  # type: ignore[arg-type]
-        "prepare_update(image=str)": lambda: v.prepare_update(d, 1, "image"),  # type: ignore[arg-type]
-        "prepare_update(name=3)": lambda: v.prepare_update(d, 1, b"x", name=3),  # type: ignore[arg-type]
-        "register_task(name=None)": lambda: v.register_task(d, 4, None, b"x"),  # type: ignore[arg-type]
-        "challenge(sel='1')": lambda: v.challenge(d, "1"),  # type: ignore[arg-type]
-        "task_key(ctx=None)": lambda: v.task_key(d, None),  # type: ignore[arg-type]
-        "check_task_mac(data=str)": lambda: v.check_task_mac(d, 1, "data", bytes(32)),  # type: ignore[arg-type]
-        "check_task_mac(mac=None)": lambda: v.check_task_mac(d, 1, b"data", None),  # type: ignore[arg-type]
-        "audit(limit='3')": lambda: v.audit(limit="3"),  # type: ignore[arg-type]
+        "prepare_update(ctx='1')": lambda: v.prepare_update(d, "1", b"x"),  # type: ignore[arg-type]  # on purpose
+        "prepare_update(image=str)": lambda: v.prepare_update(d, 1, "image"),  # type: ignore[arg-type]  # on purpose
+        "prepare_update(name=3)": lambda: v.prepare_update(d, 1, b"x", name=3),  # type: ignore[arg-type]  # on purpose
+        "register_task(name=None)": lambda: v.register_task(d, 4, None, b"x"),  # type: ignore[arg-type]  # on purpose
+        "challenge(sel='1')": lambda: v.challenge(d, "1"),  # type: ignore[arg-type]  # on purpose
+        "task_key(ctx=None)": lambda: v.task_key(d, None),  # type: ignore[arg-type]  # on purpose
+        "check_task_mac(data=str)": lambda: v.check_task_mac(d, 1, "data", bytes(32)),  # type: ignore[arg-type]  # on purpose
+        "check_task_mac(mac=None)": lambda: v.check_task_mac(d, 1, b"data", None),  # type: ignore[arg-type]  # on purpose
+        "audit(limit='3')": lambda: v.audit(limit="3"),  # type: ignore[arg-type]  # on purpose
         "audit(limit=-1)": lambda: v.audit(limit=-1),
-        "purge_expired(limit=1.5)": lambda: v.purge_expired(limit=1.5),  # type: ignore[arg-type]
-        "verify_many(None)": lambda: v.verify_many(None),  # type: ignore[arg-type]
-        "verify_many(b'x')": lambda: v.verify_many(b"xyz"),  # type: ignore[arg-type]
+        "purge_expired(limit=1.5)": lambda: v.purge_expired(limit=1.5),  # type: ignore[arg-type]  # on purpose
+        "verify_many(None)": lambda: v.verify_many(None),  # type: ignore[arg-type]  # on purpose
+        "verify_many(b'x')": lambda: v.verify_many(b"xyz"),  # type: ignore[arg-type]  # on purpose
         "cancel_update(ctx=0)": lambda: v.cancel_update(d, 0),
-        "rotate_kek(3)": lambda: v.rotate_kek(3),  # type: ignore[arg-type]
+        "rotate_kek(3)": lambda: v.rotate_kek(3),  # type: ignore[arg-type]  # on purpose
     }
     for bad in BAD_BYTES:
         for name, fn in {
@@ -498,10 +498,10 @@ def test_every_public_call_checks_its_arguments(v: Verifier) -> None:
             calls[f"{name}({bad!r:.12})"] = fn
         if bad is not None:  # audit(None) is every device's log, dev_id=None a random id
             # bad on purpose: wrong types are what this test sends
-            calls[f"audit({bad!r:.12})"] = functools.partial(v.audit, bad)  # type: ignore[arg-type]
+            calls[f"audit({bad!r:.12})"] = functools.partial(v.audit, bad)  # type: ignore[arg-type]  # on purpose
             calls[f"register_device({bad!r:.12})"] = functools.partial(
                 v.register_device,
-                dev_id=bad,  # type: ignore[arg-type]
+                dev_id=bad,  # type: ignore[arg-type]  # on purpose
             )
     before = v.audit()
     for name, call in calls.items():
@@ -518,11 +518,11 @@ def test_every_public_call_checks_its_arguments(v: Verifier) -> None:
         )
     assert v.audit() == before  # refused before any write
     assert len(v.devices()) == 1  # (the register_device calls above all failed)
-    for ack in (None, "ack", 1.0, bytes(39), UpdateAck("1", 2, bytes(32))):  # type: ignore[arg-type]
+    for ack in (None, "ack", 1.0, bytes(39), UpdateAck("1", 2, bytes(32))):  # type: ignore[arg-type]  # on purpose
         with pytest.raises(UpdateError, match="malformed"):
-            v.confirm(d, ack)  # type: ignore[arg-type]
+            v.confirm(d, ack)  # type: ignore[arg-type]  # on purpose
     for attempt in (None, (d,), "abc", (d, b"n", b"e", b"x")):
-        (result,) = v.verify_many([attempt])  # type: ignore[list-item]
+        (result,) = v.verify_many([attempt])  # type: ignore[list-item]  # on purpose
         assert isinstance(result, AttestationError)
     for bad in BAD_BYTES:
         (result,) = v.verify_many([(bad, os.urandom(NONCE_SIZE), bytes(44))])
@@ -533,7 +533,7 @@ def test_every_public_call_checks_its_arguments(v: Verifier) -> None:
 
 def test_register_device_with_a_bad_name_does_not_claim_already_registered(v: Verifier) -> None:
     with pytest.raises(InvalidArgumentError, match="name must be a str"):
-        v.register_device(name=None)  # type: ignore[arg-type]
+        v.register_device(name=None)  # type: ignore[arg-type]  # on purpose
     assert v.devices() == []
 
 

@@ -265,14 +265,18 @@ def _session_doc(
 # -- the application -------------------------------------------------------------------------------
 
 
+#: a route's function
+Handler = Callable[[Request], Awaitable[Response]]
+
+
 def build_app(config: ServiceConfig) -> Starlette:
     """The ASGI application of one worker."""
     service = Service(config)
 
-    def endpoint(name: str, *, admin: bool = False):  # type: ignore[no-untyped-def]
+    def endpoint(name: str, *, admin: bool = False) -> Callable[[Handler], Handler]:
         """Names the route for metrics and logs; checks the admin credential first."""
 
-        def wrap(fn: Callable[[Request], Awaitable[Response]]):  # type: ignore[no-untyped-def]
+        def wrap(fn: Handler) -> Handler:
             async def handler(request: Request) -> Response:
                 request.scope["mchsm.route"] = name
                 if admin:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def prepare(opts: ServeOptions) -> tuple[ServiceConfig, str]:
     return config, key_source
 
 
-def serve(opts: ServeOptions, *, announce=print) -> None:  # type: ignore[no-untyped-def]
+def serve(opts: ServeOptions, *, announce: Callable[[str], object] = print) -> None:
     """Run the service until SIGTERM/SIGINT."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess

@@ -45,7 +45,7 @@ class Service:
     def worker_pids(self) -> list[int]:
         """Pids of the workers that said they are ready, in order (restarted ones included)."""
         return [
-            int(d["pid"])  # type: ignore[call-overload]
+            int(d["pid"])  # type: ignore[call-overload]  # a JSON log field: object to mypy
             for d in self.log_lines()
             if d.get("msg") == "Application startup complete."
         ]
