@@ -138,3 +138,77 @@ def test_flip_split_is_rejected_by_a_run_from_the_start_state() -> None:
     (variant,) = prop.variants
     assert variant.flaw == "flip_split" and variant.mode == "bmc"
     assert variant.params["script"] == formal.UPDATE_SCRIPT
+
+
+def _solvers_below(pid: int) -> list[int]:
+    """The yices processes among ``pid``'s descendants."""
+    from mchsm.rtl.symbiyosys import _descendants
+
+    found = []
+    for child in _descendants(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"yices" in cmd:
+            found.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie waiting for its reaper has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_stop_ends_the_solvers_at_once(tmp_path: Path) -> None:
+    """SIGTERM while two jobs run their solvers: `mchsm formal --jobs 2` ends them within
+    seconds (not when a job ends, minutes later), prints one line and exits non-zero."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mchsm = str(Path(sys.executable).parent / "mchsm")
+    args = ["formal", "--jobs", "2", "--only", "progress_task_mac", "--work", str(tmp_path)]
+    proc = subprocess.Popen(
+        [mchsm, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_solvers_below(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        solvers = _solvers_below(proc.pid)
+        assert len(solvers) == 2, "both jobs should have reached their solvers"
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert time.monotonic() - stopped < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    *progress, last = err.strip().splitlines()
+    assert all(line.endswith(" ...") or "running:" in line for line in progress), progress
+    assert last.startswith("mchsm formal: stopped: 0 of 2 jobs had finished")
+    assert "Traceback" not in err and "UNEXPECTED" not in err and out == ""
+    assert not [pid for pid in solvers if _alive(pid)]
+
+
+def test_a_stopped_run_starts_no_solver(tmp_path: Path) -> None:
+    """A job that finishes elaborating after the stop starts no SymbiYosys process."""
+    from mchsm.rtl import symbiyosys
+
+    symbiyosys._STOPPING.set()
+    try:
+        outcome = symbiyosys.run_job(formal.jobs(["wishbone"])[0], tmp_path)
+    finally:
+        symbiyosys._STOPPING.clear()
+    assert outcome.status == "ERROR" and outcome.detail == "stopped before it started"
+    assert not (tmp_path / "wishbone" / "job.sby").exists()
