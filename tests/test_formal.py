@@ -118,12 +118,12 @@ def test_mac_words_follow_the_result_layouts() -> None:
     assert list(formal.MAC_WORDS[formal.Cmd.HMAC]) == list(range(8))
 
 
-def test_progress_runs_name_every_command_but_provision() -> None:
-    """Every command has its progress run (with a bound and a broken variant), except
-    PROVISION, whose run is beyond a practical depth; the docs give each bound."""
+def test_progress_runs_name_every_command() -> None:
+    """Every command has its progress run (with a bound and a broken variant), PROVISION
+    included; the docs give each bound."""
     runs = {p.name for p in formal.PROPERTIES if p.name.startswith("progress_")}
     missing = {cmd for cmd in formal.Cmd if f"progress_{cmd.name.lower()}" not in runs}
-    assert missing == {formal.Cmd.PROVISION}
+    assert missing == set()
     for prop in formal.PROPERTIES:
         if prop.name.startswith("progress_") and prop.name != "progress_cover":
             assert prop.flaws == ("done_late",)
