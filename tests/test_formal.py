@@ -1,8 +1,7 @@
 """The formal proofs of the RTL (rtl/formal.py) and their runner, in the quick subset.
 
-``make formal`` runs every property and every broken variant (58 jobs, 4.4 hours of solver
-time on the loaded 2-core machine; see docs/proofs.md);
-here the quick subset runs - the SHA-256 engine's handshake, the Wishbone rules, the monitor's
+``make formal`` runs every property and every broken variant (60 jobs; their times are in
+docs/proofs.md); here the quick subset runs - the SHA-256 engine's handshake, the Wishbone rules, the monitor's
 counters and STATUS's progress bound - each with the broken variant it must reject, and the
 runner's verdicts and traces are checked.
 """
