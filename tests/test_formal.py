@@ -1,9 +1,9 @@
 """The formal proofs of the RTL (rtl/formal.py) and their runner, in the quick subset.
 
 ``make formal`` runs every property and every broken variant (60 jobs; their times are in
-docs/proofs.md); here the quick subset runs - the SHA-256 engine's handshake, the Wishbone rules, the monitor's
-counters and STATUS's progress bound - each with the broken variant it must reject, and the
-runner's verdicts and traces are checked.
+docs/proofs.md); here the quick subset runs - the SHA-256 engine's handshake, the Wishbone
+rules, the monitor's counters and STATUS's progress bound - each with the broken variant it
+must reject, and the runner's verdicts and traces are checked.
 """
 
 from __future__ import annotations
@@ -211,3 +211,23 @@ def test_a_stopped_run_starts_no_solver(tmp_path: Path) -> None:
         symbiyosys._STOPPING.clear()
     assert outcome.status == "ERROR" and outcome.detail == "stopped before it started"
     assert not (tmp_path / "wishbone" / "job.sby").exists()
+
+
+def test_the_costliest_jobs_start_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With several solvers at a time, a long job that started last would end the run late:
+    the runner starts the deepest first (PROVISION's progress runs) and still reports the
+    outcomes in the order of the jobs."""
+    from mchsm.rtl import symbiyosys
+
+    started: list[str] = []
+
+    def fake_run_job(job: formal.Job, *args: object, **kw: object) -> Outcome:
+        started.append(job.name)
+        return Outcome(job, job.expect, 0.0, "", None)
+
+    monkeypatch.setattr(symbiyosys, "run_job", fake_run_job)
+    todo = formal.jobs()
+    outcomes = run_jobs(todo, tmp_path, report=lambda _: None)
+    assert started[:2] == ["progress_provision", "progress_provision/done_late"]
+    assert [o.job.name for o in outcomes] == [j.name for j in todo]
+    assert symbiyosys.cost(todo[0]) < symbiyosys.cost(formal.jobs(["key_secrecy_hmac"])[0])
