@@ -84,10 +84,11 @@ mutants: install
 	$(BIN)/mchsm prove --mutants --jobs $(JOBS)
 
 # SymbiYosys on every RTL property and every deliberately broken variant (docs/proofs.md, "The
-# RTL"): a table of results, counterexamples as VCDs in build/formal/vcd.  Hours on 2 cores:
-# 58 jobs, about 15,700 s of solver time measured (the long progress runs and the two-copy HMAC)
+# RTL"): a table of results, counterexamples as VCDs in build/formal/vcd.  60 jobs, JOBS at a
+# time, the costliest first; the long ones are the progress runs (PROVISION's is 314 cycles
+# deep) and the two-copy HMAC (times in docs/proofs.md, "Results")
 formal: install
-	$(BIN)/mchsm formal --vcd build/formal/vcd
+	$(BIN)/mchsm formal --jobs $(JOBS) --vcd build/formal/vcd
 
 # the core is the circuit the proofs were run on (063aef8): a Yosys equivalence check of three
 # configurations (several minutes), then one with a planted flaw, which it must reject

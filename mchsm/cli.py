@@ -536,7 +536,7 @@ def formal(
     """Prove the RTL's properties with SymbiYosys and check that each broken variant fails."""
     from mchsm.rtl.formal import PROPERTIES
     from mchsm.rtl.formal import jobs as formal_jobs
-    from mchsm.rtl.symbiyosys import ToolMissingError, run_jobs, table
+    from mchsm.rtl.symbiyosys import Interrupted, ToolMissingError, run_jobs, table
 
     if list_only:
         for prop in PROPERTIES:
@@ -552,6 +552,9 @@ def formal(
         )
     except (ValueError, ToolMissingError) as exc:
         raise click.ClickException(str(exc)) from None
+    except Interrupted as exc:  # one line, and a status a shell reads as "interrupted"
+        click.echo(f"mchsm formal: {exc}", err=True)
+        sys.exit(130)
     click.echo(table(outcomes))
     bad = [o for o in outcomes if not o.ok]
     if bad:

@@ -26,7 +26,15 @@ from amaranth.back import rtlil
 
 from mchsm.rtl.formal import Job
 
-__all__ = ["Outcome", "ToolMissingError", "environment", "run_job", "run_jobs", "table"]
+__all__ = [
+    "Interrupted",
+    "Outcome",
+    "ToolMissingError",
+    "environment",
+    "run_job",
+    "run_jobs",
+    "table",
+]
 
 
 class ToolMissingError(RuntimeError):
@@ -69,9 +77,10 @@ def sby_text(job: Job, script: Sequence[str]) -> str:
         "hierarchy -top top",
         *script,
         "prep -top top",
-        # memories as flip-flops, one flat module: 2-6x faster with yices on this core
+        # one flat module; memories as flip-flops where the property asks (faster for its
+        # k-induction), else as SMT arrays (faster for long bounded runs: docs/proofs.md)
         "flatten",
-        "memory_map",
+        *(["memory_map"] if job.prop.memory_map else []),
         "opt -full",
         "",
         "[files]",
@@ -121,6 +130,21 @@ class Outcome:
 
 _ELABORATE = threading.Lock()
 _RUNNING: set[int] = set()  # SymbiYosys processes running now
+#: set when a run is interrupted: no job starts a solver after it (a job that was still
+#: elaborating its harness when the signal came would otherwise start one and wait for it)
+_STOPPING = threading.Event()
+_PROCS = threading.Lock()  # guards _RUNNING; never held for long (unlike _ELABORATE)
+
+
+class Interrupted(Exception):
+    """The run was stopped (SIGINT, SIGTERM) before every job ended; its solvers are ended."""
+
+    def __init__(self, finished: int, total: int) -> None:
+        super().__init__(f"stopped: {finished} of {total} jobs had finished; solvers ended")
+        self.finished = finished
+        self.total = total
+
+
 _STEP = re.compile(r"(?:Checking|Trying induction in) .*step (\d+)")
 _DONE = re.compile(r"DONE \((\w+), rc=(\d+)\)")
 _FAILED = re.compile(r"failed assertion (\S+) at (\S+)")
@@ -170,8 +194,12 @@ def run_job(
     jobdir.mkdir(parents=True)
     start = time.monotonic()
     with _ELABORATE:  # Amaranth's elaboration is not meant to run in several threads
+        if _STOPPING.is_set():
+            return Outcome(job, "ERROR", 0.0, "stopped before it started", None)
         harness = job.harness()
         design = rtlil.convert(harness, name="top", ports=[harness.cd.clk])
+    if _STOPPING.is_set():  # stopped while this job elaborated: start no solver
+        return Outcome(job, "ERROR", 0.0, "stopped before it started", None)
     (jobdir / "design.il").write_text(design)
     (jobdir / "job.sby").write_text(sby_text(job, harness.script))
     proc = subprocess.Popen(
@@ -184,8 +212,10 @@ def run_job(
         start_new_session=True,  # a Ctrl-C at the terminal reaches us, not the solvers
     )
     assert proc.stdout is not None
-    with _ELABORATE:
+    with _PROCS:
         _RUNNING.add(proc.pid)
+        if _STOPPING.is_set():  # the run was stopped while this job elaborated or started
+            _stop(proc.pid)
     status, detail, log = "ERROR", "", []
     try:
         for line in proc.stdout:
@@ -203,7 +233,7 @@ def run_job(
         if proc.poll() is None:
             _stop(proc.pid)
         proc.wait()
-        with _ELABORATE:
+        with _PROCS:
             _RUNNING.discard(proc.pid)
     (jobdir / "sby.log").write_text("".join(log))
     if status == "ERROR":
@@ -218,6 +248,16 @@ def run_job(
             trace = vcd_dir / f"{name}.vcd"
             shutil.copyfile(found[0], trace)
     return Outcome(job, status, time.monotonic() - start, detail, trace)
+
+
+def cost(job: Job) -> float:
+    """A rough estimate of a job's solver time, to start the costly ones first: a bounded
+    step costs about as much more as it is deeper (so a run about its depth squared), a
+    2-safety miter about four times a single copy, a k-induction little."""
+    if job.mode == "prove":
+        return 10.0 * job.depth
+    copies = getattr(job.prop.harness, "copies", 1)
+    return float(job.depth**2 * copies**2)
 
 
 def run_jobs(
@@ -235,7 +275,6 @@ def run_jobs(
     lock = threading.Lock()
     steps: dict[str, str] = {}
     total = len(jobs)
-    futures: list[Future[Outcome]] = []
 
     def one(i: int, job: Job) -> Outcome:
         head = f"[{i}/{total}] {job.name} ({job.mode}, depth {job.depth})"
@@ -254,7 +293,9 @@ def run_jobs(
                 steps.pop(job.name, None)
         mark = "ok" if outcome.ok else "UNEXPECTED"
         with lock:
-            report(f"{head}: {outcome.result}, {outcome.seconds:.1f} s [{mark}]")
+            if not _STOPPING.is_set():  # a stopped job's answer means nothing
+                report(f"{head}: {outcome.result}, {outcome.seconds:.1f} s [{mark}]")
+                finished.append(outcome)
         return outcome
 
     done = threading.Event()
@@ -265,20 +306,30 @@ def run_jobs(
                 if steps:
                     report("  running: " + ", ".join(f"{k} {v}" for k, v in steps.items()))
 
+    finished: list[Outcome] = []
+    by_index: dict[int, Future[Outcome]] = {}
+    _STOPPING.clear()
     ticker = threading.Thread(target=beat, daemon=True)
     ticker.start()
     pool = ThreadPoolExecutor(max_workers=jobs_at_once)
     try:
-        futures = [pool.submit(one, i, job) for i, job in enumerate(jobs, 1)]
-        return [f.result() for f in futures]
-    except BaseException:  # interrupted: stop what runs, start nothing more
-        for f in futures:
+        # the costliest first, so that with several at a time no long job starts last
+        order = sorted(range(total), key=lambda i: -cost(jobs[i]))
+        for i in order:
+            by_index[i] = pool.submit(one, i + 1, jobs[i])
+        return [by_index[i].result() for i in range(total)]
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM made one: stop what runs, start nothing
+        _STOPPING.set()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a second stop must not cut this short
+                signal.signal(sig, signal.SIG_IGN)
+        for f in by_index.values():
             f.cancel()
-        with _ELABORATE:
-            running = list(_RUNNING)
-        for pid in running:
-            _stop(pid)
-        raise
+        with _PROCS:  # a job registers its solver under this lock, then checks _STOPPING
+            for pid in _RUNNING:
+                _stop(pid)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise Interrupted(len(finished), total) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         done.set()

@@ -1,10 +1,9 @@
 """The formal proofs of the RTL (rtl/formal.py) and their runner, in the quick subset.
 
-``make formal`` runs every property and every broken variant (58 jobs, 4.4 hours of solver
-time on the loaded 2-core machine; see docs/proofs.md);
-here the quick subset runs - the SHA-256 engine's handshake, the Wishbone rules, the monitor's
-counters and STATUS's progress bound - each with the broken variant it must reject, and the
-runner's verdicts and traces are checked.
+``make formal`` runs every property and every broken variant (60 jobs; their times are in
+docs/proofs.md); here the quick subset runs - the SHA-256 engine's handshake, the Wishbone
+rules, the monitor's counters and STATUS's progress bound - each with the broken variant it
+must reject, and the runner's verdicts and traces are checked.
 """
 
 from __future__ import annotations
@@ -120,12 +119,12 @@ def test_mac_words_follow_the_result_layouts() -> None:
     assert list(formal.MAC_WORDS[formal.Cmd.HMAC]) == list(range(8))
 
 
-def test_progress_runs_name_every_command_but_provision() -> None:
-    """Every command has its progress run (with a bound and a broken variant), except
-    PROVISION, whose run is beyond a practical depth; the docs give each bound."""
+def test_progress_runs_name_every_command() -> None:
+    """Every command has its progress run (with a bound and a broken variant), PROVISION
+    included; the docs give each bound."""
     runs = {p.name for p in formal.PROPERTIES if p.name.startswith("progress_")}
     missing = {cmd for cmd in formal.Cmd if f"progress_{cmd.name.lower()}" not in runs}
-    assert missing == {formal.Cmd.PROVISION}
+    assert missing == set()
     for prop in formal.PROPERTIES:
         if prop.name.startswith("progress_") and prop.name != "progress_cover":
             assert prop.flaws == ("done_late",)
@@ -140,3 +139,97 @@ def test_flip_split_is_rejected_by_a_run_from_the_start_state() -> None:
     (variant,) = prop.variants
     assert variant.flaw == "flip_split" and variant.mode == "bmc"
     assert variant.params["script"] == formal.UPDATE_SCRIPT
+
+
+def _solvers_below(pid: int) -> list[int]:
+    """The yices processes among ``pid``'s descendants."""
+    from mchsm.rtl.symbiyosys import _descendants
+
+    found = []
+    for child in _descendants(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"yices" in cmd:
+            found.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie waiting for its reaper has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_stop_ends_the_solvers_at_once(tmp_path: Path) -> None:
+    """SIGTERM while two jobs run their solvers: `mchsm formal --jobs 2` ends them within
+    seconds (not when a job ends, minutes later), prints one line and exits non-zero."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mchsm = str(Path(sys.executable).parent / "mchsm")
+    args = ["formal", "--jobs", "2", "--only", "progress_task_mac", "--work", str(tmp_path)]
+    proc = subprocess.Popen(
+        [mchsm, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_solvers_below(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        solvers = _solvers_below(proc.pid)
+        assert len(solvers) == 2, "both jobs should have reached their solvers"
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert time.monotonic() - stopped < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    *progress, last = err.strip().splitlines()
+    assert all(line.endswith(" ...") or "running:" in line for line in progress), progress
+    assert last.startswith("mchsm formal: stopped: 0 of 2 jobs had finished")
+    assert "Traceback" not in err and "UNEXPECTED" not in err and out == ""
+    assert not [pid for pid in solvers if _alive(pid)]
+
+
+def test_a_stopped_run_starts_no_solver(tmp_path: Path) -> None:
+    """A job that finishes elaborating after the stop starts no SymbiYosys process."""
+    from mchsm.rtl import symbiyosys
+
+    symbiyosys._STOPPING.set()
+    try:
+        outcome = symbiyosys.run_job(formal.jobs(["wishbone"])[0], tmp_path)
+    finally:
+        symbiyosys._STOPPING.clear()
+    assert outcome.status == "ERROR" and outcome.detail == "stopped before it started"
+    assert not (tmp_path / "wishbone" / "job.sby").exists()
+
+
+def test_the_costliest_jobs_start_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With several solvers at a time, a long job that started last would end the run late:
+    the runner starts the deepest first (PROVISION's progress runs) and still reports the
+    outcomes in the order of the jobs."""
+    from mchsm.rtl import symbiyosys
+
+    started: list[str] = []
+
+    def fake_run_job(job: formal.Job, *args: object, **kw: object) -> Outcome:
+        started.append(job.name)
+        return Outcome(job, job.expect, 0.0, "", None)
+
+    monkeypatch.setattr(symbiyosys, "run_job", fake_run_job)
+    todo = formal.jobs()
+    outcomes = run_jobs(todo, tmp_path, report=lambda _: None)
+    assert started[:2] == ["progress_provision", "progress_provision/done_late"]
+    assert [o.job.name for o in outcomes] == [j.name for j in todo]
+    assert symbiyosys.cost(todo[0]) < symbiyosys.cost(formal.jobs(["key_secrecy_hmac"])[0])
