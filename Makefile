@@ -90,7 +90,7 @@ mutants: install
 formal: install
 	$(BIN)/mchsm formal --jobs $(JOBS) --vcd build/formal/vcd
 
-# the core is the circuit the proofs were run on (063aef8): a Yosys equivalence check of three
+# the core is the circuit the proofs were run on (tests/rtl_equiv.py's REFERENCE): a Yosys equivalence check of three
 # configurations (several minutes), then one with a planted flaw, which it must reject
 .PHONY: equiv
 equiv: install
