@@ -61,8 +61,9 @@ bitstreams: install
 
 # the iCE40 build's post-synthesis netlist (synth_ice40, Yosys' cell models) runs the scenario
 # suite in Verilator over its UART, each answer compared with the model's and the RTL's, and a
-# netlist with one LUT bit flipped in the SHA engine must fail (tests/test_netlist.py).  About
-# 15 min on 2 cores cold (synthesis and two Verilator builds, cached by design hash after that)
+# netlist with one LUT bit flipped in the SHA engine must fail (tests/test_netlist.py).  54 min
+# measured on 2 shared cores at load 6-11 (the demo story 26 min of it; the synthesis and the
+# two Verilator builds, cached by design hash, about 10 min of it)
 .PHONY: netlist
 netlist: install
 	MCHSM_NETLIST=1 $(BIN)/pytest -n $(JOBS) -q tests/test_netlist.py
