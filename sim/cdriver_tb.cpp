@@ -423,6 +423,22 @@ void c_only(Bench &b) {
     rc = mchsm_end(&h, d, sizeof d);
     std::printf("c-only long.end rc=%s digest=%s\n", mchsm_rc_name(rc), hex(d, sizeof d).c_str());
     std::printf("c-only release rc=%s\n", mchsm_rc_name(mchsm_release(&h)));
+    // a caller that streams its data slowly: ATTEST's selection (here 0, empty) fails at its
+    // first word and the command ends there; the rest, sent later, is refused. The driver must
+    // report the command's status, not a lost mailbox.
+    mchsm_t mgr;
+    mchsm_init(&mgr, tb_read32, tb_write32, &b, MCHSM_MANAGER);
+    const uint8_t none[4 + MCHSM_DIGEST_SIZE] = {0};
+    uint8_t mac[MCHSM_DIGEST_SIZE];
+    rc = mchsm_claim(&mgr);
+    if (rc == MCHSM_RC_OK) rc = mchsm_begin(&mgr, MCHSM_CMD_ATTEST, 0, sizeof none);
+    if (rc == MCHSM_RC_OK) rc = mchsm_data(&mgr, none, 4);
+    for (int i = 0; i < 40; i++) b.tick();  // the CPU does something else for a while
+    if (rc == MCHSM_RC_OK) rc = mchsm_data(&mgr, none + 4, sizeof none - 4);
+    std::printf("c-only slow.data rc=%s\n", mchsm_rc_name(rc));
+    rc = mchsm_end(&mgr, mac, sizeof mac);
+    report("c-only slow.end", mgr, rc);
+    std::printf("c-only slow.release rc=%s\n", mchsm_rc_name(mchsm_release(&mgr)));
     // an access function that faults (here: a caller id the sideband cannot carry) -> BUS
     mchsm_t bad;
     mchsm_init(&bad, tb_read32, tb_write32, &b, static_cast<uint8_t>(1u << MCHSM_CALLER_BITS));

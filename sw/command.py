@@ -246,7 +246,13 @@ def _command(
                 raise
             op: Op = Burst(Reg.DATA, words) if len(words) > 1 else Write(Reg.DATA, words[0])
             if (yield op) is REFUSED:
-                raise MailboxLostError(cmd, ran=False)
+                # Lost, or ended early: a command that fails a check on a data word (ATTEST's
+                # selection, UPDATE's version) is done at once and refuses the rest.  On a slow
+                # link (the UART) the rest arrives after that; on a fast bus it is already in.
+                status = yield from _status(cmd, ran=False)
+                if status.expects or status.busy:
+                    raise MailboxLostError(cmd, ran=False)
+                break
     # All data is in (or none was due): the command runs to its end - the manager cannot take
     # the mailbox while it computes - so losing the mailbox now loses only its result.
     status = yield from _wait(cmd, status, poll_limit, ran=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mchsm.constants import KDF_ATT, KDF_UPD, CtxFlag, ctx_bit
+from mchsm.constants import KDF_ATT, KDF_UPD, CtxFlag, Status, ctx_bit
 from mchsm.export import c_driver_sources, c_header
 from mchsm.sim.backends import run_on_backend
 from mchsm.sim.cdriver import inputs_text, make_inputs, scenario_job
@@ -146,6 +146,11 @@ def test_c_only_calls(c_run: BenchRun, inputs: Inputs) -> None:
     assert got["long.end"] == f"rc=OK digest={hashlib.sha256(short).hexdigest()}"
     assert got["release"] == "rc=OK"
     assert got["bus.fault"] == got["bus.fault.call"] == "rc=BUS"
+    # a slow caller's ATTEST whose selection fails at its first word: the command's status
+    # (the rest of its data was refused), not a lost mailbox
+    assert got["slow.data"] == "rc=OK"
+    assert got["slow.end"] == f"rc=STATUS status={int(Status.ERR_SELECT):02x}"
+    assert got["slow.release"] == "rc=OK"
 
 
 #: planted bugs, each one a mistake a driver author could make: (name, text, replacement)

@@ -210,10 +210,24 @@ mchsm_rc_t mchsm_begin(mchsm_t *h, uint8_t cmd, uint8_t ctx, uint32_t len)
 
 static mchsm_rc_t send_carry(mchsm_t *h)
 {
+    uint32_t word;
     mchsm_rc_t rc = wr(h, MCHSM_REG_DATA, h->st_carry, MCHSM_RC_LOST);
 
     h->st_carry = 0u;
     h->st_carried = 0u;
+    if (rc == MCHSM_RC_LOST) {
+        /* Lost, or ended early: a command that fails a check on a data word (ATTEST's
+         * selection, UPDATE's version) is done at once and refuses the rest, which a caller
+         * that streams its data slowly then still sends. mchsm_end reports its status. */
+        rc = read_status(h, 0, &word);
+        if (rc == MCHSM_RC_OK &&
+            (word & (MCHSM_STATUS_EXPECTS_MASK | MCHSM_STATUS_BUSY_MASK)) == 0u) {
+            h->st_word = word; /* mchsm_data sends nothing more */
+            return MCHSM_RC_OK;
+        }
+        if (rc == MCHSM_RC_OK)
+            rc = MCHSM_RC_LOST;
+    }
     if (rc != MCHSM_RC_OK)
         h->st_rc = (uint8_t)rc;
     return rc;
@@ -239,6 +253,8 @@ mchsm_rc_t mchsm_data(mchsm_t *h, const uint8_t *data, uint32_t n)
             rc = send_carry(h);
             if (rc != MCHSM_RC_OK)
                 return rc;
+            if (!(h->st_word & MCHSM_STATUS_EXPECTS_MASK))
+                return MCHSM_RC_OK; /* it ended at that word: mchsm_end says why */
         }
     }
     if (h->st_left == 0u && h->st_carried) {
