@@ -66,8 +66,10 @@ from mchsm.constants import (
 from mchsm.rtl import microcode as uc
 from mchsm.rtl import wishbone
 from mchsm.rtl.mailbox import FLAWS, Mailbox
+from mchsm.rtl.monitor import Monitor
 from mchsm.rtl.observe import CoreProbes
 from mchsm.rtl.ram import NO_RW_CHECK, read_port
+from mchsm.rtl.sequencer import Sequencer
 from mchsm.rtl.sha256 import SHA256
 
 __all__ = ["CORE_FLAWS", "MchsmCore"]
@@ -329,26 +331,17 @@ class MchsmCore(wiring.Component):
         m.d.comb += link.busy.eq(busy)
 
         # ---- the monitor: per task, commands this period and failures since RESET -----------
-        commands = Array(
-            [Signal(range(self.budget + 2), name=f"commands{i + 1}") for i in range(n)]
+        m.submodules.monitor = monitor = Monitor(
+            n, self.budget, self.fail_limit, wraps=flaw["counter_wraps"]
         )
-        # no failure counters without a limit: a zero-width one exports as a `wire [-1:0]`
-        failures = Array(
-            [Signal(range(self.fail_limit + 1), name=f"failures{i + 1}") for i in range(n)]
-            if self.fail_limit
-            else []
-        )
-        caller_task = (r_owner >= 1) & (r_owner <= n)
-        with m.If(start_cmd & caller_task):
-            count = commands[(r_owner - 1)[:iw]]
-            if self.budget:  # this command takes the count above the budget: flagged
-                with m.If(count >= self.budget):
-                    m.d.sync += anomaly.bit_select((r_owner - 1)[:iw], 1).eq(1)
-                if flaw["counter_wraps"]:
-                    m.d.sync += count.eq(count + 1)
-                else:
-                    with m.If(count <= self.budget):  # saturates at budget + 1
-                        m.d.sync += count.eq(count + 1)
+        m.d.comb += [
+            monitor.caller.eq(r_owner),
+            monitor.start.eq(start_cmd),
+            monitor.status.eq(r_fin),
+            monitor.index.eq(idx),
+        ]
+        with m.If(monitor.over_budget):  # flagged as the command starts (the engine is idle)
+            m.d.sync += anomaly.bit_select((r_owner - 1)[:iw], 1).eq(1)
 
         # ---- engine --------------------------------------------------------------------------
         m.d.comb += sha_rst.eq(start_cmd)
@@ -531,19 +524,10 @@ class MchsmCore(wiring.Component):
 
         # ---- the microcoded engine -----------------------------------------------------------
         program = uc.assemble()
-        m.submodules.ucode = ucode = memory.Memory(
-            shape=uc.MicroWord, depth=len(program.code), init=program.consts()
-        )
-        u_rd = ucode.read_port()
-        u = u_rd.data  # the running microinstruction, a uc.MicroWord
-
-        pc = Signal(8)
-        pc_next = Signal(8)
-        ret0 = Signal(8)
-        ret1 = Signal(8)
+        m.submodules.sequencer = seq = Sequencer(program)
+        u = seq.word  # the running microinstruction, a uc.MicroWord
         advance = Signal()  # the running microinstruction is complete
-        m.d.comb += [pc_next.eq(Mux(advance, pc + 1, pc)), u_rd.addr.eq(pc_next)]
-        m.d.sync += pc.eq(pc_next)
+        m.d.comb += seq.advance.eq(advance)
         kk = Mux(fire, k + 1, k)  # the word after this cycle (memories answer a cycle late)
 
         def finish(status: Status | Value) -> None:
@@ -768,15 +752,14 @@ class MchsmCore(wiring.Component):
                         m.d.sync += [
                             loaded.bit_select(idx, 1).eq(0),
                             anomaly.bit_select(idx, 1).eq(0),
-                            failures[idx].eq(0),
                         ]
+                        m.d.comb += monitor.forgive.eq(1)
                     step(7)
                 with m.Case(sp.SET_ANOMALY):
                     m.d.sync += anomaly.bit_select(idx, 1).eq(1)
                     m.d.comb += advance.eq(1)
                 with m.Case(sp.NEW_PERIOD):
-                    m.d.sync += [count.eq(0) for count in commands]
-                    m.d.comb += advance.eq(1)
+                    m.d.comb += [monitor.new_period.eq(1), advance.eq(1)]
                 with m.Case(sp.PROVISIONED):
                     m.d.sync += provisioned.eq(1)
                     m.d.comb += advance.eq(1)
@@ -885,7 +868,7 @@ class MchsmCore(wiring.Component):
                     with m.Switch(r_cmd):
                         for cmd, address in entry.items():
                             with m.Case(cmd):
-                                m.d.comb += pc_next.eq(address)
+                                m.d.comb += [seq.goto.eq(1), seq.target.eq(address)]
                     m.next = "RUN"
 
             with m.State("RUN"):
@@ -894,20 +877,18 @@ class MchsmCore(wiring.Component):
                     with m.Case(op.NEXT):
                         m.d.comb += advance.eq(1)
                     with m.Case(op.JUMP):
-                        m.d.comb += pc_next.eq(u.target.addr)
+                        m.d.comb += [seq.goto.eq(1), seq.target.eq(u.target.addr)]
                     with m.Case(op.JUMP_IF_LONG):
                         with m.If(r_long):
-                            m.d.comb += pc_next.eq(u.target.addr)
+                            m.d.comb += [seq.goto.eq(1), seq.target.eq(u.target.addr)]
                         with m.Else():
                             m.d.comb += advance.eq(1)
                     with m.Case(op.CALL):
-                        m.d.comb += pc_next.eq(u.target.addr)
-                        m.d.sync += [ret0.eq(pc + 1), ret1.eq(ret0)]
+                        m.d.comb += seq.call.eq(1)
                         with m.If(u.load != uc.Load.NONE):
                             m.d.sync += r_slot.eq(slot_address(u.load))
                     with m.Case(op.RET):
-                        m.d.comb += pc_next.eq(ret0)
-                        m.d.sync += ret0.eq(ret1)
+                        m.d.comb += seq.ret.eq(1)
                     with m.Case(op.FEED):
                         with m.Switch(u.src.feed):
                             for src in uc.Feed:
@@ -958,16 +939,9 @@ class MchsmCore(wiring.Component):
                     link.reslen.eq(Mux(r_fin == Status.OK, r_reslen, 0)),
                 ]
                 m.d.sync += [k.eq(0), primed.eq(0)]
-                owner_task = (r_owner >= 1) & (r_owner <= n)
-                if self.fail_limit:
-                    # an aborted command proves nothing, and preemption must not flag a task
-                    counted = (r_fin != Status.OK) & (r_fin != Status.ERR_ABORTED)
-                    with m.If(counted & owner_task):
-                        fails = failures[cidx]
-                        with m.If(fails >= self.fail_limit - 1):
-                            m.d.sync += anomaly.bit_select(cidx, 1).eq(1)
-                        with m.If(fails != self.fail_limit):
-                            m.d.sync += fails.eq(fails + 1)
+                m.d.comb += monitor.finish.eq(1)
+                with m.If(monitor.over_limit):
+                    m.d.sync += anomaly.bit_select(cidx, 1).eq(1)
                 m.next = "IDLE"
 
         self.probes = CoreProbes(
@@ -987,15 +961,15 @@ class MchsmCore(wiring.Component):
             hk_valid=hk_valid,
             loaded=loaded,
             anomaly=anomaly,
-            commands=tuple(commands),
-            failures=tuple(failures),
+            commands=monitor.commands,
+            failures=monitor.failures,
             verdict=fsm.ongoing("RUN")
             & (u.op == uc.Op.SPECIAL)
             & (u.target.special == uc.Special.UPD_CHECK),
             tag_ok=~neq,
             running=fsm.ongoing("RUN"),
-            pc=pc,
-            ret=(ret0, ret1),
+            pc=seq.pc,
+            ret=(seq.ret0, seq.ret1),
             slot=r_slot,
         )
         return m
