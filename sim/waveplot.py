@@ -145,6 +145,9 @@ class SignalInfo:
     width: int
     range: str  #: the declared bit range (``[5:0]``; Verilator writes one, Amaranth does not)
     code: str  #: the VCD identifier code
+    #: the VCD variable type: ``string`` for an enum-shaped signal in Amaranth's VCD (its value
+    #: changes are the member names, ``sOK``), else ``wire``/``reg``
+    kind: str = "wire"
 
     @property
     def gtkwave_name(self) -> str:
@@ -182,10 +185,10 @@ def _declarations(header: list[str]) -> dict[str, SignalInfo]:
             k += 1
         elif word == "$var":
             end = header.index("$end", k)
-            _kind, width, code, name = header[k + 1 : k + 5]
+            kind, width, code, name = header[k + 1 : k + 5]
             full = ".".join([*scope, name])
             rng = header[k + 5] if k + 5 < end else ""
-            out.setdefault(full, SignalInfo(full, int(width), rng, code))
+            out.setdefault(full, SignalInfo(full, int(width), rng, code, kind))
             k = end + 1
         else:
             k += 1
@@ -274,6 +277,8 @@ class CommandSpan:
 
 
 def _name(enum: type[Cmd] | type[Status], value: Value) -> str:
+    if isinstance(value, str):  # an enum-shaped signal: Amaranth's VCD has the name already
+        return value if value in enum.__members__ else "?"
     try:
         return enum(value).name  # type: ignore[arg-type]  # an int-valued Value, as the enum takes it
     except ValueError:
@@ -577,7 +582,8 @@ def write_gtkw(vcd: str | Path, out: str | Path | None = None) -> Path:
             info = declared[full]
             leaf = suffix.rsplit(".", 1)[-1]
             flags = (_BIN if info.width == 1 else _HEX) | _RJUSTIFY
-            table = _translations(leaf, info.width)
+            # an enum-shaped signal is a string in Amaranth's VCD: GTKWave shows its names
+            table = None if info.kind == "string" else _translations(leaf, info.width)
             if table is not None:
                 kind = _CODE_KIND.get(leaf, "reg")
                 path = filters.get(kind)
